@@ -1,0 +1,125 @@
+"""How fast does ``edgeloop --help`` answer, compared with importing the stack it drives?
+
+Runs, in the same session and alternating, ``python -c "import prefect, mlflow,
+great_expectations"`` and ``edgeloop --help`` (the console script beside the interpreter),
+``--repeat`` times each after one untimed warm-up of each, and reports the medians and their
+ratio. Goal: ``edgeloop --help`` takes at most 0.1x the import time (the CLI imports lazily).
+
+    .venv/bin/python benchmarks/bench_cli_help.py [--repeat 5]
+
+Writes ``benchmarks/results/cli_help.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_RATIO = 0.1
+
+#: The venv's bin folder, not resolved: sys.executable may be a symlink to a base interpreter.
+BIN = Path(sys.executable).parent
+IMPORTS_CMD = [sys.executable, "-c", "import prefect, mlflow, great_expectations"]
+# Run the console script with the same interpreter (what its shebang does, minus PATH lookups).
+EDGELOOP_CMD = [sys.executable, str(BIN / "edgeloop"), "--help"]
+
+
+def time_command(cmd: list[str]) -> float:
+    """Wall time of one run of ``cmd`` in seconds; raise if it fails."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(
+            f"{shlex.join(cmd)} exited with {proc.returncode}:\n  " + "\n  ".join(tail)
+        )
+    return elapsed
+
+
+def run(repeat: int, edgeloop_cmd: list[str]) -> dict:
+    """Warm both commands up once, then time them alternately ``repeat`` times."""
+    commands = {"imports": IMPORTS_CMD, "edgeloop_help": edgeloop_cmd}
+    for cmd in commands.values():
+        time_command(cmd)  # warm-up: page cache and .pyc files, not timed
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            times[name].append(time_command(cmd))
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    ratio = medians["edgeloop_help"] / medians["imports"]
+    return {
+        "benchmark": "cli_help",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "repeat": repeat,
+        "commands": {name: shlex.join(cmd) for name, cmd in commands.items()},
+        "stand_in": edgeloop_cmd != EDGELOOP_CMD,
+        "times_s": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
+        "median_s": {name: round(m, 4) for name, m in medians.items()},
+        "ratio": round(ratio, 4),
+        "goal_ratio": GOAL_RATIO,
+        "goal_met": ratio <= GOAL_RATIO,
+    }
+
+
+def print_table(result: dict) -> None:
+    rows = [
+        (name, result["median_s"][name], min(result["times_s"][name]), max(result["times_s"][name]))
+        for name in result["median_s"]
+    ]
+    print(f"{'command':<16} {'median s':>9} {'min s':>8} {'max s':>8}")
+    for name, med, lo, hi in rows:
+        print(f"{name:<16} {med:>9.3f} {lo:>8.3f} {hi:>8.3f}")
+    verdict = "met" if result["goal_met"] else "MISSED"
+    print(f"ratio edgeloop_help / imports = {result['ratio']:.3f} (goal <= {GOAL_RATIO}: {verdict})")
+    if result["stand_in"]:
+        print(f"note: measured a stand-in for edgeloop --help: {result['commands']['edgeloop_help']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="timed runs of each command")
+    parser.add_argument(
+        "--edgeloop-cmd",
+        help="measure this command instead of 'edgeloop --help' (a stand-in; recorded as such)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "cli_help.json")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    edgeloop_cmd = shlex.split(args.edgeloop_cmd) if args.edgeloop_cmd else EDGELOOP_CMD
+    try:
+        result = run(args.repeat, edgeloop_cmd)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if "edgeloop.cli" in str(exc):
+            print(
+                "hint: edgeloop/cli.py does not exist yet; measure a stand-in with"
+                " --edgeloop-cmd \"python -c 'import edgeloop.config'\"",
+                file=sys.stderr,
+            )
+        return 2
+    print_table(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 1 if args.check and not result["goal_met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The ``edgeloop`` command line.
+
+Heavy libraries (Prefect, MLflow, GX, DVC, scikit-learn) are imported inside the commands that
+need them, never at the top of this module: ``edgeloop --help`` must stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+CONFIG_HELP = "Config file (default: ./edgeloop.yaml, or $EDGELOOP_CONFIG)."
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("EDGELOOP_CONFIG") or "edgeloop.yaml").resolve()
+
+
+def _fail(exc: Exception) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(getattr(exc, "exit_code", 2))
+
+
+def _settings(config: str | None) -> Any:
+    from edgeloop import runtime
+    from edgeloop.config import load_settings
+
+    settings = load_settings(_config_path(config))
+    runtime.prepare(settings)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgeloop")
+def main() -> None:
+    """edgeloop: validate batches, surface edge cases, retrain, shadow, promote, monitor.
+
+    Start with `edgeloop demo` (the whole loop on embedded defaults), or
+    `edgeloop init --data YOUR.csv --target LABEL` for your own data.
+    """
+
+
+@main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Your labeled CSV/Parquet.")
+@click.option("--target", default=None, help="The label column of --data.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config/suite that differs.")
+def init(config: str | None, data: Path | None, target: str | None, force: bool) -> None:
+    """Set this checkout up (idempotent): config, expectation suite, stores, DVC, first data version."""
+    from edgeloop.errors import EdgeloopError
+    from edgeloop.project import init_project
+
+    cfg = _config_path(config)
+    try:
+        report = init_project(cfg.parent, config=cfg, data=data, target=target, force=force)
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    for step in report.steps:
+        click.echo(f"  - {step}")
+    click.secho(f"ready: data version {report.data_version}", fg="green")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+def ingest(paths: tuple[Path, ...], config: str | None, as_json: bool) -> None:
+    """Validate batch files and add the accepted rows to the versioned dataset.
+
+    Exits 1 when rows were quarantined (the report names them), 2 on bad usage or config.
+    """
+    from edgeloop.errors import EdgeloopError, ValidationGateError
+
+    try:
+        settings = _settings(config)
+        from flows.ingest import ingest as ingest_flow
+
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise EdgeloopError(f"no such file: {', '.join(missing)}")
+        results = ingest_flow([str(p) for p in paths], config=str(settings.source))
+        code = 0
+    except ValidationGateError as exc:
+        results, code = exc.result, 1
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        from edgeloop.report import print_outcomes
+
+        print_outcomes(results)
+    if code:
+        bad = [r["source"] for r in results if r["rows_quarantined"] or r["status"] in ("quarantined", "unreadable")]
+        click.secho(f"quarantined: {', '.join(bad) or 'duplicates of quarantined batches'}", fg="red", err=True)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON (for scripts).")
+def status(config: str | None, as_json: bool) -> None:
+    """Show the state: data version, batches accepted/quarantined (with reasons), stores."""
+    from edgeloop.errors import EdgeloopError
+    from edgeloop.status import collect_status
+
+    try:
+        state = collect_status(_settings(config))
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(state, indent=2, default=str))
+    else:
+        from edgeloop.report import print_status
+
+        print_status(state)
+
+
+@main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+def demo(config: str | None) -> None:
+    """Run the whole loop on the bundled demo data with embedded stores (nothing to start)."""
+    from edgeloop.demo import run_demo
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        code = run_demo(_config_path(config))
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--rows", default=1_000_000, show_default=True, help="Number of rows.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--unlabeled", is_flag=True, help="Leave the label column out (a production batch).")
+def synth(out: Path, rows: int, seed: int, unlabeled: bool) -> None:
+    """Write a seeded synthetic batch (CSV or Parquet by extension) for scale work."""
+    from pipelines.synthetic import synthetic_frame
+
+    df = synthetic_frame(rows, seed=seed, labeled=not unlabeled)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        df.to_csv(out, index=False)
+    else:
+        df.to_parquet(out, index=False)
+    click.echo(f"wrote {len(df)} rows to {out}")
+
+
+if __name__ == "__main__":
+    main()

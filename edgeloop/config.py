@@ -1,0 +1,213 @@
+"""Typed, frozen settings loaded from one YAML file (``edgeloop.yaml``).
+
+Nothing here acts on import. ``load_settings(path)`` reads the file, rejects unknown keys and
+wrong types with an error that names the key and the file, and applies environment overrides
+for service locations (so the same file runs against team servers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgeloop.errors import EdgeloopError
+
+CONFIG_FILENAME = "edgeloop.yaml"
+
+#: Environment variables that override service locations from the config file.
+ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
+ENV_PREFECT_API_URL = "PREFECT_API_URL"
+ENV_DVC_REMOTE_URL = "EDGELOOP_DVC_REMOTE_URL"
+
+
+class ConfigError(EdgeloopError, ValueError):
+    """A config file is missing, unreadable, or has a bad key or value."""
+
+
+class _Frozen(BaseModel):
+    # extra="forbid" turns a typo'd key into an error; strict=True refuses "3" for an int.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SchemaSettings(_Frozen):
+    """What a batch looks like: features, target and the class labels."""
+
+    features: Annotated[list[str], Field(min_length=1)]
+    categorical: list[str] = Field(default_factory=list)
+    target: str
+    classes: Annotated[list[int | str], Field(min_length=2)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SchemaSettings:
+        dupes = sorted({c for c in self.features if self.features.count(c) > 1})
+        if dupes:
+            raise ValueError(f"features lists {dupes} more than once")
+        unknown = [c for c in self.categorical if c not in self.features]
+        if unknown:
+            raise ValueError(f"categorical names {unknown}, which are not in features")
+        if self.target in self.features:
+            raise ValueError(f"target {self.target!r} is also listed in features")
+        if len(set(map(str, self.classes))) != len(self.classes):
+            raise ValueError("classes has duplicates")
+        return self
+
+    @property
+    def numeric(self) -> list[str]:
+        """Feature columns that are not categorical."""
+        return [c for c in self.features if c not in self.categorical]
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column a batch carries (features, then the target)."""
+        return [*self.features, self.target]
+
+
+class PathSettings(_Frozen):
+    """Where things live, relative to the project root unless absolute."""
+
+    data: str = "data"
+    expectations: str = "expectations"
+    mlflow: str = "mlflow"
+    prefect_home: str = ".prefect"
+    dvc_remote: str = ".dvcstore"
+    incoming: str = "incoming"
+
+
+class ValidationSettings(_Frozen):
+    """How a batch is judged by its Great Expectations suite."""
+
+    suite: str = "batch"
+    #: "rows": quarantine only the rows that fail row-level expectations and accept the rest;
+    #: "batch": any failed expectation quarantines the whole batch.
+    row_policy: Literal["rows", "batch"] = "rows"
+    #: Under the "rows" policy, a batch with a larger share of bad rows is quarantined whole:
+    #: that many failures usually means a broken producer, not a few bad records.
+    max_bad_row_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    #: Example values kept per failed expectation in the readable report.
+    report_examples: Annotated[int, Field(ge=0)] = 5
+
+
+class SeedSettings(_Frozen):
+    """Every random choice is seeded from here so runs reproduce."""
+
+    demo: int = 7
+    split: int = 42
+    train: int = 0
+
+
+class ServiceSettings(_Frozen):
+    """Service locations; empty means the embedded default. Environment variables win."""
+
+    mlflow_tracking_uri: str = ""
+    prefect_api_url: str = ""
+    dvc_remote_url: str = ""
+
+
+class Settings(_Frozen):
+    """The whole configuration of one edgeloop project."""
+
+    project: str = "edgeloop"
+    data_schema: SchemaSettings = Field(alias="schema")
+    paths: PathSettings = Field(default_factory=PathSettings)
+    validation: ValidationSettings = Field(default_factory=ValidationSettings)
+    seeds: SeedSettings = Field(default_factory=SeedSettings)
+    services: ServiceSettings = Field(default_factory=ServiceSettings)
+
+    # Not part of the file: where it was read from, so relative paths resolve from there.
+    root: Path = Field(default=Path("."), exclude=True)
+    source: Path | None = Field(default=None, exclude=True)
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, populate_by_name=True, arbitrary_types_allowed=True
+    )
+
+    def path(self, name: str) -> Path:
+        """Absolute path of one entry of ``paths``."""
+        p = Path(getattr(self.paths, name))
+        return p if p.is_absolute() else (self.root / p)
+
+    def suite_path(self, name: str | None = None) -> Path:
+        """The JSON file of a named expectation suite."""
+        return self.path("expectations") / f"{name or self.validation.suite}.json"
+
+    def to_dict(self) -> dict:
+        """The settings as they would be written to the file."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"root", "source"})
+
+    def config_hash(self) -> str:
+        """A stable hash of the settings (for lineage and caching)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_error(exc: ValidationError, source: Path) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key '{loc}'")
+        elif err["type"] == "missing":
+            lines.append(f"  - missing key '{loc}'")
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  - key '{loc}': {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def settings_from_dict(data: dict, *, root: Path, source: Path) -> Settings:
+    """Build settings from parsed YAML; errors name the key and ``source``."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+    try:
+        settings = Settings.model_validate({**data, "root": root, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read ``edgeloop.yaml`` (or ``path``) and return frozen settings with env overrides."""
+    import yaml
+
+    source = Path(path) if path is not None else Path.cwd() / CONFIG_FILENAME
+    source = source.resolve()
+    if not source.is_file():
+        raise ConfigError(
+            f"{source}: config file not found (run 'edgeloop init' in the project root, "
+            "or pass --config PATH)"
+        )
+    try:
+        data = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    settings = settings_from_dict(data or {}, root=source.parent, source=source)
+    return apply_env_overrides(settings)
+
+
+def apply_env_overrides(settings: Settings, env: dict[str, str] | None = None) -> Settings:
+    """Service locations from the environment win over the file."""
+    env = dict(os.environ) if env is None else env
+    overrides = {
+        "mlflow_tracking_uri": env.get(ENV_MLFLOW_TRACKING_URI, ""),
+        "prefect_api_url": env.get(ENV_PREFECT_API_URL, ""),
+        "dvc_remote_url": env.get(ENV_DVC_REMOTE_URL, ""),
+    }
+    overrides = {k: v for k, v in overrides.items() if v}
+    if not overrides:
+        return settings
+    services = settings.services.model_copy(update=overrides)
+    return settings.model_copy(update={"services": services})
+
+
+def dump_settings(settings: Settings, path: Path) -> None:
+    """Write settings as YAML (used by ``edgeloop init``)."""
+    import yaml
+
+    text = yaml.safe_dump(settings.to_dict(), sort_keys=False, width=100, default_flow_style=None)
+    path.write_text(text, encoding="utf-8")

@@ -1,0 +1,200 @@
+"""``edgeloop init``: set a checkout up, idempotently, for the demo or for the user's own data."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeloop.config import (
+    CONFIG_FILENAME,
+    SchemaSettings,
+    Settings,
+    dump_settings,
+    load_settings,
+    settings_from_dict,
+)
+from edgeloop.errors import EdgeloopError, StoreError
+
+RESERVED_COLUMNS = ("row_id", "batch_id")
+
+
+@dataclass
+class InitReport:
+    """What ``init`` did, step by step (printed by the CLI)."""
+
+    settings: Settings
+    steps: list[str] = field(default_factory=list)
+    data_version: str | None = None
+
+    def say(self, text: str) -> None:
+        self.steps.append(text)
+
+
+def demo_settings(root: Path) -> Settings:
+    """The config the demo ships with (also what ``init`` writes when there is none)."""
+    from pipelines.demo_data import demo_schema
+
+    return settings_from_dict(
+        {"project": "edgeloop-demo", "schema": demo_schema().model_dump()},
+        root=root,
+        source=root / CONFIG_FILENAME,
+    )
+
+
+def is_demo(settings: Settings) -> bool:
+    from pipelines.demo_data import demo_schema
+
+    return settings.data_schema == demo_schema()
+
+
+def infer_schema(path: Path, target: str) -> tuple[SchemaSettings, object]:
+    """Read the user's labeled file and derive the schema: features, categoricals, classes."""
+    import pandas as pd
+
+    from pipelines.validate import read_batch
+
+    df = read_batch(path)
+    if target not in df.columns:
+        raise EdgeloopError(f"{path}: no column {target!r} (columns: {', '.join(map(str, df.columns))})")
+    if df[target].isna().any():
+        rows = df.index[df[target].isna()].tolist()[:5]
+        raise EdgeloopError(f"{path}: column {target!r} has missing labels (rows {rows}...)")
+    clash = [c for c in RESERVED_COLUMNS if c in df.columns]
+    if clash:
+        raise EdgeloopError(f"{path}: columns {clash} are reserved by edgeloop; rename them")
+    features = [str(c) for c in df.columns if c != target]
+    categorical = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
+    labels = sorted(df[target].unique().tolist(), key=str)
+    classes: list[int | str] = [
+        int(v) if isinstance(v, (int, float)) and float(v).is_integer() else str(v) for v in labels
+    ]
+    schema = SchemaSettings(features=features, categorical=categorical, target=target, classes=classes)
+    return schema, df
+
+
+def _write_if_new(path: Path, text: str, force: bool, report: InitReport, what: str) -> None:
+    if path.exists():
+        if path.read_text(encoding="utf-8") == text:
+            report.say(f"{what}: {path.name} is up to date")
+            return
+        if not force:
+            raise EdgeloopError(f"{path}: exists and differs; pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    report.say(f"{what}: wrote {path}")
+
+
+def init_project(
+    root: Path,
+    *,
+    config: Path | None = None,
+    data: Path | None = None,
+    target: str | None = None,
+    force: bool = False,
+) -> InitReport:
+    """Set the project up: config, suite, stores, DVC and the first dataset version."""
+    from edgeloop import runtime
+    from edgeloop.store import DataStore
+    from edgeloop.versioning import DataVersioner
+
+    root = root.resolve()
+    config = (config or root / CONFIG_FILENAME).resolve()
+    if data is not None:
+        if not target:
+            raise EdgeloopError("--data needs --target COLUMN (the label column)")
+        schema, frame = infer_schema(Path(data), target)
+        settings = settings_from_dict(
+            {"project": root.name or "edgeloop", "schema": schema.model_dump()}, root=root, source=config
+        )
+        report = InitReport(settings)
+        import yaml
+
+        text = yaml.safe_dump(settings.to_dict(), sort_keys=False, width=100, default_flow_style=None)
+        _write_if_new(config, text, force, report, "config")
+    else:
+        if config.exists():
+            settings = load_settings(config)
+            report = InitReport(settings)
+            report.say(f"config: using {config}")
+        else:
+            settings = demo_settings(root)
+            report = InitReport(settings)
+            dump_settings(settings, config)
+            report.say(f"config: wrote the demo config to {config}")
+        frame = None
+
+    runtime.prepare(settings)
+    settings = load_settings(config)
+    report.settings = settings
+
+    # The suite: bootstrapped from the user's data, or the demo's (itself bootstrapped, then edited).
+    suite_path = settings.suite_path()
+    if frame is not None:
+        from pipelines.profile import bootstrap_suite
+
+        suite = bootstrap_suite(frame, settings.data_schema, name=settings.validation.suite)
+        _write_if_new(suite_path, json.dumps(suite, indent=2) + "\n", force, report, "suite")
+    elif not suite_path.exists():
+        if not is_demo(settings):
+            raise EdgeloopError(
+                f"{suite_path}: no expectation suite; run 'edgeloop init --data PATH --target COL'"
+            )
+        from pipelines.demo_data import demo_suite
+
+        _write_if_new(suite_path, json.dumps(demo_suite(settings.seeds.demo), indent=2) + "\n", force, report, "suite")
+    else:
+        report.say(f"suite: using {suite_path}")
+
+    # Stores: folders only; the MLflow tables are created on first use.
+    for name in ("mlflow", "prefect_home", "incoming"):
+        settings.path(name).mkdir(parents=True, exist_ok=True)
+    report.say(f"stores: MLflow {settings.path('mlflow')}, Prefect home {settings.path('prefect_home')}")
+
+    versioner = DataVersioner(settings)
+    for step in versioner.ensure_initialised():
+        report.say(step)
+
+    store = DataStore(settings)
+    if frame is not None:
+        store.write_reference(frame)
+        report.data_version = versioner.commit()
+        report.say(f"data: reference set of {len(frame)} rows from {data}, version {report.data_version}")
+    else:
+        report.data_version = _ensure_data(settings, versioner, store, report)
+    return report
+
+
+def _ensure_data(settings: Settings, versioner, store, report: InitReport) -> str | None:  # type: ignore[no-untyped-def]
+    """Make sure ``data/`` holds the version ``data.dvc`` names (restore, or rebuild the demo's)."""
+    committed = versioner.version()
+    if store.reference_path.exists() and committed:
+        report.say(f"data: present, version {committed}")
+        return committed
+    if committed:
+        try:
+            how = versioner.restore()
+            report.say(f"data: version {committed} {how} from DVC")
+            return committed
+        except StoreError as exc:
+            if not is_demo(settings):
+                raise
+            report.say(f"data: {exc}")
+    if not is_demo(settings):
+        raise EdgeloopError(f"{store.root}: no data; run 'edgeloop init --data PATH --target COL'")
+    from pipelines.demo_data import reference_frame
+
+    # A fresh clone has data.dvc but not the remote's content: the demo data is regenerated
+    # from its seed, which gives the same bytes and so the same version.
+    store.write_reference(reference_frame(settings.seeds.demo))
+    version = versioner.commit()
+    if committed is None:
+        report.say(f"data: demo reference set written, version {version}")
+    elif version == committed:
+        report.say(f"data: demo reference regenerated byte-identically, version {version} (as in data.dvc)")
+    else:
+        report.say(
+            f"data: demo reference regenerated but differs from data.dvc ({committed});"
+            f" re-added as version {version}"
+        )
+    return version

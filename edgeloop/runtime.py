@@ -1,0 +1,33 @@
+"""Process environment for the embedded stack, applied by commands before Prefect is imported.
+
+Prefect reads its settings when it is first imported, so ``prepare(settings)`` must run before
+any ``import prefect``: the CLI calls it at the start of each command, never at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+from edgeloop.config import Settings
+
+
+def prepare(settings: Settings, *, quiet: bool = True) -> None:
+    """Project-local Prefect home, no telemetry, DVC's site cache inside the project."""
+    env = os.environ
+    # A project-local home: `prefect server start` run in the repo later shows these runs
+    # (prefect.toml at the root points there too).
+    env.setdefault("PREFECT_HOME", str(settings.path("prefect_home")))
+    if settings.services.prefect_api_url:
+        env["PREFECT_API_URL"] = settings.services.prefect_api_url
+    # Offline machines otherwise log failed telemetry calls.
+    env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("DVC_SITE_CACHE_DIR", str(settings.root / ".dvc" / "tmp" / "site-cache"))
+    env.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    if quiet:
+        # The CLI prints its own progress. Only the console handler is quieted: INFO lines
+        # still reach the API, so the Prefect UI shows each run's full log.
+        env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # MLflow warns that git is missing in some set-ups; lineage is recorded by edgeloop itself.
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

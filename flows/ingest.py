@@ -1,0 +1,118 @@
+"""Prefect flow: validate batch files, file them (dataset or quarantine), version, record.
+
+Thin by design: each task wraps one step from ``pipelines``/``edgeloop``; the flow adds
+retries on the store-facing steps, Prefect artifacts with the summary, and the gate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from edgeloop.config import Settings, load_settings
+from edgeloop.errors import ValidationGateError
+from edgeloop.ingest import Assessment, BatchOutcome, assess, file_batch, log_run
+from edgeloop.store import DataStore
+from edgeloop.versioning import DataVersioner
+from pipelines.validate import load_suite
+
+
+@task(name="validate-batch", cache_policy=NO_CACHE)
+def validate_batch(path: str, settings: Settings, suite: dict) -> Assessment:
+    """Read the file and run the suite (real GX); no store is touched."""
+    return assess(path, settings, DataStore(settings), suite)
+
+
+@task(name="file-batch", cache_policy=NO_CACHE)
+def store_batch(assessment: Assessment, settings: Settings) -> BatchOutcome:
+    """Accepted rows to the dataset, the rest (and the original) to quarantine, ledger entry."""
+    return file_batch(assessment, DataStore(settings))
+
+
+@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def version_data(settings: Settings) -> str:
+    """``dvc add data`` + push: the new dataset version (md5)."""
+    return DataVersioner(settings).commit()
+
+
+@task(name="record-in-mlflow", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_run(
+    settings: Settings, outcome: BatchOutcome, assessment: Assessment, data_version: str
+) -> str:
+    """One MLflow run per batch: statistics, report, DVC version, git commit, flow-run id."""
+    return log_run(
+        settings,
+        outcome,
+        assessment,
+        data_version=data_version,
+        flow_run_id=str(flow_run.id or ""),
+        flow_run_url=flow_run_url(),
+    )
+
+
+def flow_run_url() -> str:
+    """The run's page on the Prefect server that shows it (the project-local one by default)."""
+    url = flow_run.ui_url or ""
+    if not url and flow_run.id:
+        url = f"http://127.0.0.1:4200/runs/flow-run/{flow_run.id}"
+    return url
+
+
+def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "batch": o.source,
+            "status": o.status,
+            "rows": o.rows,
+            "accepted": o.rows_accepted,
+            "quarantined": o.rows_quarantined,
+            "reason": o.reason[:300],
+        }
+        for o in outcomes
+    ]
+    create_table_artifact(key="ingest-summary", table=rows, description=f"data version {version}")
+    lines = [f"# Ingest: {len(outcomes)} batch(es), data version `{version}`", ""]
+    for o in outcomes:
+        lines.append(f"## `{o.source}`: **{o.status}**")
+        lines.append(f"- rows: {o.rows} in, {o.rows_accepted} accepted, {o.rows_quarantined} quarantined")
+        if o.reason:
+            lines.append(f"- reason: {o.reason}")
+        for f in o.failed[:10]:
+            lines.append(f"  - {f}")
+        if o.report_path:
+            lines.append(f"- report: `{o.report_path}`")
+        lines.append("")
+    create_markdown_artifact(key="ingest-validation", markdown="\n".join(lines))
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(paths: list[str], config: str = "edgeloop.yaml") -> list[dict[str, Any]]:
+    """Validate and ingest batch files (CSV or Parquet) into the versioned dataset.
+
+    Raises ``ValidationGateError`` (after filing every batch) when any rows were quarantined.
+    """
+    settings = load_settings(config)
+    suite = load_suite(settings.suite_path())
+    outcomes: list[BatchOutcome] = []
+    version = DataVersioner(settings).version() or ""
+    for path in paths:
+        assessment = validate_batch(str(Path(path).resolve()), settings, suite)
+        outcome = store_batch(assessment, settings)
+        if outcome.status != "duplicate":
+            version = version_data(settings)
+        run_id = record_run(settings, outcome, assessment, version)
+        outcome = BatchOutcome(**{**outcome.to_dict(), "data_version": version, "mlflow_run_id": run_id})
+        print(f"{outcome.source}: {outcome.status} ({outcome.reason})")
+        outcomes.append(outcome)
+    _summary_artifacts(outcomes, version)
+    results = [o.to_dict() for o in outcomes]
+    bad = [o for o in outcomes if o.needs_attention]
+    if bad:
+        names = ", ".join(f"{o.source} ({o.status}: {o.reason})" for o in bad)
+        raise ValidationGateError(f"{len(bad)} batch(es) quarantined rows: {names}", results)
+    return results

@@ -1,0 +1,367 @@
+"""Validation stage: read a batch, check it against a Great Expectations suite, decide.
+
+Plain functions, no orchestration. ``read_batch`` turns a file into a DataFrame or raises an
+error naming the file and the problem; ``validate_frame`` runs the suite with real GX and
+returns a ``ValidationReport``; ``decide`` applies the row policy and says which rows go where.
+
+Row policy (``validation.row_policy`` in the config):
+
+* ``rows`` (default): rows that fail a row-level expectation (nulls, ranges, category sets) are
+  quarantined and the rest is accepted, unless the share of bad rows exceeds
+  ``max_bad_row_fraction``, in which case the whole batch is quarantined.
+* ``batch``: any failed expectation quarantines the whole batch.
+
+Table-level failures (missing or extra columns, wrong dtype, row count) always quarantine the
+whole batch: no row of a batch with the wrong shape can be trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from edgeloop.config import SchemaSettings, ValidationSettings
+from edgeloop.errors import BatchReadError, SuiteError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+READABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+Decision = Literal["accepted", "partial", "quarantined"]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a batch file: the key of the ingest ledger."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_batch(path: str | Path) -> pd.DataFrame:
+    """Read a CSV or Parquet batch; raise ``BatchReadError`` naming the file and the problem."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise BatchReadError(str(p), "file not found")
+    if not p.is_file():
+        raise BatchReadError(str(p), "not a file")
+    suffix = p.suffix.lower()
+    if suffix not in READABLE_SUFFIXES:
+        raise BatchReadError(
+            str(p), f"unsupported extension {suffix or '(none)'!r}; expected one of {READABLE_SUFFIXES}"
+        )
+    if p.stat().st_size == 0:
+        raise BatchReadError(str(p), "file is empty (0 bytes)")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(p, encoding="utf-8")
+        else:
+            df = pd.read_parquet(p)
+    except pd.errors.EmptyDataError:
+        raise BatchReadError(str(p), "file has no header and no rows") from None
+    except pd.errors.ParserError as exc:
+        raise BatchReadError(str(p), f"malformed CSV: {str(exc).strip()}") from None
+    except UnicodeDecodeError as exc:
+        raise BatchReadError(
+            str(p), f"not UTF-8 text at byte {exc.start}: is this really a CSV file?"
+        ) from None
+    except Exception as exc:  # pyarrow raises several types for truncated or foreign files
+        raise BatchReadError(
+            str(p), f"unreadable {suffix[1:]} file ({type(exc).__name__}: {exc})"
+        ) from None
+    if len(df) == 0:
+        raise BatchReadError(str(p), f"file has a header ({len(df.columns)} columns) but no rows")
+    return df
+
+
+def normalize_batch(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
+    """Give an unlabeled batch an all-null target column, so one suite checks both kinds.
+
+    Production batches usually arrive without labels; labeled batches carry the target. The
+    suite lists the target among the expected columns and checks its values only where present.
+    Returns a new frame; the input is not modified.
+    """
+    if schema.target in df.columns:
+        return df
+    out = df.copy(deep=False)
+    out[schema.target] = None
+    return out
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def load_suite(path: str | Path) -> dict[str, Any]:
+    """Load a suite JSON file (``{"name": ..., "expectations": [{"type", "kwargs"}]}``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SuiteError(f"{p}: expectation suite not found (run 'edgeloop init')")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SuiteError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
+        raise SuiteError(f"{p}: a suite needs a 'name' and a list of 'expectations'")
+    for i, exp in enumerate(data["expectations"]):
+        if not isinstance(exp, dict) or "type" not in exp:
+            raise SuiteError(f"{p}: expectations[{i}] needs a 'type'")
+    data.setdefault("name", p.stem)
+    # GX assigns ids itself; ids copied from elsewhere only cause conflicts.
+    data.pop("id", None)
+    for exp in data["expectations"]:
+        exp.pop("id", None)
+    return data
+
+
+def _gx_validator(suite: dict[str, Any]) -> Any:
+    """An ephemeral GX context with one pandas asset and the suite attached."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    # Progress bars flood stderr in a CLI and in Prefect logs.
+    context.variables.progress_bars = {"globally": False}
+    try:
+        gx_suite = context.suites.add(gx.ExpectationSuite(**suite))
+    except Exception as exc:
+        raise SuiteError(f"suite {suite.get('name')!r} is not valid for GX: {exc}") from None
+    batch_def = (
+        context.data_sources.add_pandas("edgeloop")
+        .add_dataframe_asset("batch")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    return context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"validate-{gx_suite.name}", data=batch_def, suite=gx_suite)
+    )
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class FailedExpectation:
+    """One expectation that did not hold, with what was seen."""
+
+    expectation: str
+    column: str | None
+    kwargs: dict[str, Any]
+    row_level: bool
+    unexpected_count: int | None = None
+    unexpected_percent: float | None = None
+    examples: list[Any] = field(default_factory=list)
+    observed: Any = None
+    error: str | None = None
+    #: Row positions (0-based, in file order) that failed; empty for table-level failures.
+    rows: tuple[int, ...] = ()
+
+    def describe(self) -> str:
+        """One line a person can read."""
+        where = f" on column '{self.column}'" if self.column else ""
+        if self.error:
+            return f"{self.expectation}{where}: could not be evaluated ({self.error})"
+        if self.row_level:
+            return (
+                f"{self.expectation}{where}: {self.unexpected_count} rows failed"
+                f" (e.g. {_short(self.examples)})"
+            )
+        detail = self.observed
+        if isinstance(self.observed, dict) and "mismatched" in self.observed:
+            detail = self.observed["mismatched"]
+        return f"{self.expectation}{where}: observed {_short(detail)}"
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    """What a suite said about one batch, and what happens to its rows."""
+
+    batch: str
+    suite: str
+    rows: int
+    evaluated: int
+    failed: tuple[FailedExpectation, ...]
+    decision: Decision = "accepted"
+    reason: str = ""
+    #: Row positions quarantined under the decision (all rows when the batch is quarantined).
+    bad_rows: tuple[int, ...] = ()
+
+    @property
+    def success(self) -> bool:
+        return not self.failed
+
+    @property
+    def rows_quarantined(self) -> int:
+        return len(self.bad_rows)
+
+    @property
+    def rows_accepted(self) -> int:
+        return self.rows - self.rows_quarantined
+
+    @property
+    def failed_columns(self) -> list[str]:
+        return sorted({f.column for f in self.failed if f.column})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failed"] = [{k: v for k, v in asdict(f).items() if k != "rows"} for f in self.failed]
+        d["bad_rows"] = list(self.bad_rows[:1000])
+        d["bad_rows_total"] = len(self.bad_rows)
+        d["rows_accepted"] = self.rows_accepted
+        d["rows_quarantined"] = self.rows_quarantined
+        return d
+
+    def to_markdown(self, sample: pd.DataFrame | None = None) -> str:
+        """A readable report: decision, each failed expectation, a few bad rows."""
+        lines = [
+            f"# Validation report: `{self.batch}`",
+            "",
+            f"- **Decision:** {self.decision}" + (f" — {self.reason}" if self.reason else ""),
+            f"- **Suite:** `{self.suite}` ({self.evaluated} expectations evaluated,"
+            f" {len(self.failed)} failed)",
+            f"- **Rows:** {self.rows} in the batch, {self.rows_accepted} accepted,"
+            f" {self.rows_quarantined} quarantined",
+            "",
+        ]
+        if self.failed:
+            lines += [
+                "## Failed expectations",
+                "",
+                "| expectation | column | failing rows | share | examples / observed |",
+                "|---|---|---:|---:|---|",
+            ]
+            for f in self.failed:
+                share = f"{f.unexpected_percent:.2f}%" if f.unexpected_percent is not None else ""
+                count = "" if f.unexpected_count is None else str(f.unexpected_count)
+                seen = f.error or (
+                    _short(f.examples) if f.row_level else _short(f.observed)
+                )
+                lines.append(
+                    f"| {f.expectation} | {f.column or '(table)'} | {count} | {share} |"
+                    f" {seen.replace('|', '/')} |"
+                )
+            lines.append("")
+        if sample is not None and len(sample):
+            lines += [
+                "## Example quarantined rows",
+                "",
+                "Row numbers count data rows from 0 in file order (CSV line = row + 2).",
+                "",
+                sample.to_markdown() if _has_tabulate() else "```\n" + sample.to_string() + "\n```",
+                "",
+            ]
+        return "\n".join(lines)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _failed_from_result(er: Any) -> FailedExpectation:
+    cfg = er.expectation_config
+    kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
+    result = er.result or {}
+    error = None
+    if er.exception_info and er.exception_info.get("raised_exception"):
+        msg = str(er.exception_info.get("exception_message") or "error")
+        error = msg.splitlines()[0][:200]
+    rows = tuple(int(i) for i in result.get("unexpected_index_list") or ())
+    row_level = "unexpected_count" in result and error is None
+    return FailedExpectation(
+        expectation=cfg.type,
+        column=kwargs.get("column"),
+        kwargs={k: v for k, v in kwargs.items() if k != "column"},
+        row_level=row_level,
+        unexpected_count=result.get("unexpected_count"),
+        unexpected_percent=_finite(result.get("unexpected_percent")),
+        examples=list(result.get("partial_unexpected_list") or [])[:20],
+        observed=result.get("observed_value") if "details" not in result else result.get("details"),
+        error=error,
+        rows=rows,
+    )
+
+
+def _finite(x: Any) -> float | None:
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def validate_frame(df: pd.DataFrame, suite: dict[str, Any], *, batch: str = "batch") -> ValidationReport:
+    """Run ``suite`` over ``df`` with Great Expectations; return what failed, row by row.
+
+    The frame is given a fresh 0..n-1 index so GX's ``unexpected_index_list`` are file positions.
+    """
+    frame = df.reset_index(drop=True)
+    validation = _gx_validator(suite)
+    result = validation.run(
+        batch_parameters={"dataframe": frame},
+        # COMPLETE gives unexpected_index_list: the row positions row-level quarantine needs.
+        result_format={"result_format": "COMPLETE", "partial_unexpected_count": 20},
+    )
+    failed = tuple(_failed_from_result(er) for er in result.results if not er.success)
+    return ValidationReport(
+        batch=batch,
+        suite=str(suite.get("name", "suite")),
+        rows=len(frame),
+        evaluated=int(result.statistics.get("evaluated_expectations", len(result.results))),
+        failed=failed,
+    )
+
+
+def decide(report: ValidationReport, settings: ValidationSettings) -> ValidationReport:
+    """Apply the row policy: return the report with its decision, reason and bad rows."""
+    if not report.failed:
+        return _with(report, "accepted", "all expectations passed", ())
+    everything = tuple(range(report.rows))
+    # Most telling first: the shape of the table, then dtypes, then what could not be evaluated
+    # (usually a consequence of the first two).
+    table_level = sorted(
+        (f for f in report.failed if not f.row_level),
+        key=lambda f: (f.error is not None, f.column is not None),
+    )
+    if table_level:
+        what = "; ".join(f.describe() for f in table_level[:3])
+        more = f" (+{len(table_level) - 3} more)" if len(table_level) > 3 else ""
+        return _with(report, "quarantined", f"table-level failure: {what}{more}", everything)
+    bad = tuple(sorted({i for f in report.failed for i in f.rows}))
+    names = ", ".join(
+        f"{f.expectation}({f.column})" if f.column else f.expectation for f in report.failed
+    )
+    if settings.row_policy == "batch":
+        return _with(report, "quarantined", f"row_policy=batch and {len(bad)} rows failed: {names}", everything)
+    share = len(bad) / max(report.rows, 1)
+    if share > settings.max_bad_row_fraction:
+        return _with(
+            report,
+            "quarantined",
+            f"{len(bad)} of {report.rows} rows failed ({share:.0%} > max_bad_row_fraction"
+            f" {settings.max_bad_row_fraction:.0%}): {names}",
+            everything,
+        )
+    return _with(report, "partial", f"{len(bad)} rows quarantined: {names}", bad)
+
+
+def _with(report: ValidationReport, decision: Decision, reason: str, bad: Sequence[int]) -> ValidationReport:
+    from dataclasses import replace
+
+    return replace(report, decision=decision, reason=reason, bad_rows=tuple(bad))
