@@ -17,9 +17,9 @@ EXPECTED = {"batch_05": "partial", "batch_06_broken_export": "quarantined"}
 
 def run_demo(config: Path) -> int:
     """Run the demo; return the process exit code (0 when every batch behaved as designed)."""
-    from rich.console import Console
+    from edgeloop.report import make_console
 
-    console = Console(highlight=False)
+    console = make_console()
     started = time.monotonic()
 
     def step(text: str) -> None:

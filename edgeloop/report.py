@@ -13,10 +13,14 @@ STATUS_STYLE = {
 }
 
 
-def _console() -> Any:
+def make_console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False)
+    # Piped output defaults to 80 columns, too narrow for the reasons column.
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    return console
 
 
 def outcomes_table(results: list[dict[str, Any]], notes: dict[str, str] | None = None) -> Any:
@@ -50,7 +54,7 @@ def outcomes_table(results: list[dict[str, Any]], notes: dict[str, str] | None =
 
 
 def print_outcomes(results: list[dict[str, Any]]) -> None:
-    console = _console()
+    console = make_console()
     console.print(outcomes_table(results))
     for r in results:
         if r.get("report_path"):
@@ -58,7 +62,7 @@ def print_outcomes(results: list[dict[str, Any]]) -> None:
 
 
 def print_status(state: dict[str, Any]) -> None:
-    console = _console()
+    console = make_console()
     d, b, s = state["data"], state["batches"], state["stores"]
     console.print(f"[bold]{state['project']}[/]  ({state['config']})")
     console.print(

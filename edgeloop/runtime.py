@@ -22,6 +22,9 @@ def prepare(settings: Settings, *, quiet: bool = True) -> None:
     # Offline machines otherwise log failed telemetry calls.
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("DO_NOT_TRACK", "1")
+    # The embedded server creates its database on first start; on a busy 2-core machine that
+    # can take longer than Prefect's default wait of 20 s.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     env.setdefault("DVC_NO_ANALYTICS", "1")
     env.setdefault("DVC_SITE_CACHE_DIR", str(settings.root / ".dvc" / "tmp" / "site-cache"))
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
@@ -29,5 +32,6 @@ def prepare(settings: Settings, *, quiet: bool = True) -> None:
         # The CLI prints its own progress. Only the console handler is quieted: INFO lines
         # still reach the API, so the Prefect UI shows each run's full log.
         env.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # MLflow warns that git is missing in some set-ups; lineage is recorded by edgeloop itself.
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -68,8 +68,9 @@ def _quiet() -> Iterator[None]:
     """DVC's Python API prints CLI hints ("git add ...") to stdout: keep them out of ours."""
     import logging
 
-    # DVC logs its hints at INFO through a handler bound to the real stdout.
-    logging.getLogger("dvc").setLevel(logging.WARNING)
+    # DVC logs hints (INFO) and expected misses (WARNING) through a handler bound to the real
+    # stdout; edgeloop reports what matters itself.
+    logging.getLogger("dvc").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         yield
 
@@ -172,7 +173,7 @@ class DataVersioner:
         """
         if not self.pointer.exists():
             raise StoreError(f"{self.pointer}: no dataset version to restore")
-        with self._repo() as repo:
+        with self._repo() as repo, _quiet():
             status = repo.status(targets=[str(self.pointer)])
             if not status:
                 return "present"

@@ -13,6 +13,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from edgeloop.config import Settings, load_settings
 from edgeloop.errors import ValidationGateError
@@ -91,7 +92,7 @@ def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:
 
 
 @flow(name="ingest", log_prints=True)
-def ingest(paths: list[str], config: str = "edgeloop.yaml") -> list[dict[str, Any]]:
+def ingest(paths: list[str], config: str = "edgeloop.yaml") -> Any:
     """Validate and ingest batch files (CSV or Parquet) into the versioned dataset.
 
     Raises ``ValidationGateError`` (after filing every batch) when any rows were quarantined.
@@ -114,5 +115,8 @@ def ingest(paths: list[str], config: str = "edgeloop.yaml") -> list[dict[str, An
     bad = [o for o in outcomes if o.needs_attention]
     if bad:
         names = ", ".join(f"{o.source} ({o.status}: {o.reason})" for o in bad)
-        raise ValidationGateError(f"{len(bad)} batch(es) quarantined rows: {names}", results)
+        message = f"{len(bad)} batch(es) quarantined rows: {names}"
+        # A Failed state (not a raise) marks the run failed in the UI without a traceback in
+        # the log; calling the flow still raises the gate error, which carries the results.
+        return Failed(message=message, data=ValidationGateError(message, results))
     return results

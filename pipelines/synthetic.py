@@ -111,7 +111,9 @@ def write_synthetic(path: Path, rows: int, seed: int) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in WRITABLE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported extension {suffix!r}; use one of {WRITABLE_SUFFIXES}")
+        raise ValueError(
+            f"{path}: unsupported extension {suffix!r}; use one of {WRITABLE_SUFFIXES}"
+        )
     df = synthetic_frame(rows, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".csv":

@@ -164,6 +164,22 @@ class FailedExpectation:
     #: Row positions (0-based, in file order) that failed; empty for table-level failures.
     rows: tuple[int, ...] = ()
 
+    @property
+    def short(self) -> str:
+        """``not_null(px_3_3)``: the expectation without GX's prefix, with its column."""
+        name = self.expectation
+        for prefix in ("expect_column_values_to_", "expect_column_", "expect_table_", "be_"):
+            name = name.removeprefix(prefix)
+        name = name.replace("not_be_", "not_")
+        return f"{name}({self.column})" if self.column else name
+
+    @property
+    def mismatched_columns(self) -> dict[str, list[str]]:
+        """For a column-set expectation: {"missing": [...], "unexpected": [...]}."""
+        if isinstance(self.observed, dict):
+            return dict(self.observed.get("mismatched") or {})
+        return {}
+
     def describe(self) -> str:
         """One line a person can read."""
         where = f" on column '{self.column}'" if self.column else ""
@@ -174,10 +190,11 @@ class FailedExpectation:
                 f"{self.expectation}{where}: {self.unexpected_count} rows failed"
                 f" (e.g. {_short(self.examples)})"
             )
-        detail = self.observed
-        if isinstance(self.observed, dict) and "mismatched" in self.observed:
-            detail = self.observed["mismatched"]
-        return f"{self.expectation}{where}: observed {_short(detail)}"
+        mismatch = self.mismatched_columns
+        if mismatch:
+            parts = [f"{k} columns {v}" for k, v in sorted(mismatch.items())]
+            return f"{self.expectation}: {'; '.join(parts)}"
+        return f"{self.expectation}{where}: observed {_short(self.observed)}"
 
 
 def _short(value: Any, limit: int = 160) -> str:
@@ -340,13 +357,14 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
         key=lambda f: (f.error is not None, f.column is not None),
     )
     if table_level:
-        what = "; ".join(f.describe() for f in table_level[:3])
-        more = f" (+{len(table_level) - 3} more)" if len(table_level) > 3 else ""
+        missing = {c for f in table_level for c in f.mismatched_columns.get("missing", [])}
+        # Expectations on a missing column fail too; naming them again adds nothing.
+        shown = [f for f in table_level if f.column not in missing]
+        what = "; ".join(f.describe() for f in shown[:3])
+        more = f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""
         return _with(report, "quarantined", f"table-level failure: {what}{more}", everything)
     bad = tuple(sorted({i for f in report.failed for i in f.rows}))
-    names = ", ".join(
-        f"{f.expectation}({f.column})" if f.column else f.expectation for f in report.failed
-    )
+    names = ", ".join(f.short for f in report.failed)
     if settings.row_policy == "batch":
         return _with(report, "quarantined", f"row_policy=batch and {len(bad)} rows failed: {names}", everything)
     share = len(bad) / max(report.rows, 1)
@@ -358,7 +376,7 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
             f" {settings.max_bad_row_fraction:.0%}): {names}",
             everything,
         )
-    return _with(report, "partial", f"{len(bad)} rows quarantined: {names}", bad)
+    return _with(report, "partial", f"{len(bad)} bad rows quarantined: {names}", bad)
 
 
 def _with(report: ValidationReport, decision: Decision, reason: str, bad: Sequence[int]) -> ValidationReport:

@@ -1,0 +1,245 @@
+"""What does edgeloop's validation step cost over running Great Expectations by hand?
+
+In one process, on one seeded synthetic batch (1M rows x 22 columns by default) and the suite
+``pipelines.profile.bootstrap_suite`` writes for it:
+
+* raw GX: an ephemeral context and validation definition built once, then only
+  ``ValidationDefinition.run(...)`` is timed, with ``COMPLETE`` and with ``BOOLEAN_ONLY``;
+* edgeloop: ``normalize_batch`` + ``validate_frame`` + ``decide``, as the ingest step calls
+  them (``validate_frame`` builds its GX context on every call, so that is included);
+* reading the batch back from Parquet with ``read_batch``, reported on its own.
+
+GX is imported and warmed up by one untimed run before anything is timed. The arms alternate,
+``--repeat`` rounds. Goal: edgeloop / raw-COMPLETE <= 1.30.
+
+    .venv/bin/python benchmarks/bench_validation.py [--rows 1000000] [--repeat 3]
+
+Writes ``benchmarks/results/validation.json``; ``--profile`` also writes a cProfile of one
+edgeloop call to ``benchmarks/results/validation.prof`` and prints its top entries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edgeloop.config import ValidationSettings
+from pipelines.profile import bootstrap_suite
+from pipelines.synthetic import synthetic_frame, synthetic_schema
+from pipelines.validate import (
+    _gx_validator,
+    decide,
+    normalize_batch,
+    read_batch,
+    validate_frame,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+GOAL_RATIO = 1.30
+#: Timings that process the whole batch (the others are fixed costs): rows/s is shown for these.
+SCANS = ("raw_complete", "raw_boolean_only", "edgeloop", "read_batch")
+
+
+def raw_gx_validation(suite: dict[str, Any]) -> Any:
+    """A validation definition built with the GX API directly, once."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}
+    gx_suite = context.suites.add(gx.ExpectationSuite(**suite))
+    batch_def = (
+        context.data_sources.add_pandas("raw")
+        .add_dataframe_asset("batch")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    return context.validation_definitions.add(
+        gx.ValidationDefinition(name="raw", data=batch_def, suite=gx_suite)
+    )
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def corrupt(df: Any, n: int, seed: int) -> Any:
+    """Break ``n`` rows after the suite was bootstrapped: out-of-range values, unknown region."""
+    import numpy as np
+
+    if n <= 0:
+        return df
+    out = df.copy()
+    rows = np.random.default_rng(seed).choice(len(out), size=n, replace=False)
+    half = rows[: n // 2]
+    out.loc[half, "f00"] = 1e6
+    out.loc[rows[n // 2 :], "region"] = "nowhere"
+    return out
+
+
+def run(rows: int, repeat: int, seed: int, labeled: bool, bad_rows: int) -> tuple[dict, Callable]:
+    schema = synthetic_schema()
+    settings = ValidationSettings()
+
+    import sklearn.datasets  # noqa: F401  (import cost is not generation cost)
+
+    t_gen, reference = timed(lambda: synthetic_frame(rows, seed=seed))
+    t_suite, suite = timed(lambda: bootstrap_suite(reference, schema, name="bench"))
+    batch = reference if labeled else reference.drop(columns=[schema.target])
+    batch = corrupt(batch, bad_rows, seed)
+    # Raw GX gets the frame the way edgeloop hands it to GX: with the target column present.
+    gx_frame = normalize_batch(batch, schema).reset_index(drop=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parquet = Path(tmp) / "batch.parquet"
+        batch.to_parquet(parquet, index=False)
+        parquet_mb = parquet.stat().st_size / 1e6
+        read_batch(parquet)  # warm the page cache
+        t_read = [timed(lambda: read_batch(parquet))[0] for _ in range(repeat)]
+
+    t_import, _ = timed(lambda: __import__("great_expectations"))
+    t_setup, validation = timed(lambda: raw_gx_validation(suite))
+    complete = {"result_format": "COMPLETE"}
+    boolean = {"result_format": "BOOLEAN_ONLY"}
+
+    def raw(fmt: dict) -> Any:
+        return validation.run(batch_parameters={"dataframe": gx_frame}, result_format=fmt)
+
+    def edgeloop() -> Any:
+        frame = normalize_batch(batch, schema)
+        return decide(validate_frame(frame, suite, batch="bench"), settings)
+
+    t_warm, warm = timed(lambda: raw(complete))  # untimed in the comparison: first-run costs
+    times: dict[str, list[float]] = {
+        "raw_complete": [],
+        "raw_boolean_only": [],
+        "edgeloop": [],
+        # Part of "edgeloop", timed apart to show what building a context per call costs.
+        "edgeloop_context_build": [],
+        # Not part of "edgeloop": what the ingest step does next with a failing batch's report.
+        "report_to_dict": [],
+    }
+    report = None
+    for _ in range(repeat):
+        times["raw_complete"].append(timed(lambda: raw(complete))[0])
+        times["raw_boolean_only"].append(timed(lambda: raw(boolean))[0])
+        t, report = timed(edgeloop)
+        times["edgeloop"].append(t)
+        times["edgeloop_context_build"].append(timed(lambda: _gx_validator(suite))[0])
+        times["report_to_dict"].append(timed(report.to_dict)[0])
+
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    medians["read_batch"] = statistics.median(t_read)
+    ratio = medians["edgeloop"] / medians["raw_complete"]
+    result = {
+        "benchmark": "validation",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "rows": rows,
+        "columns": len(batch.columns),
+        "labeled": labeled,
+        "bad_rows": bad_rows,
+        "expectations": len(suite["expectations"]),
+        "repeat": repeat,
+        "seed": seed,
+        "parquet_mb": round(parquet_mb, 1),
+        "outcome": {
+            "raw_success": bool(warm.success),
+            "decision": report.decision if report else None,
+            "failed_expectations": len(report.failed) if report else None,
+            "rows_quarantined": report.rows_quarantined if report else None,
+        },
+        "once_s": {
+            "generate": round(t_gen, 3),
+            "bootstrap_suite": round(t_suite, 3),
+            "import_gx": round(t_import, 3),
+            "raw_setup": round(t_setup, 3),
+            "raw_warmup_run": round(t_warm, 3),
+        },
+        "times_s": {
+            k: [round(t, 4) for t in v] for k, v in {**times, "read_batch": t_read}.items()
+        },
+        "median_s": {k: round(v, 4) for k, v in medians.items()},
+        "ratio_edgeloop_over_raw_complete": round(ratio, 4),
+        "goal_ratio": GOAL_RATIO,
+        "goal_met": ratio <= GOAL_RATIO,
+    }
+    return result, edgeloop
+
+
+def print_table(result: dict) -> None:
+    rows = result["rows"]
+    print(
+        f"{rows:,} rows x {result['columns']} columns, {result['expectations']} expectations,"
+        f" {result['repeat']} rounds; outcome: {result['outcome']['decision']}"
+    )
+    print(f"{'step':<22} {'median s':>9} {'min s':>8} {'max s':>8} {'Mrows/s':>8}")
+    for name, med in result["median_s"].items():
+        ts = result["times_s"][name]
+        speed = f"{rows / med / 1e6:>8.2f}" if name in SCANS else f"{'':>8}"
+        print(f"{name:<22} {med:>9.3f} {min(ts):>8.3f} {max(ts):>8.3f} {speed}")
+    verdict = "met" if result["goal_met"] else "MISSED"
+    print(
+        f"ratio edgeloop / raw_complete = {result['ratio_edgeloop_over_raw_complete']:.3f}"
+        f" (goal <= {GOAL_RATIO}: {verdict})"
+    )
+    once = ", ".join(f"{k} {v:.2f}s" for k, v in result["once_s"].items())
+    print(f"once: {once}")
+
+
+def profile(fn: Callable[[], Any], out: Path, top: int = 25) -> str:
+    """cProfile one call of ``fn``; save the stats to ``out``; return the top entries."""
+    prof = cProfile.Profile()
+    prof.runcall(fn)
+    prof.dump_stats(out)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds of each arm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--unlabeled", action="store_true", help="drop the target (normalize_batch re-adds it)"
+    )
+    parser.add_argument(
+        "--bad-rows", type=int, default=0, help="corrupt this many rows after bootstrapping"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "validation.json")
+    parser.add_argument("--profile", action="store_true", help="also cProfile one edgeloop call")
+    parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.rows < 1:
+        parser.error("--repeat and --rows must be at least 1")
+    result, edgeloop = run(args.rows, args.repeat, args.seed, not args.unlabeled, args.bad_rows)
+    print_table(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+    if args.profile:
+        prof_path = args.out.with_suffix(".prof")
+        print(profile(edgeloop, prof_path))
+        print(f"wrote {prof_path}")
+    return 1 if args.check and not result["goal_met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
