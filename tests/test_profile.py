@@ -241,7 +241,9 @@ def test_invalid_kwargs_raise_suite_error(reference, tmp_path: Path) -> None:
     path = tmp_path / "badkw.json"
     bad = {"column": "x1", "max_value": 10, "maximum": 3}
     path.write_text(
-        json.dumps({"expectations": [{"type": "expect_column_values_to_be_between", "kwargs": bad}]})
+        json.dumps(
+            {"expectations": [{"type": "expect_column_values_to_be_between", "kwargs": bad}]}
+        )
     )
     with pytest.raises(SuiteError, match="maximum"):
         validate_frame(reference, load_suite(path))
