@@ -47,11 +47,13 @@ def main() -> None:
 
 @main.command()
 @click.option("--config", "config", default=None, help=CONFIG_HELP)
-@click.option("--data", type=click.Path(path_type=Path), default=None, help="Your labeled CSV/Parquet.")
+@click.option(
+    "--data", type=click.Path(path_type=Path), default=None, help="Your labeled CSV/Parquet."
+)
 @click.option("--target", default=None, help="The label column of --data.")
 @click.option("--force", is_flag=True, help="Overwrite an existing config/suite that differs.")
 def init(config: str | None, data: Path | None, target: str | None, force: bool) -> None:
-    """Set this checkout up (idempotent): config, expectation suite, stores, DVC, first data version."""
+    """Set this checkout up (idempotent): config, suite, stores, DVC, first data version."""
     from edgeloop.errors import EdgeloopError
     from edgeloop.project import init_project
 
@@ -98,8 +100,16 @@ def ingest(paths: tuple[Path, ...], config: str | None, as_json: bool) -> None:
 
         print_outcomes(results)
     if code:
-        bad = [r["source"] for r in results if r["rows_quarantined"] or r["status"] in ("quarantined", "unreadable")]
-        click.secho(f"quarantined: {', '.join(bad) or 'duplicates of quarantined batches'}", fg="red", err=True)
+        bad = [
+            r["source"]
+            for r in results
+            if r["rows_quarantined"] or r["status"] in ("quarantined", "unreadable")
+        ]
+        click.secho(
+            f"quarantined: {', '.join(bad) or 'duplicates of quarantined batches'}",
+            fg="red",
+            err=True,
+        )
     sys.exit(code)
 
 

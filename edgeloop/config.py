@@ -123,7 +123,11 @@ class Settings(_Frozen):
     source: Path | None = Field(default=None, exclude=True)
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, populate_by_name=True, arbitrary_types_allowed=True
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        populate_by_name=True,
+        arbitrary_types_allowed=True,
     )
 
     def path(self, name: str) -> Path:
@@ -163,7 +167,9 @@ def _format_error(exc: ValidationError, source: Path) -> str:
 def settings_from_dict(data: dict, *, root: Path, source: Path) -> Settings:
     """Build settings from parsed YAML; errors name the key and ``source``."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: the top level must be a mapping of keys, got {type(data).__name__}"
+        )
     try:
         settings = Settings.model_validate({**data, "root": root, "source": source})
     except ValidationError as exc:

@@ -37,10 +37,12 @@ def run_demo(config: Path) -> int:
 
     stream_dir = settings.path("incoming") / "demo"
     paths = write_stream(stream_dir, seed=settings.seeds.demo)
-    notes = {f"{i + 1:02d}-{b.name}.csv": b.note for i, b in enumerate(demo_stream(settings.seeds.demo))}
+    notes = {
+        f"{i + 1:02d}-{b.name}.csv": b.note for i, b in enumerate(demo_stream(settings.seeds.demo))
+    }
     step(f"demo stream: {len(paths)} batch files in {stream_dir}")
 
-    step("loading Prefect, MLflow and Great Expectations (first flow run starts a local Prefect server)")
+    step("loading Prefect, MLflow and GX (the first flow run starts a local Prefect server)")
     from edgeloop.errors import ValidationGateError
     from flows.ingest import ingest
 
@@ -52,7 +54,9 @@ def run_demo(config: Path) -> int:
             out = exc.result
         r = out[0]
         results.append(r)
-        colour = {"accepted": "green", "partial": "yellow", "duplicate": "cyan"}.get(r["status"], "red")
+        colour = {"accepted": "green", "partial": "yellow", "duplicate": "cyan"}.get(
+            r["status"], "red"
+        )
         step(
             f"[{i}/{len(paths)}] {path.name}: [{colour}]{r['status']}[/]"
             f" ({r['rows_accepted']}/{r['rows']} rows accepted)"

@@ -45,8 +45,10 @@ class BatchOutcome:
     @property
     def needs_attention(self) -> bool:
         """True when rows went to quarantine (now, or the first time this file was seen)."""
-        return self.rows_quarantined > 0 or self.status in ("quarantined", "unreadable") or (
-            self.status == "duplicate" and self.reason.startswith("already quarantined")
+        return (
+            self.rows_quarantined > 0
+            or self.status in ("quarantined", "unreadable")
+            or (self.status == "duplicate" and self.reason.startswith("already quarantined"))
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +94,11 @@ def file_batch(assessment: Assessment, store: DataStore) -> BatchOutcome:
     a = assessment
     if a.duplicate is not None:
         d = a.duplicate
-        verb = "already quarantined" if d.status in ("quarantined", "unreadable") else "already ingested"
+        verb = (
+            "already quarantined"
+            if d.status in ("quarantined", "unreadable")
+            else "already ingested"
+        )
         return BatchOutcome(
             source=a.path.name,
             sha256=a.sha256,
@@ -130,7 +136,6 @@ def log_run(
 ) -> str:
     """One MLflow run per batch in the data experiment: statistics, tags, the report."""
     import mlflow
-
     from edgeloop.tracking import ensure_experiment
     from edgeloop.versioning import git_info
 
@@ -168,7 +173,8 @@ def log_run(
                 "rows_quarantined": outcome.rows_quarantined,
                 "expectations_evaluated": outcome.expectations_evaluated,
                 "expectations_failed": outcome.expectations_failed,
-                "success_percent": 100.0 * (1 - outcome.expectations_failed / outcome.expectations_evaluated)
+                "success_percent": 100.0
+                * (1 - outcome.expectations_failed / outcome.expectations_evaluated)
                 if outcome.expectations_evaluated
                 else 0.0,
             }
@@ -180,7 +186,9 @@ def log_run(
                 (t / "validation_report.json").write_text(
                     json.dumps(r.to_dict(), indent=2, default=str), encoding="utf-8"
                 )
-            (t / "outcome.json").write_text(json.dumps(outcome.to_dict(), indent=2), encoding="utf-8")
+            (t / "outcome.json").write_text(
+                json.dumps(outcome.to_dict(), indent=2), encoding="utf-8"
+            )
             mlflow.log_artifacts(str(t), artifact_path="validation")
         pointer = settings.path("data").with_suffix(".dvc")
         if pointer.exists():

@@ -70,7 +70,9 @@ def print_status(state: dict[str, Any]) -> None:
         f" ({d['reference_rows']} reference + {b['rows_accepted']} from batches)"
     )
     counts = ", ".join(f"{k} {v}" for k, v in sorted(b["by_status"].items())) or "none yet"
-    console.print(f"batches seen: {b['seen']} ({counts}); rows quarantined: {b['rows_quarantined']}")
+    console.print(
+        f"batches seen: {b['seen']} ({counts}); rows quarantined: {b['rows_quarantined']}"
+    )
     for q in b["quarantined"]:
         console.print(f"  [red]{q['status']}[/] {q['source']} ({q['batch_id']}): {q['reason']}")
         if q.get("path"):

@@ -40,7 +40,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "stores": {
             "mlflow_tracking_uri": tracking_uri(settings),
             "prefect_home": str(settings.path("prefect_home")),
-            "prefect_api_url": settings.services.prefect_api_url or "(none: embedded, started per run)",
+            "prefect_api_url": settings.services.prefect_api_url
+            or "(none: embedded, started per run)",
             "dvc_remote": settings.services.dvc_remote_url or str(settings.path("dvc_remote")),
         },
         "models": {},

@@ -89,7 +89,9 @@ class DataStore:
             try:
                 entries.append(LedgerEntry(**json.loads(line)))
             except (json.JSONDecodeError, TypeError) as exc:
-                raise StoreError(f"{self.ledger_path}: line {n} is not a ledger entry ({exc})") from None
+                raise StoreError(
+                    f"{self.ledger_path}: line {n} is not a ledger entry ({exc})"
+                ) from None
         return entries
 
     def find(self, sha256: str) -> LedgerEntry | None:
@@ -124,7 +126,7 @@ class DataStore:
         *,
         unreadable_reason: str = "",
     ) -> LedgerEntry:
-        """File one batch: accepted rows to ``accepted/``, the rest (and the original) to quarantine.
+        """File one batch: accepted rows to ``accepted/``; bad rows and the original to quarantine.
 
         ``frame`` is the batch as read; ``report`` carries the decision. An unreadable file has
         neither: it is copied to quarantine with the reason.
@@ -141,7 +143,9 @@ class DataStore:
                 encoding="utf-8",
             )
             stored.append(self._rel(qdir))
-            entry = LedgerEntry(seq, sha256, source.name, "unreadable", 0, 0, 0, unreadable_reason, now, stored)
+            entry = LedgerEntry(
+                seq, sha256, source.name, "unreadable", 0, 0, 0, unreadable_reason, now, stored
+            )
             self._append(entry)
             return entry
 
@@ -198,7 +202,11 @@ class DataStore:
         return qdir
 
     def _rel(self, p: Path) -> str:
-        return str(p.relative_to(self.settings.root)) if p.is_relative_to(self.settings.root) else str(p)
+        return (
+            str(p.relative_to(self.settings.root))
+            if p.is_relative_to(self.settings.root)
+            else str(p)
+        )
 
     # ------------------------------------------------------------------ reads
     def load_dataset(self) -> pd.DataFrame:
@@ -226,8 +234,13 @@ class DataStore:
             "rows_accepted": sum(e.rows_accepted for e in entries),
             "rows_quarantined": sum(e.rows_quarantined for e in entries),
             "quarantined": [
-                {"batch_id": e.batch_id, "source": e.source, "status": e.status, "reason": e.reason,
-                 "path": next((s for s in e.stored if "quarantine" in s), "")}
+                {
+                    "batch_id": e.batch_id,
+                    "source": e.source,
+                    "status": e.status,
+                    "reason": e.reason,
+                    "path": next((s for s in e.stored if "quarantine" in s), ""),
+                }
                 for e in entries
                 if e.rows_quarantined or e.status in ("quarantined", "unreadable")
             ],

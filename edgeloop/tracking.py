@@ -47,8 +47,9 @@ def configure(settings: Settings) -> str:
 
 def ensure_experiment(settings: Settings, kind: str) -> str:
     """Create (or find) the experiment; embedded stores keep artifacts under ``mlflow/``."""
-    import mlflow
     from mlflow.tracking import MlflowClient
+
+    import mlflow
 
     configure(settings)
     name = experiment_name(settings, kind)

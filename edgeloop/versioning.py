@@ -9,8 +9,8 @@ for example ``s3://bucket/edgeloop``.
 from __future__ import annotations
 
 import contextlib
-import os
 import io
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass

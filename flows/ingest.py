@@ -80,7 +80,9 @@ def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:
     lines = [f"# Ingest: {len(outcomes)} batch(es), data version `{version}`", ""]
     for o in outcomes:
         lines.append(f"## `{o.source}`: **{o.status}**")
-        lines.append(f"- rows: {o.rows} in, {o.rows_accepted} accepted, {o.rows_quarantined} quarantined")
+        lines.append(
+            f"- rows: {o.rows} in, {o.rows_accepted} accepted, {o.rows_quarantined} quarantined"
+        )
         if o.reason:
             lines.append(f"- reason: {o.reason}")
         for f in o.failed[:10]:
@@ -107,7 +109,9 @@ def ingest(paths: list[str], config: str = "edgeloop.yaml") -> Any:
         if outcome.status != "duplicate":
             version = version_data(settings)
         run_id = record_run(settings, outcome, assessment, version)
-        outcome = BatchOutcome(**{**outcome.to_dict(), "data_version": version, "mlflow_run_id": run_id})
+        outcome = BatchOutcome(
+            **{**outcome.to_dict(), "data_version": version, "mlflow_run_id": run_id}
+        )
         print(f"{outcome.source}: {outcome.status} ({outcome.reason})")
         outcomes.append(outcome)
     _summary_artifacts(outcomes, version)

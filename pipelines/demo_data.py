@@ -17,7 +17,7 @@ Stream (``demo_stream``), in order:
 * ``batch_05`` also carries a few corrupted rows (a null pixel, an out-of-range intensity, an
   unknown scanner id): under the default ``rows`` policy only those rows are quarantined.
 * ``batch_06_broken_export``: batch 6 as written by a broken exporter (a renamed column and
-  "n/a" text in a pixel column): the whole file is quarantined. The fixed export, ``batch_06``,
+  "#ERR" text in a pixel column): the whole file is quarantined. The fixed export, ``batch_06``,
   arrives right after it.
 
 Production batches are unlabeled. Their ground truth is written beside them under ``truth/``
@@ -166,7 +166,8 @@ def _broken_export(frame: pd.DataFrame) -> pd.DataFrame:
     """What a broken exporter writes: a renamed column and text in a numeric one."""
     df = frame.rename(columns={"px_0_0": "pixel_0_0"})
     df["px_4_4"] = df["px_4_4"].astype("str")
-    df.loc[::7, "px_4_4"] = "n/a"
+    # Not "n/a": pandas would read that as a null; an error token keeps the column text.
+    df.loc[::7, "px_4_4"] = "#ERR"
     return df
 
 
@@ -193,7 +194,10 @@ def demo_suite(seed: int = 7) -> dict:
 
     suite = bootstrap_suite(reference_frame(seed), demo_schema(), name="batch")
     for exp in suite["expectations"]:
-        if exp["type"] == "expect_column_values_to_be_between" and exp["kwargs"]["column"] in FEATURES:
+        if (
+            exp["type"] == "expect_column_values_to_be_between"
+            and exp["kwargs"]["column"] in FEATURES
+        ):
             exp["kwargs"]["min_value"], exp["kwargs"]["max_value"] = 0, 16
     suite["meta"]["note"] = (
         "Bootstrapped from the demo reference set, then pixel ranges set to the scanner spec 0..16."

@@ -55,7 +55,9 @@ def bootstrap_suite(
     if missing:
         raise ValueError(f"reference data lacks configured columns {missing}")
     exps: list[dict[str, Any]] = [
-        _expect("expect_table_columns_to_match_set", column_set=list(schema.columns), exact_match=True),
+        _expect(
+            "expect_table_columns_to_match_set", column_set=list(schema.columns), exact_match=True
+        ),
         _expect("expect_table_row_count_to_be_between", min_value=1, max_value=max_rows),
     ]
     for col in schema.features:
@@ -67,13 +69,21 @@ def bootstrap_suite(
                 exps.append(_expect("expect_column_values_to_not_be_null", column=col))
             values = sorted(str(v) for v in s.dropna().unique())
             if len(values) <= max_categories:
-                exps.append(_expect("expect_column_values_to_be_in_set", column=col, value_set=values))
+                exps.append(
+                    _expect("expect_column_values_to_be_in_set", column=col, value_set=values)
+                )
             continue
         if not pd.api.types.is_numeric_dtype(s):
             raise ValueError(
                 f"column {col!r} is not numeric (dtype {s.dtype}); list it under schema.categorical"
             )
-        exps.append(_expect("expect_column_values_to_be_in_type_list", column=col, type_list=NUMERIC_TYPES))
+        if s.isna().all():
+            raise ValueError(
+                f"column {col!r} has no values in the reference data: cannot derive a range"
+            )
+        exps.append(
+            _expect("expect_column_values_to_be_in_type_list", column=col, type_list=NUMERIC_TYPES)
+        )
         if not has_nulls:
             exps.append(_expect("expect_column_values_to_not_be_null", column=col))
         lo, hi = float(s.min()), float(s.max())
@@ -90,7 +100,11 @@ def bootstrap_suite(
             )
         )
     exps.append(
-        _expect("expect_column_values_to_be_in_set", column=schema.target, value_set=list(schema.classes))
+        _expect(
+            "expect_column_values_to_be_in_set",
+            column=schema.target,
+            value_set=list(schema.classes),
+        )
     )
     return {
         "name": name,

@@ -59,7 +59,8 @@ def read_batch(path: str | Path) -> pd.DataFrame:
     suffix = p.suffix.lower()
     if suffix not in READABLE_SUFFIXES:
         raise BatchReadError(
-            str(p), f"unsupported extension {suffix or '(none)'!r}; expected one of {READABLE_SUFFIXES}"
+            str(p),
+            f"unsupported extension {suffix or '(none)'!r}; expected one of {READABLE_SUFFIXES}",
         )
     if p.stat().st_size == 0:
         raise BatchReadError(str(p), "file is empty (0 bytes)")
@@ -82,6 +83,10 @@ def read_batch(path: str | Path) -> pd.DataFrame:
         ) from None
     if len(df) == 0:
         raise BatchReadError(str(p), f"file has a header ({len(df.columns)} columns) but no rows")
+    if suffix == ".csv" and not df.index.equals(pd.RangeIndex(len(df))):
+        # pandas silently turns the first column into an index when the first data row has
+        # one field more than the header, shifting every value one column left.
+        raise BatchReadError(str(p), "malformed CSV: data rows have more fields than the header")
     return df
 
 
@@ -135,6 +140,14 @@ def _gx_validator(suite: dict[str, Any]) -> Any:
         gx_suite = context.suites.add(gx.ExpectationSuite(**suite))
     except Exception as exc:
         raise SuiteError(f"suite {suite.get('name')!r} is not valid for GX: {exc}") from None
+    if len(gx_suite.expectations) != len(suite["expectations"]):
+        # GX only logs an expectation it cannot build and drops it: a typo would pass silently.
+        built = {e.expectation_type for e in gx_suite.expectations}
+        dropped = sorted({e["type"] for e in suite["expectations"]} - built)
+        raise SuiteError(
+            f"suite {suite.get('name')!r}: GX could not build expectation(s) {dropped or '(some)'}"
+            " (unknown type or bad kwargs)"
+        )
     batch_def = (
         context.data_sources.add_pandas("edgeloop")
         .add_dataframe_asset("batch")
@@ -263,9 +276,7 @@ class ValidationReport:
             for f in self.failed:
                 share = f"{f.unexpected_percent:.2f}%" if f.unexpected_percent is not None else ""
                 count = "" if f.unexpected_count is None else str(f.unexpected_count)
-                seen = f.error or (
-                    _short(f.examples) if f.row_level else _short(f.observed)
-                )
+                seen = f.error or (_short(f.examples) if f.row_level else _short(f.observed))
                 lines.append(
                     f"| {f.expectation} | {f.column or '(table)'} | {count} | {share} |"
                     f" {seen.replace('|', '/')} |"
@@ -291,14 +302,34 @@ def _has_tabulate() -> bool:
     return True
 
 
+def _raised(info: Any) -> str | None:
+    """The first error message in GX's exception info (flat, or nested per metric in GX 1.x)."""
+    if not isinstance(info, dict):
+        return None
+    candidates = [info, *(v for v in info.values() if isinstance(v, dict))]
+    for c in candidates:
+        if c.get("raised_exception"):
+            msg = str(c.get("exception_message") or "error").strip()
+            return (msg.splitlines() or ["error"])[0][:200]
+    return None
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf become None so reports are strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
 def _failed_from_result(er: Any) -> FailedExpectation:
     cfg = er.expectation_config
     kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id",)}
     result = er.result or {}
-    error = None
-    if er.exception_info and er.exception_info.get("raised_exception"):
-        msg = str(er.exception_info.get("exception_message") or "error")
-        error = msg.splitlines()[0][:200]
+    error = _raised(er.exception_info)
     rows = tuple(int(i) for i in result.get("unexpected_index_list") or ())
     row_level = "unexpected_count" in result and error is None
     return FailedExpectation(
@@ -308,8 +339,10 @@ def _failed_from_result(er: Any) -> FailedExpectation:
         row_level=row_level,
         unexpected_count=result.get("unexpected_count"),
         unexpected_percent=_finite(result.get("unexpected_percent")),
-        examples=list(result.get("partial_unexpected_list") or [])[:20],
-        observed=result.get("observed_value") if "details" not in result else result.get("details"),
+        examples=_json_safe(list(result.get("partial_unexpected_list") or [])[:20]),
+        observed=_json_safe(
+            result.get("observed_value") if "details" not in result else result.get("details")
+        ),
         error=error,
         rows=rows,
     )
@@ -323,7 +356,9 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def validate_frame(df: pd.DataFrame, suite: dict[str, Any], *, batch: str = "batch") -> ValidationReport:
+def validate_frame(
+    df: pd.DataFrame, suite: dict[str, Any], *, batch: str = "batch"
+) -> ValidationReport:
     """Run ``suite`` over ``df`` with Great Expectations; return what failed, row by row.
 
     The frame is given a fresh 0..n-1 index so GX's ``unexpected_index_list`` are file positions.
@@ -366,7 +401,12 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
     bad = tuple(sorted({i for f in report.failed for i in f.rows}))
     names = ", ".join(f.short for f in report.failed)
     if settings.row_policy == "batch":
-        return _with(report, "quarantined", f"row_policy=batch and {len(bad)} rows failed: {names}", everything)
+        return _with(
+            report,
+            "quarantined",
+            f"row_policy=batch and {len(bad)} rows failed: {names}",
+            everything,
+        )
     share = len(bad) / max(report.rows, 1)
     if share > settings.max_bad_row_fraction:
         return _with(
@@ -379,7 +419,9 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
     return _with(report, "partial", f"{len(bad)} bad rows quarantined: {names}", bad)
 
 
-def _with(report: ValidationReport, decision: Decision, reason: str, bad: Sequence[int]) -> ValidationReport:
+def _with(
+    report: ValidationReport, decision: Decision, reason: str, bad: Sequence[int]
+) -> ValidationReport:
     from dataclasses import replace
 
     return replace(report, decision=decision, reason=reason, bad_rows=tuple(bad))

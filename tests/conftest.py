@@ -1,4 +1,4 @@
-"""Shared fixtures: real Prefect (test harness), real DVC in a temp git repo, real MLflow on SQLite."""
+"""Shared fixtures: real Prefect (harness), real DVC in a temp git repo, MLflow on SQLite."""
 
 from __future__ import annotations
 
@@ -36,9 +36,7 @@ def prefect_harness() -> Iterator[None]:
 
 def git_init(path: Path) -> None:
     """A real git repository (DVC needs one) with an identity for commits."""
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
-    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, env=env)
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)
     subprocess.run(["git", "config", "user.email", "t@t"], cwd=path, check=True)
     subprocess.run(["git", "config", "user.name", "t"], cwd=path, check=True)
 
@@ -86,7 +84,9 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run the installed ``edgeloop`` console script in a real subprocess."""
     exe = Path(sys.executable).with_name("edgeloop")
     full_env = {**os.environ, **(env or {})}

@@ -24,7 +24,9 @@ def test_help_does_not_import_the_heavy_stack() -> None:
         cwd=REPO,
     )
     assert "Usage:" in out.stdout and "demo" in out.stdout
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line
+    }
     assert not imported & set(HEAVY), f"--help imported {imported & set(HEAVY)}"
 
 
@@ -84,7 +86,11 @@ def test_demo_on_a_fresh_clone(tmp_path: Path) -> None:
     for name in ("edgeloop.yaml", "data.dvc", "prefect.toml", ".gitignore", ".dvcignore"):
         shutil.copy2(REPO / name, clone / name)
     for folder in ("expectations", ".dvc", "mlflow"):
-        shutil.copytree(REPO / folder, clone / folder, ignore=shutil.ignore_patterns("cache", "tmp", "config.local", "*.db", "artifacts"))
+        shutil.copytree(
+            REPO / folder,
+            clone / folder,
+            ignore=shutil.ignore_patterns("cache", "tmp", "config.local", "*.db", "artifacts"),
+        )
     git_commit_all(clone, "clone")
 
     res = run_cli("demo", cwd=clone, timeout=900)

@@ -1,4 +1,4 @@
-"""The ingest flow for real: Prefect (test harness), DVC in a temp git repo, MLflow on SQLite, GX."""
+"""The ingest flow for real: Prefect harness, DVC in a temp git repo, MLflow on SQLite, GX."""
 
 from __future__ import annotations
 
@@ -80,7 +80,9 @@ def test_good_batch_is_accepted_versioned_and_tracked(project: Path, tmp_path: P
     assert len(run.data.tags["git.commit"]) == 40
     assert run.data.tags["prefect.flow_run_id"]
     assert run.data.metrics["rows_accepted"] == 60
-    artifacts = {a.path for a in __import__("mlflow").tracking.MlflowClient().list_artifacts(run.info.run_id, "validation")}
+    from mlflow.tracking import MlflowClient
+
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "validation")}
     assert "validation/validation_report.md" in artifacts
     # The experiment keeps its artifacts inside the project's mlflow/ folder.
     assert (project / "mlflow" / "artifacts").is_dir()
