@@ -9,10 +9,14 @@ In one process, on one seeded synthetic batch (1M rows x 22 columns by default) 
   them (``validate_frame`` builds its GX context on every call, so that is included);
 * reading the batch back from Parquet with ``read_batch``, reported on its own.
 
-GX is imported and warmed up by one untimed run before anything is timed. The arms alternate,
-``--repeat`` rounds. Goal: edgeloop / raw-COMPLETE <= 1.30.
+GX is imported and warmed up by one untimed run before anything is timed. The arms alternate
+(the order rotates each round), ``--repeat`` rounds; wall and CPU time are both recorded (CPU
+time is steadier on a shared machine). Goal: edgeloop / raw-COMPLETE <= 1.30 (wall medians).
 
     .venv/bin/python benchmarks/bench_validation.py [--rows 1000000] [--repeat 3]
+
+``--bad-rows N`` corrupts N rows after the suite is built (the partial / quarantine paths);
+``--unlabeled`` drops the target so ``normalize_batch`` has work to do.
 
 Writes ``benchmarks/results/validation.json``; ``--profile`` also writes a cProfile of one
 edgeloop call to ``benchmarks/results/validation.prof`` and prints its top entries.

@@ -100,6 +100,50 @@ class SeedSettings(_Frozen):
     train: int = 0
 
 
+class SliceSettings(_Frozen):
+    """A named subset of rows whose metrics are tracked (and may have floors)."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
+    column: str
+    op: Literal["==", "!=", "<", "<=", ">", ">=", "in"] = "=="
+    value: int | float | str | list[int | float | str]
+
+
+class TrainingSettings(_Frozen):
+    """What ``edgeloop retrain`` fits: a scikit-learn estimator by import path, its params."""
+
+    estimator: str = "sklearn.ensemble.RandomForestClassifier"
+    params: dict[str, int | float | str | bool | None] = Field(
+        default_factory=lambda: {"n_estimators": 200, "n_jobs": -1}
+    )
+    #: Share of labeled rows held out for evaluation. Membership is a hash of the row id and
+    #: ``seeds.split``: a row never moves between train and holdout as the dataset grows.
+    holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    min_train_rows: Annotated[int, Field(ge=1)] = 50
+    min_holdout_rows: Annotated[int, Field(ge=1)] = 20
+    #: Train on at most this many labeled rows (0 = all); a deterministic subset.
+    max_rows: Annotated[int, Field(ge=0)] = 0
+    slices: list[SliceSettings] = Field(default_factory=list)
+
+
+class GateSettings(_Frozen):
+    """"Good enough": floors, per-slice floors, and non-inferiority against the champion."""
+
+    metric: Literal["macro_f1", "accuracy", "weighted_f1"] = "macro_f1"
+    min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    #: Slice name -> minimum ``metric`` on that slice.
+    slice_floors: dict[str, float] = Field(default_factory=dict)
+    #: The candidate may be worse than the champion on ``metric`` by at most this much.
+    max_regression: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+
+
+class RegistrySettings(_Frozen):
+    """The MLflow Model Registry entry (empty name = ``<project>-model``)."""
+
+    model_name: str = ""
+
+
 class ServiceSettings(_Frozen):
     """Service locations; empty means the embedded default. Environment variables win."""
 
@@ -116,6 +160,9 @@ class Settings(_Frozen):
     paths: PathSettings = Field(default_factory=PathSettings)
     validation: ValidationSettings = Field(default_factory=ValidationSettings)
     seeds: SeedSettings = Field(default_factory=SeedSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    gates: GateSettings = Field(default_factory=GateSettings)
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
 
     # Not part of the file: where it was read from, so relative paths resolve from there.
@@ -129,6 +176,23 @@ class Settings(_Frozen):
         populate_by_name=True,
         arbitrary_types_allowed=True,
     )
+
+    @model_validator(mode="after")
+    def _slices_known(self) -> Settings:
+        names = [s.name for s in self.training.slices]
+        if len(set(names)) != len(names):
+            raise ValueError("training.slices: slice names must be unique")
+        for sl in self.training.slices:
+            if sl.column not in self.data_schema.features:
+                raise ValueError(f"training.slices.{sl.name}: column {sl.column!r} is not a feature")
+        unknown = sorted(set(self.gates.slice_floors) - set(names))
+        if unknown:
+            raise ValueError(f"gates.slice_floors names unknown slices {unknown} (known: {names})")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.registry.model_name or f"{self.project}-model"
 
     def path(self, name: str) -> Path:
         """Absolute path of one entry of ``paths``."""

@@ -166,6 +166,13 @@ class DataVersioner:
                 " locally in .dvc/cache; run 'dvc push' once the remote is reachable)"
             ) from None
 
+    def is_clean(self) -> bool:
+        """True when ``data/`` holds exactly the version in ``data.dvc``."""
+        if not self.pointer.exists():
+            return False
+        with self._repo() as repo, _quiet():
+            return not repo.status(targets=[str(self.pointer)])
+
     def restore(self) -> str:
         """Bring ``data/`` to the version in ``data.dvc``: from the cache, else from the remote.
 

@@ -1,0 +1,375 @@
+"""Retrain steps between the pipelines and the stores (used by ``flows/retrain.py``).
+
+Loading the dataset at its DVC version, the cache key, the one-retrain-at-a-time lock, the
+MLflow run with its fixed keys, lineage, and ``reproduce``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.config import Settings
+from edgeloop.errors import EdgeloopError, GateError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.evaluate import GateResult
+    from pipelines.train import Split
+
+TRAINING_EXPERIMENT = "training"
+#: The code whose change invalidates the cache (the training and evaluation stages).
+TRAINING_CODE = ("pipelines/train.py", "pipelines/evaluate.py")
+
+
+class TrainingGateError(GateError):
+    """The candidate failed a gate; ``result`` is the retrain summary with each failed gate."""
+
+
+class BusyError(EdgeloopError):
+    """Another retrain holds the lock."""
+
+
+@dataclass
+class RetrainSummary:
+    """What a retrain did; printed by the CLI and returned by the flow."""
+
+    status: str  # registered | rejected | cached
+    reason: str
+    data_version: str
+    run_id: str = ""
+    version: str = ""
+    alias: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    gates: dict[str, Any] = field(default_factory=dict)
+    cache_key: str = ""
+    message: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("metrics", "champion_metrics"):
+            d[key] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d[key].items()}
+        return d
+
+
+# ---------------------------------------------------------------------- lock
+@contextlib.contextmanager
+def retrain_lock(settings: Settings, wait: bool = False) -> Iterator[None]:
+    """One retrain at a time per project: a second one is refused (or waits with ``wait``)."""
+    lock_dir = settings.root / ".edgeloop" / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / "retrain.lock"
+    with open(path, "a+", encoding="utf-8") as f:
+        flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(f, flags)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown process"
+            raise BusyError(
+                f"another retrain is running ({holder}); wait for it to finish (its run is in"
+                f" MLflow), or pass --wait to queue behind it. Lock: {path}"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------- data
+def current_dataset(settings: Settings) -> tuple[str, pd.DataFrame]:
+    """The dataset at the DVC version in ``data.dvc``; refuses a work tree that differs from it."""
+    from edgeloop.store import DataStore
+    from edgeloop.versioning import DataVersioner
+
+    versioner = DataVersioner(settings)
+    version = versioner.version()
+    if not version:
+        raise EdgeloopError(f"{versioner.pointer}: no dataset version yet (run 'edgeloop init')")
+    if not versioner.is_clean():
+        raise EdgeloopError(
+            f"{settings.path('data')} differs from {versioner.pointer} ({version}): run"
+            " 'edgeloop ingest' (which versions it) or 'dvc checkout' before retraining"
+        )
+    return version, DataStore(settings).load_dataset()
+
+
+def code_hash(root: Path) -> str:
+    """Hash of the training code: a change to it invalidates the cache."""
+    h = hashlib.sha256()
+    base = Path(__file__).resolve().parents[1]
+    for rel in TRAINING_CODE:
+        h.update((base / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def training_config(settings: Settings) -> dict[str, Any]:
+    """The part of the config a model depends on (its hash is part of the cache key)."""
+    d = settings.to_dict()
+    return {k: d[k] for k in ("schema", "training", "gates", "seeds")} | {"model": settings.model_name}
+
+
+def cache_key(settings: Settings, data_version: str, max_rows: int) -> str:
+    blob = json.dumps(
+        {
+            "data": data_version,
+            "config": training_config(settings),
+            "code": code_hash(settings.root),
+            "max_rows": max_rows,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def find_cached(settings: Settings, key: str) -> Any | None:
+    """A finished retrain run with the same cache key (the newest), if any."""
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.tracking import ensure_experiment
+
+    exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
+    runs = MlflowClient().search_runs(
+        [exp],
+        filter_string=f"tags.`edgeloop.cache_key` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def close_orphan_runs(settings: Settings) -> list[str]:
+    """Runs left RUNNING by a killed retrain (we hold the lock, so none is really running)."""
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.tracking import ensure_experiment
+
+    client = MlflowClient()
+    exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
+    notes = []
+    for r in client.search_runs([exp], filter_string="attributes.status = 'RUNNING'", max_results=100):
+        client.set_tag(r.info.run_id, "edgeloop.decision", "interrupted")
+        client.set_terminated(r.info.run_id, status="KILLED")
+        notes.append(f"run {r.info.run_id} was left running by an interrupted retrain: marked KILLED")
+    return notes
+
+
+# ---------------------------------------------------------------------- training
+@dataclass
+class Trained:
+    """A fitted candidate and its evaluation on the fixed holdout."""
+
+    model: Any
+    split: Split
+    y_true: Any
+    y_pred: Any
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+    gates: GateResult
+    seconds: dict[str, float]
+
+
+def train_and_evaluate(
+    settings: Settings, dataset: pd.DataFrame, *, max_rows: int = 0, champion: Any = None
+) -> Trained:
+    """Split, fit, evaluate candidate and champion on the same holdout, check the gates."""
+    from pipelines import evaluate as ev
+    from pipelines import train as tr
+
+    training = settings.training
+    if max_rows:
+        training = training.model_copy(update={"max_rows": max_rows})
+    schema = settings.data_schema
+    t0 = time.perf_counter()
+    split = tr.split(dataset, schema, training, settings.seeds.split)
+    t1 = time.perf_counter()
+    model = tr.fit(split.train, schema, training, settings.seeds.train)
+    t2 = time.perf_counter()
+    x_hold = tr.features(split.holdout, schema)
+    y_true = tr.target(split.holdout, schema)
+    y_pred = model.predict(x_hold)
+    metrics = ev.evaluate(y_true, y_pred, split.holdout, schema, list(training.slices))
+    metrics["train_rows"] = float(len(split.train))
+    champ = None
+    if champion is not None:
+        champ = ev.evaluate(y_true, champion.predict(x_hold), split.holdout, schema, list(training.slices))
+    gates = ev.check_gates(metrics, champ, settings.gates)
+    t3 = time.perf_counter()
+    return Trained(
+        model, split, y_true, y_pred, metrics, champ, gates,
+        {"split_seconds": t1 - t0, "fit_seconds": t2 - t1, "evaluate_seconds": t3 - t2},
+    )  # fmt: skip
+
+
+def _trusted_types(model: Any) -> list[str]:
+    """Types skops must be told to trust: our own pipeline's, listed at save time."""
+    import skops.io
+
+    return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+
+
+def log_retrain(
+    settings: Settings,
+    trained: Trained,
+    *,
+    data_version: str,
+    key: str,
+    reason: str,
+    force: bool,
+    max_rows: int,
+    flow_run_id: str,
+    flow_run_url: str,
+) -> tuple[str, str]:
+    """One MLflow run: params, metrics, artifacts, lineage, the model. Returns (run id, model uri)."""
+    import mlflow
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from edgeloop.tracking import ensure_experiment
+    from edgeloop.versioning import git_info
+    from pipelines import evaluate as ev
+    from pipelines import train as tr
+
+    exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
+    git = git_info(settings.root)
+    schema = settings.data_schema
+    training = settings.training
+    with mlflow.start_run(experiment_id=exp, run_name=f"retrain {data_version[:8]}") as run:
+        mlflow.set_tags(
+            {
+                "edgeloop.kind": "retrain",
+                "edgeloop.reason": reason,
+                "edgeloop.cache_key": key,
+                "dvc.data_version": data_version,
+                "git.commit": git.commit,
+                "git.dirty": str(git.dirty).lower(),
+                "prefect.flow_run_id": flow_run_id,
+                "prefect.flow_run_url": flow_run_url,
+                "config_hash": settings.config_hash(),
+                "code_hash": code_hash(settings.root),
+                "seed.split": str(settings.seeds.split),
+                "seed.train": str(settings.seeds.train),
+            }
+        )
+        mlflow.log_params(
+            {
+                "estimator": training.estimator,
+                **{f"param.{k}": v for k, v in sorted(training.params.items())},
+                "holdout_fraction": training.holdout_fraction,
+                "max_rows": max_rows or training.max_rows,
+                "seed_split": settings.seeds.split,
+                "seed_train": settings.seeds.train,
+                "data_version": data_version,
+                "force": force,
+                "gate_metric": settings.gates.metric,
+                "gate_max_regression": settings.gates.max_regression,
+            }
+        )
+        mlflow.log_metrics({k: v for k, v in trained.metrics.items()})
+        champ = trained.champion_metrics or {}
+        mlflow.log_metrics(
+            {f"champion_{k}": champ.get(k, math.nan) for k in ("accuracy", "macro_f1", "weighted_f1")}
+        )
+        mlflow.log_metrics(trained.seconds)
+        for c in trained.gates.checks:
+            mlflow.set_tag(f"gate.{c.name}", "passed" if c.passed else "failed")
+            mlflow.set_tag(f"gate.{c.name}.detail", c.detail)
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            fig = ev.confusion_figure(
+                trained.y_true, trained.y_pred, list(schema.classes), f"holdout, data {data_version[:8]}"
+            )
+            fig.savefig(t / "confusion_matrix.png")
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            rows = [
+                {"metric": k, "candidate": v, "champion": champ.get(k), "delta": v - champ[k] if k in champ else None}
+                for k, v in sorted(trained.metrics.items())
+            ]
+            pd.DataFrame(rows).to_csv(t / "metrics.csv", index=False)
+            (t / "gates.json").write_text(json.dumps(trained.gates.to_dict(), indent=2, default=str))
+            mlflow.log_artifacts(str(t), artifact_path="evaluation")
+        if settings.source and Path(settings.source).exists():
+            mlflow.log_artifact(str(settings.source), artifact_path="config")
+        pointer = settings.path("data").with_suffix(".dvc")
+        if pointer.exists():
+            mlflow.log_artifact(str(pointer), artifact_path="lineage")
+        x_example = tr.features(trained.split.train.head(5), schema)
+        signature = infer_signature(x_example, trained.model.predict_proba(x_example))
+        info = mlflow.sklearn.log_model(
+            trained.model,
+            name="model",
+            signature=signature,
+            input_example=x_example,
+            # Inferring requirements costs ~7 s; these are the ones the model needs.
+            pip_requirements=_requirements(),
+            serialization_format="skops",
+            skops_trusted_types=_trusted_types(trained.model),
+            # `mlflow models serve` and pyfunc then return class probabilities.
+            pyfunc_predict_fn="predict_proba",
+        )
+        mlflow.set_tag("mlflow.note.content", f"{reason}: {trained.gates.summary()}")
+        return run.info.run_id, info.model_uri
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{p}=={version(p)}" for p in ("scikit-learn", "skops", "numpy", "pandas", "scipy")]
+
+
+# ---------------------------------------------------------------------- lineage
+def lineage(settings: Settings, ref: str | None) -> dict[str, Any]:
+    """Everything a model was made from: data version, code, config, seed, flow run, history."""
+    from edgeloop.registry import Registry
+
+    reg = Registry(settings)
+    version = reg.resolve(ref)
+    mv = reg.version(version)
+    run = reg.client.get_run(mv.run_id)
+    tags = run.data.tags
+    aliases = [a for a, v in reg.aliases().items() if v == version]
+    history = [e.to_dict() for e in reg.history() if e.version == version or e.previous == version]
+    return {
+        "model": reg.name,
+        "version": version,
+        "aliases": aliases,
+        "status": (mv.tags or {}).get("edgeloop.status", ""),
+        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+        "run_id": mv.run_id,
+        "data_version": tags.get("dvc.data_version"),
+        "git_commit": tags.get("git.commit"),
+        "git_dirty": tags.get("git.dirty") == "true",
+        "prefect_flow_run_id": tags.get("prefect.flow_run_id"),
+        "prefect_flow_run_url": tags.get("prefect.flow_run_url"),
+        "config_hash": tags.get("config_hash"),
+        "code_hash": tags.get("code_hash"),
+        "seed_split": tags.get("seed.split"),
+        "seed_train": tags.get("seed.train"),
+        "reason": tags.get("edgeloop.reason"),
+        "metrics": {k: run.data.metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1") if k in run.data.metrics},
+        "alias_history": history,
+    }

@@ -1,0 +1,169 @@
+"""Prefect flow: retrain on the current dataset version, gate, register, move the alias.
+
+Thin: each task wraps one step of ``edgeloop.training`` / ``edgeloop.registry``. The flow
+holds the one-retrain-at-a-time lock, skips work whose inputs did not change (cache), and ends
+Failed with the gate result when the candidate is rejected.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Failed
+
+from edgeloop.config import Settings, load_settings
+from edgeloop.registry import CHALLENGER, CHAMPION, Registry
+from edgeloop.training import (
+    RetrainSummary,
+    Trained,
+    TrainingGateError,
+    cache_key,
+    close_orphan_runs,
+    current_dataset,
+    find_cached,
+    log_retrain,
+    retrain_lock,
+    train_and_evaluate,
+)
+from flows.ingest import flow_run_url
+
+
+@task(name="recover-registry", cache_policy=NO_CACHE)
+def recover(settings: Settings) -> list[str]:
+    """Clean up after an interrupted retrain (orphan runs, pending versions, unrecorded moves)."""
+    return close_orphan_runs(settings) + Registry(settings).recover()
+
+
+@task(name="load-dataset", cache_policy=NO_CACHE)
+def load_dataset(settings: Settings) -> tuple[str, Any]:
+    """The dataset at the DVC version ``data.dvc`` names."""
+    return current_dataset(settings)
+
+
+@task(name="train-evaluate", cache_policy=NO_CACHE)
+def train(settings: Settings, dataset: Any, max_rows: int) -> Trained:
+    """Fit the candidate; evaluate it and the champion on the same fixed holdout."""
+    reg = Registry(settings)
+    champion = reg.load(CHAMPION) if CHAMPION in reg.aliases() else None
+    return train_and_evaluate(settings, dataset, max_rows=max_rows, champion=champion)
+
+
+@task(name="log-to-mlflow", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def log_run(settings: Settings, trained: Trained, **kw: Any) -> tuple[str, str]:
+    """The MLflow run with metrics, plots, lineage and the model."""
+    return log_retrain(settings, trained, **kw)
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(settings: Settings, model_uri: str, run_id: str, reason: str) -> tuple[str, str]:
+    """New registry version; ``champion`` if there is none yet, else ``challenger``."""
+    reg = Registry(settings)
+    alias = CHALLENGER if CHAMPION in reg.aliases() else CHAMPION
+    version, _ = reg.register(model_uri, run_id, alias, reason)
+    reg.client.set_tag(run_id, "edgeloop.registered_version", version)
+    reg.client.set_tag(run_id, "edgeloop.decision", "registered")
+    return version, alias
+
+
+def _artifacts(summary: RetrainSummary) -> None:
+    rows = [
+        {"metric": k, "candidate": round(v, 4), "champion": summary.champion_metrics.get(k)}
+        for k, v in summary.metrics.items()
+        if k in ("accuracy", "macro_f1", "weighted_f1", "rows", "train_rows") or k.startswith("slice_")
+    ]
+    create_table_artifact(key="retrain-metrics", table=rows, description=summary.message)
+    lines = [f"# Retrain: **{summary.status}**", "", summary.message, ""]
+    for c in summary.gates.get("checks", []):
+        lines.append(f"- {'✅' if c['passed'] else '❌'} {c['detail']}")
+    lines += ["", f"- data version: `{summary.data_version}`", f"- MLflow run: `{summary.run_id}`"]
+    create_markdown_artifact(key="retrain-decision", markdown="\n".join(lines))
+
+
+@flow(name="retrain")
+def retrain(
+    reason: str = "manual", force: bool = False, max_rows: int = 0, config: str = "edgeloop.yaml"
+) -> Any:
+    """Retrain on the current dataset version and register the result if it passes the gates.
+
+    Args:
+        reason: Why this retrain runs (recorded on the MLflow run and the alias history).
+        force: Retrain even when data, config and training code are unchanged.
+        max_rows: Train on at most this many labeled rows (0 = all).
+        config: Path of the edgeloop.yaml to use.
+    """
+    settings = load_settings(config)
+    started = time.perf_counter()
+    with retrain_lock(settings):
+        notes = recover(settings)
+        data_version, dataset = load_dataset(settings)
+        key = cache_key(settings, data_version, max_rows)
+        if not force:
+            hit = find_cached(settings, key)
+            if hit is not None:
+                return _cached(settings, hit, data_version, key, notes)
+        trained = train(settings, dataset, max_rows)
+        run_id, model_uri = log_run(
+            settings,
+            trained,
+            data_version=data_version,
+            key=key,
+            reason=reason,
+            force=force,
+            max_rows=max_rows,
+            flow_run_id=str(flow_run.id or ""),
+            flow_run_url=flow_run_url(),
+        )
+        summary = RetrainSummary(
+            status="rejected",
+            reason=reason,
+            data_version=data_version,
+            run_id=run_id,
+            metrics=trained.metrics,
+            champion_metrics=trained.champion_metrics or {},
+            gates=trained.gates.to_dict(),
+            cache_key=key,
+            timings=trained.seconds,
+            notes=notes,
+        )
+        if not trained.gates.passed:
+            Registry(settings).client.set_tag(run_id, "edgeloop.decision", "rejected")
+            summary.message = f"rejected: {trained.gates.summary()}"
+            summary.timings["total_seconds"] = time.perf_counter() - started
+            _artifacts(summary)
+            return Failed(message=summary.message, data=TrainingGateError(summary.message, summary.to_dict()))
+        version, alias = register(settings, model_uri, run_id, reason)
+        summary.status, summary.version, summary.alias = "registered", version, alias
+        summary.message = f"registered v{version} as {alias}: {trained.gates.summary()}"
+        summary.timings["total_seconds"] = time.perf_counter() - started
+        _artifacts(summary)
+        return summary.to_dict()
+
+
+def _cached(settings: Settings, hit: Any, data_version: str, key: str, notes: list[str]) -> Any:
+    tags = hit.data.tags
+    decision = tags.get("edgeloop.decision", "")
+    version = tags.get("edgeloop.registered_version", "")
+    metrics = {k: v for k, v in hit.data.metrics.items() if not k.startswith("champion_")}
+    summary = RetrainSummary(
+        status="cached",
+        reason=tags.get("edgeloop.reason", ""),
+        data_version=data_version,
+        run_id=hit.info.run_id,
+        version=version,
+        metrics=metrics,
+        cache_key=key,
+        notes=notes,
+        message=(
+            f"skipped: data {data_version[:12]}, config and training code unchanged since run"
+            f" {hit.info.run_id} ({decision}{f', v{version}' if version else ''}); --force retrains"
+        ),
+    )
+    if decision == "rejected":
+        msg = summary.message + f"; that candidate was rejected: {tags.get('mlflow.note.content', '')}"
+        return Failed(message=msg, data=TrainingGateError(msg, summary.to_dict()))
+    return summary.to_dict()
