@@ -150,6 +150,96 @@ def demo(config: str | None) -> None:
 
 
 @main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--reason", default="manual", show_default=True, help="Why (recorded in MLflow).")
+@click.option("--force", is_flag=True, help="Retrain even if data, config and code are unchanged.")
+@click.option("--max-rows", default=0, show_default=True, help="Train on at most N labeled rows.")
+@click.option("--wait", is_flag=True, help="Queue behind a running retrain instead of refusing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def retrain(config: str | None, reason: str, force: bool, max_rows: int, wait: bool, as_json: bool) -> None:
+    """Train on the current data version, gate, register (champion first, then challenger).
+
+    Exits 1 when the candidate fails a gate (each failed gate is named), 2 on other errors.
+    """
+    from edgeloop.errors import EdgeloopError, GateError
+
+    try:
+        settings = _settings(config)
+        from flows.retrain import retrain as retrain_flow
+
+        result = retrain_flow(
+            reason=reason, force=force, max_rows=max_rows, wait=wait, config=str(settings.source)
+        )
+        code = 0
+    except GateError as exc:
+        result, code = exc.result, 1
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        from edgeloop.report import print_retrain
+
+        print_retrain(result)
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("ref", required=False)
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def lineage(ref: str | None, config: str | None, as_json: bool) -> None:
+    """Where a model came from: REF is champion (default), challenger, NAME@ALIAS or VERSION."""
+    from edgeloop.errors import EdgeloopError
+    from edgeloop.training import lineage as get_lineage
+
+    try:
+        info = get_lineage(_settings(config), ref)
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for k, v in info.items():
+        if k == "alias_history":
+            click.echo("alias history:")
+            for e in v:
+                prev = f" (was v{e['previous']})" if e["previous"] else ""
+                click.echo(f"  {e['at']}  {e['alias']} -> v{e['version'] or '-'}{prev}  by {e['actor']}: {e['reason']}")
+        else:
+            click.echo(f"{k}: {v}")
+
+
+@main.command()
+@click.argument("version")
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def reproduce(version: str, config: str | None, as_json: bool) -> None:
+    """Rebuild a registered model from its MLflow record (its DVC data version) and compare.
+
+    Exits 0 when the metrics match, 1 when they differ.
+    """
+    from edgeloop.errors import EdgeloopError
+    from edgeloop.training import reproduce as do_reproduce
+
+    try:
+        out = do_reproduce(_settings(config), version)
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+    else:
+        for k, v in out.items():
+            click.echo(f"{k}: {v}")
+        verdict = "metrics match" if out["metrics_match"] else "metrics DIFFER"
+        click.secho(verdict, fg="green" if out["metrics_match"] else "red")
+    sys.exit(0 if out["metrics_match"] else 1)
+
+
+@main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--rows", default=1_000_000, show_default=True, help="Number of rows.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")

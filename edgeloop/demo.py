@@ -46,6 +46,11 @@ def run_demo(config: Path) -> int:
     from edgeloop.errors import ValidationGateError
     from flows.ingest import ingest
 
+    retrains: list[tuple[str, dict[str, Any]]] = []
+    first = _retrain(settings, "initial model on the reference set")
+    retrains.append(("initial", first))
+    step(f"retrain (initial): {first['status']}: {first['message']}")
+
     results: list[dict[str, Any]] = []
     for i, path in enumerate(paths, 1):
         try:
@@ -62,10 +67,15 @@ def run_demo(config: Path) -> int:
             f" ({r['rows_accepted']}/{r['rows']} rows accepted)"
         )
 
-    from edgeloop.report import outcomes_table
+    second = _retrain(settings, "after the drifted batches 3-8 (audit labels from scanner C)")
+    retrains.append(("after drift", second))
+    step(f"retrain (after drift): {second['status']}: {second['message']}")
+
+    from edgeloop.report import outcomes_table, retrains_table
     from edgeloop.status import collect_status
 
     console.print(outcomes_table(results, notes))
+    console.print(retrains_table(retrains))
     state = collect_status(settings)
     console.print(
         f"dataset version [bold]{state['data']['version']}[/] with {state['data']['rows']} rows"
@@ -80,6 +90,17 @@ def run_demo(config: Path) -> int:
         return 1
     console.print(f"[green]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
+
+
+def _retrain(settings: Any, reason: str) -> dict[str, Any]:
+    """Run the retrain flow; a rejected candidate is an outcome to show, not a demo failure."""
+    from edgeloop.errors import GateError
+    from flows.retrain import retrain
+
+    try:
+        return retrain(reason=reason, config=str(settings.source))
+    except GateError as exc:
+        return exc.result
 
 
 def _check(results: list[dict[str, Any]]) -> list[str]:

@@ -36,7 +36,22 @@ def demo_settings(root: Path) -> Settings:
     from pipelines.demo_data import demo_schema
 
     return settings_from_dict(
-        {"project": "edgeloop-demo", "schema": demo_schema().model_dump()},
+        {
+            "project": "edgeloop-demo",
+            "schema": demo_schema().model_dump(),
+            "training": {
+                "estimator": "sklearn.ensemble.RandomForestClassifier",
+                "params": {"n_estimators": 200, "n_jobs": -1},
+                # The new scanner is where the model is expected to struggle: track it apart.
+                "slices": [{"name": "scanner_c", "column": "scanner", "op": "==", "value": "C"}],
+            },
+            "gates": {
+                "min_macro_f1": 0.85,
+                "min_accuracy": 0.85,
+                "slice_floors": {"scanner_c": 0.5},
+                "max_regression": 0.02,
+            },
+        },
         root=root,
         source=root / CONFIG_FILENAME,
     )

@@ -77,9 +77,62 @@ def print_status(state: dict[str, Any]) -> None:
         console.print(f"  [red]{q['status']}[/] {q['source']} ({q['batch_id']}): {q['reason']}")
         if q.get("path"):
             console.print(f"      report: {q['path']}/report.md")
-    if state.get("models"):
-        for alias, m in state["models"].items():
-            console.print(f"model {alias}: {m}")
+    models = state.get("models") or {}
+    if not models:
+        console.print("models: none registered yet (run 'edgeloop retrain')")
+    for alias, m in models.items():
+        console.print(
+            f"model [bold]{alias}[/]: v{m['version']}  macro-F1 {_num(m['macro_f1'])}"
+            f"  accuracy {_num(m['accuracy'])}  data {str(m['data_version'])[:12]}"
+            f"  {alias} for {m['age_hours']:.1f} h"
+        )
     console.print(f"MLflow: {s['mlflow_tracking_uri']}")
     console.print(f"Prefect: home {s['prefect_home']}, API {s['prefect_api_url']}")
     console.print(f"DVC remote: {s['dvc_remote']}")
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def print_retrain(result: dict[str, Any]) -> None:
+    """One retrain's outcome: decision, gates, key metrics."""
+    console = make_console()
+    colour = {"registered": "green", "cached": "cyan"}.get(result.get("status", ""), "red")
+    console.print(f"[{colour}]{result.get('status')}[/]: {result.get('message')}")
+    for c in (result.get("gates") or {}).get("checks", []):
+        mark = "[green]pass[/]" if c["passed"] else "[red]FAIL[/]"
+        console.print(f"  {mark} {c['detail']}")
+    m, ch = result.get("metrics") or {}, result.get("champion_metrics") or {}
+    for k in ("accuracy", "macro_f1"):
+        if k in m:
+            extra = f" (champion {_num(ch.get(k))})" if ch else ""
+            console.print(f"  {k}: {_num(m[k])}{extra}")
+    for note in result.get("notes") or []:
+        console.print(f"  [yellow]recovered:[/] {note}")
+    if result.get("run_id"):
+        console.print(f"  MLflow run {result['run_id']}, data {result.get('data_version', '')[:12]}")
+
+
+def retrains_table(retrains: list[tuple[str, dict[str, Any]]]) -> Any:
+    """The demo's retrains: decision, alias, holdout metrics vs the champion's on the same rows."""
+    from rich.table import Table
+
+    table = Table(title="Retrains (holdout metrics; champion scored on the same rows)")
+    for col in ("when", "decision", "version", "data version", "macro-F1", "champion macro-F1",
+                "scanner C macro-F1", "gates"):  # fmt: skip
+        table.add_column(col)
+    for when, r in retrains:
+        m, ch = r.get("metrics") or {}, r.get("champion_metrics") or {}
+        failed = [c["name"] for c in (r.get("gates") or {}).get("checks", []) if not c["passed"]]
+        table.add_row(
+            when,
+            r.get("status", ""),
+            f"v{r['version']} ({r.get('alias') or 'cached'})" if r.get("version") else "-",
+            (r.get("data_version") or "")[:12],
+            _num(m.get("macro_f1")),
+            _num(ch.get("macro_f1")) if ch else "-",
+            _num(m.get("slice_scanner_c_macro_f1")),
+            "failed: " + ", ".join(failed) if failed else ("passed" if r.get("gates") else "-"),
+        )
+    return table

@@ -44,5 +44,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             or "(none: embedded, started per run)",
             "dvc_remote": settings.services.dvc_remote_url or str(settings.path("dvc_remote")),
         },
-        "models": {},
+        "models": _models(settings),
     }
+
+
+def _models(settings: Settings) -> dict[str, Any]:
+    from edgeloop.training import models_status
+
+    return models_status(settings)

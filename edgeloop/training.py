@@ -373,3 +373,102 @@ def lineage(settings: Settings, ref: str | None) -> dict[str, Any]:
         "metrics": {k: run.data.metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1") if k in run.data.metrics},
         "alias_history": history,
     }
+
+
+def reproduce(settings: Settings, ref: str) -> dict[str, Any]:
+    """Rebuild a registered model from its MLflow record and compare it with the original.
+
+    Restores the run's dataset version through DVC (beside ``data/``, which is left alone),
+    uses the config snapshot logged with the run, retrains with the same seeds, and compares
+    holdout metrics and predictions.
+    """
+    import shutil
+
+    import numpy as np
+    import yaml
+
+    from edgeloop.config import settings_from_dict
+    from edgeloop.registry import Registry
+    from edgeloop.store import DataStore
+    from edgeloop.versioning import DataVersioner
+    from pipelines import train as tr
+
+    reg = Registry(settings)
+    version = reg.resolve(ref)
+    mv = reg.version(version)
+    run = reg.client.get_run(mv.run_id)
+    work = settings.root / ".edgeloop" / "reproduce" / f"v{version}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    config_dir = Path(reg.client.download_artifacts(mv.run_id, "config", str(work)))
+    snapshot = next(config_dir.glob("*.yaml"), None) or next(config_dir.glob("*.yml"), None)
+    if snapshot is None:
+        raise EdgeloopError(f"run {mv.run_id} has no config snapshot: cannot reproduce v{version}")
+    lineage_dir = Path(reg.client.download_artifacts(mv.run_id, "lineage", str(work)))
+    pointer = work / "data.dvc"
+    shutil.copy2(lineage_dir / "data.dvc", pointer)
+    restored = DataVersioner(settings).restore(pointer)
+    data = yaml.safe_load(snapshot.read_text(encoding="utf-8"))
+    base = settings_from_dict(data, root=settings.root, source=snapshot)
+    repro = base.model_copy(update={"paths": base.paths.model_copy(update={"data": str(work / "data")})})
+    dataset = DataStore(repro).load_dataset()
+    max_rows = int(float(run.data.params.get("max_rows", "0")))
+    trained = train_and_evaluate(repro, dataset, max_rows=max_rows, champion=None)
+    original = run.data.metrics
+    diffs = {
+        k: {"original": original[k], "reproduced": v}
+        for k, v in trained.metrics.items()
+        if k in original and not (math.isnan(v) and math.isnan(original[k])) and abs(original[k] - v) > 1e-9
+    }
+    model = reg.load(version)
+    x = tr.features(trained.split.holdout, repro.data_schema)
+    agreement = float(np.mean(model.predict(x) == trained.model.predict(x)))
+    code_now = code_hash(settings.root)
+    return {
+        "model": reg.name,
+        "version": version,
+        "run_id": mv.run_id,
+        "data_version": run.data.tags.get("dvc.data_version"),
+        "data_restored": restored,
+        "data_path": str(work / "data"),
+        "code_hash_then": run.data.tags.get("code_hash"),
+        "code_hash_now": code_now,
+        "code_same": run.data.tags.get("code_hash") == code_now,
+        "git_commit_then": run.data.tags.get("git.commit"),
+        "metrics_match": not diffs,
+        "metric_differences": diffs,
+        "prediction_agreement": agreement,
+        "holdout_rows": len(trained.split.holdout),
+        "macro_f1": trained.metrics.get("macro_f1"),
+    }
+
+
+def models_status(settings: Settings) -> dict[str, Any]:
+    """Champion, challenger and previous champion: version, metrics, data version, age."""
+    from edgeloop.registry import Registry
+
+    reg = Registry(settings)
+    aliases = reg.aliases()
+    if not aliases:
+        return {}
+    last_move = {e.alias: e.at for e in reg.history()}
+    now = datetime.now(UTC)
+    out: dict[str, Any] = {}
+    for alias in ("champion", "challenger", "previous-champion"):
+        if alias not in aliases:
+            continue
+        mv = reg.version(aliases[alias])
+        run = reg.client.get_run(mv.run_id)
+        since = last_move.get(alias) or datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat()
+        age = now - datetime.fromisoformat(since)
+        out[alias] = {
+            "version": aliases[alias],
+            "macro_f1": run.data.metrics.get("macro_f1"),
+            "accuracy": run.data.metrics.get("accuracy"),
+            "data_version": run.data.tags.get("dvc.data_version"),
+            "alias_since": since,
+            "age_hours": round(age.total_seconds() / 3600, 2),
+            "run_id": mv.run_id,
+        }
+    return out

@@ -173,29 +173,32 @@ class DataVersioner:
         with self._repo() as repo, _quiet():
             return not repo.status(targets=[str(self.pointer)])
 
-    def restore(self) -> str:
-        """Bring ``data/`` to the version in ``data.dvc``: from the cache, else from the remote.
+    def restore(self, pointer: Path | None = None) -> str:
+        """Bring the data a pointer names (default ``data.dvc``) into its folder.
 
-        Returns "present", "checked out" or "pulled"; raises StoreError if neither has it.
+        From the cache, else from the remote. Returns "present", "checked out" or "pulled";
+        raises StoreError if neither has it. Another pointer (an old ``data.dvc`` saved with a
+        model, say) restores that version beside it without touching ``data/``.
         """
-        if not self.pointer.exists():
-            raise StoreError(f"{self.pointer}: no dataset version to restore")
+        pointer = pointer or self.pointer
+        if not pointer.exists():
+            raise StoreError(f"{pointer}: no dataset version to restore")
         with self._repo() as repo, _quiet():
-            status = repo.status(targets=[str(self.pointer)])
+            status = repo.status(targets=[str(pointer)])
             if not status:
                 return "present"
             try:
-                repo.checkout(targets=[str(self.pointer)], force=True)
+                repo.checkout(targets=[str(pointer)], force=True)
                 return "checked out"
             except Exception:
                 pass
             try:
-                repo.pull(targets=[str(self.pointer)], remote=self.remote_name, force=True)
+                repo.pull(targets=[str(pointer)], remote=self.remote_name, force=True)
                 return "pulled"
             except Exception as exc:
                 raise StoreError(
-                    f"{self.pointer}: version {self.version()} is neither in the DVC cache nor on"
-                    f" remote '{self.remote_name}' ({type(exc).__name__})"
+                    f"{pointer}: version {read_pointer_md5(pointer)} is neither in the DVC cache"
+                    f" nor on remote '{self.remote_name}' ({type(exc).__name__})"
                 ) from None
 
 

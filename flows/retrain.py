@@ -86,7 +86,11 @@ def _artifacts(summary: RetrainSummary) -> None:
 
 @flow(name="retrain")
 def retrain(
-    reason: str = "manual", force: bool = False, max_rows: int = 0, config: str = "edgeloop.yaml"
+    reason: str = "manual",
+    force: bool = False,
+    max_rows: int = 0,
+    wait: bool = False,
+    config: str = "edgeloop.yaml",
 ) -> Any:
     """Retrain on the current dataset version and register the result if it passes the gates.
 
@@ -94,11 +98,12 @@ def retrain(
         reason: Why this retrain runs (recorded on the MLflow run and the alias history).
         force: Retrain even when data, config and training code are unchanged.
         max_rows: Train on at most this many labeled rows (0 = all).
+        wait: Queue behind a running retrain instead of failing at once.
         config: Path of the edgeloop.yaml to use.
     """
     settings = load_settings(config)
     started = time.perf_counter()
-    with retrain_lock(settings):
+    with retrain_lock(settings, wait=wait):
         notes = recover(settings)
         data_version, dataset = load_dataset(settings)
         key = cache_key(settings, data_version, max_rows)

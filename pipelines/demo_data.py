@@ -20,8 +20,10 @@ Stream (``demo_stream``), in order:
   "#ERR" text in a pixel column): the whole file is quarantined. The fixed export, ``batch_06``,
   arrives right after it.
 
-Production batches are unlabeled. Their ground truth is written beside them under ``truth/``
-for the demo's *simulated annotator* (the one stand-in the demo uses), never for the model.
+Production batches are mostly unlabeled: only a seeded ``AUDIT_FRACTION`` (10 %) of rows
+carry their label, as if a manual check station verified one letter in ten. The full ground
+truth is written beside each batch under ``truth/`` for the demo's *simulated annotator* (the
+one stand-in the demo uses), never for the model.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ CLASSES = list(range(10))
 REFERENCE_ROWS = 600
 STREAM_BATCHES = 8
 ID_COLUMN = "row_id"
+AUDIT_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -122,11 +125,13 @@ def reference_frame(seed: int = 7) -> pd.DataFrame:
 def demo_stream(seed: int = 7) -> list[DemoBatch]:
     """The production stream, in arrival order (see the module docstring)."""
     import numpy as np
+    import pandas as pd
 
     x, y = _digits(seed)
     x, y = x[REFERENCE_ROWS:], y[REFERENCE_ROWS:]
     chunks = np.array_split(np.arange(len(y)), STREAM_BATCHES)
     rng = np.random.default_rng(seed + 2)
+    audit_rng = np.random.default_rng(seed + 3)
     out: list[DemoBatch] = []
     for i, idx in enumerate(chunks, start=1):
         sev = drift_severity(i)
@@ -137,6 +142,10 @@ def demo_stream(seed: int = 7) -> list[DemoBatch]:
         if is_c.any():
             xb[is_c] = scanner_c(xb[is_c], sev, rng)
         frame = _frame(xb, [str(s) for s in scanners], None)
+        audited = audit_rng.random(len(idx)) < AUDIT_FRACTION
+        frame[TARGET] = pd.array(
+            [int(v) if a else None for v, a in zip(y[idx], audited, strict=True)], dtype="Int64"
+        )
         truth = frame[[]].assign(**{TARGET: y[idx]})
         name = f"batch_{i:02d}"
         note = "in distribution" if sev == 0 else f"scanner C at {c_share:.0%}, severity {sev:.2f}"
