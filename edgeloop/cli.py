@@ -77,11 +77,14 @@ def ingest(paths: tuple[Path, ...], config: str | None, as_json: bool) -> None:
 
     Exits 1 when rows were quarantined (the report names them), 2 on bad usage or config.
     """
+    from edgeloop import runtime
     from edgeloop.errors import EdgeloopError, ValidationGateError
 
     try:
         settings = _settings(config)
         from flows.ingest import ingest as ingest_flow
+
+        runtime.quiet_expected_errors()
 
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
@@ -156,16 +159,21 @@ def demo(config: str | None) -> None:
 @click.option("--max-rows", default=0, show_default=True, help="Train on at most N labeled rows.")
 @click.option("--wait", is_flag=True, help="Queue behind a running retrain instead of refusing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def retrain(config: str | None, reason: str, force: bool, max_rows: int, wait: bool, as_json: bool) -> None:
+def retrain(
+    config: str | None, reason: str, force: bool, max_rows: int, wait: bool, as_json: bool
+) -> None:
     """Train on the current data version, gate, register (champion first, then challenger).
 
     Exits 1 when the candidate fails a gate (each failed gate is named), 2 on other errors.
     """
+    from edgeloop import runtime
     from edgeloop.errors import EdgeloopError, GateError
 
     try:
         settings = _settings(config)
         from flows.retrain import retrain as retrain_flow
+
+        runtime.quiet_expected_errors()
 
         result = retrain_flow(
             reason=reason, force=force, max_rows=max_rows, wait=wait, config=str(settings.source)
@@ -207,7 +215,9 @@ def lineage(ref: str | None, config: str | None, as_json: bool) -> None:
             click.echo("alias history:")
             for e in v:
                 prev = f" (was v{e['previous']})" if e["previous"] else ""
-                click.echo(f"  {e['at']}  {e['alias']} -> v{e['version'] or '-'}{prev}  by {e['actor']}: {e['reason']}")
+                click.echo(
+                    f"  {e['at']}  {e['alias']} -> v{e['version'] or '-'}{prev}  by {e['actor']}: {e['reason']}"
+                )
         else:
             click.echo(f"{k}: {v}")
 

@@ -127,13 +127,16 @@ class TrainingSettings(_Frozen):
 
 
 class GateSettings(_Frozen):
-    """"Good enough": floors, per-slice floors, and non-inferiority against the champion."""
+    """ "Good enough": floors, per-slice floors, and non-inferiority against the champion."""
 
     metric: Literal["macro_f1", "accuracy", "weighted_f1"] = "macro_f1"
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     #: Slice name -> minimum ``metric`` on that slice.
     slice_floors: dict[str, float] = Field(default_factory=dict)
+    #: A slice floor is only judged on at least this many holdout rows: a metric on a handful
+    #: of rows is noise, not evidence (the check is recorded as "not enough rows").
+    min_slice_rows: Annotated[int, Field(ge=1)] = 30
     #: The candidate may be worse than the champion on ``metric`` by at most this much.
     max_regression: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
 
@@ -184,7 +187,9 @@ class Settings(_Frozen):
             raise ValueError("training.slices: slice names must be unique")
         for sl in self.training.slices:
             if sl.column not in self.data_schema.features:
-                raise ValueError(f"training.slices.{sl.name}: column {sl.column!r} is not a feature")
+                raise ValueError(
+                    f"training.slices.{sl.name}: column {sl.column!r} is not a feature"
+                )
         unknown = sorted(set(self.gates.slice_floors) - set(names))
         if unknown:
             raise ValueError(f"gates.slice_floors names unknown slices {unknown} (known: {names})")

@@ -44,8 +44,10 @@ def run_demo(config: Path) -> int:
 
     step("loading Prefect, MLflow and GX (the first flow run starts a local Prefect server)")
     from edgeloop.errors import ValidationGateError
+    from edgeloop.runtime import quiet_expected_errors
     from flows.ingest import ingest
 
+    quiet_expected_errors()
     retrains: list[tuple[str, dict[str, Any]]] = []
     first = _retrain(settings, "initial model on the reference set")
     retrains.append(("initial", first))

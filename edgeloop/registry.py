@@ -136,7 +136,9 @@ class Registry:
         flt = f"tags.`edgeloop.model` = '{self.name}'"
         if alias:
             flt += f" and tags.`edgeloop.alias` = '{alias}'"
-        runs = self.client.search_runs([exp], filter_string=flt, order_by=["attributes.start_time ASC"], max_results=5000)
+        runs = self.client.search_runs(
+            [exp], filter_string=flt, order_by=["attributes.start_time ASC"], max_results=5000
+        )
         return [
             AliasEvent(
                 alias=r.data.tags.get("edgeloop.alias", ""),
@@ -152,7 +154,14 @@ class Registry:
 
     def _record(self, alias: str, version: str, previous: str, reason: str) -> AliasEvent:
         exp = self._history_experiment()
-        ev = AliasEvent(alias, version, previous, actor(), reason, datetime.now(UTC).isoformat(timespec="seconds"))
+        ev = AliasEvent(
+            alias,
+            version,
+            previous,
+            actor(),
+            reason,
+            datetime.now(UTC).isoformat(timespec="seconds"),
+        )
         run = self.client.create_run(
             exp,
             run_name=f"{alias} -> v{version or '(removed)'}",
@@ -186,14 +195,18 @@ class Registry:
         self.client.delete_registered_model_alias(self.name, alias)
         return self._record(alias, "", previous, reason)
 
-    def register(self, model_uri: str, run_id: str, alias: str, reason: str) -> tuple[str, AliasEvent]:
+    def register(
+        self, model_uri: str, run_id: str, alias: str, reason: str
+    ) -> tuple[str, AliasEvent]:
         """Create a version from a logged model and give it ``alias``; crash-safe (see module)."""
         from mlflow.exceptions import MlflowException
 
         try:
             self.client.get_registered_model(self.name)
         except MlflowException:
-            self.client.create_registered_model(self.name, description="Registered by edgeloop retrain")
+            self.client.create_registered_model(
+                self.name, description="Registered by edgeloop retrain"
+            )
         mv = self.client.create_model_version(
             self.name, source=model_uri, run_id=run_id, tags={"edgeloop.status": "pending"}
         )
@@ -223,16 +236,27 @@ class Registry:
         for mv in versions:
             if (mv.tags or {}).get("edgeloop.status") == "pending":
                 if str(mv.version) in held:
-                    self.client.set_model_version_tag(self.name, mv.version, "edgeloop.status", "ready")
+                    self.client.set_model_version_tag(
+                        self.name, mv.version, "edgeloop.status", "ready"
+                    )
                 else:
-                    self.client.set_model_version_tag(self.name, mv.version, "edgeloop.status", "abandoned")
-                    notes.append(f"v{mv.version} was left pending by an interrupted run: marked abandoned")
+                    self.client.set_model_version_tag(
+                        self.name, mv.version, "edgeloop.status", "abandoned"
+                    )
+                    notes.append(
+                        f"v{mv.version} was left pending by an interrupted run: marked abandoned"
+                    )
         last: dict[str, str] = {}
         for ev in self.history():
             last[ev.alias] = ev.version
         for alias, version in aliases.items():
             if last.get(alias) != version:
-                self._record(alias, version, last.get(alias, ""), "reconciled: alias moved by an interrupted run")
+                self._record(
+                    alias,
+                    version,
+                    last.get(alias, ""),
+                    "reconciled: alias moved by an interrupted run",
+                )
                 notes.append(f"{alias} -> v{version} had no history record: recorded")
         return notes
 

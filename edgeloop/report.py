@@ -111,7 +111,9 @@ def print_retrain(result: dict[str, Any]) -> None:
     for note in result.get("notes") or []:
         console.print(f"  [yellow]recovered:[/] {note}")
     if result.get("run_id"):
-        console.print(f"  MLflow run {result['run_id']}, data {result.get('data_version', '')[:12]}")
+        console.print(
+            f"  MLflow run {result['run_id']}, data {result.get('data_version', '')[:12]}"
+        )
 
 
 def retrains_table(retrains: list[tuple[str, dict[str, Any]]]) -> Any:

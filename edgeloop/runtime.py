@@ -35,3 +35,26 @@ def prepare(settings: Settings, *, quiet: bool = True) -> None:
         env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     # MLflow warns that git is missing in some set-ups; lineage is recorded by edgeloop itself.
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class _HideExpected:
+    """Drop log records of errors edgeloop reports itself (a gate, a bad input): the CLI prints
+    them once, cleanly; the traceback stays in the Prefect run's log in the UI."""
+
+    def filter(self, record: object) -> bool:
+        from edgeloop.errors import EdgeloopError
+
+        exc = getattr(record, "exc_info", None)
+        if exc and isinstance(exc[1], EdgeloopError):
+            return False
+        msg = str(getattr(record, "msg", ""))
+        return not ("Finished in state Failed" in msg and "Error" in msg and "edgeloop" in msg)
+
+
+def quiet_expected_errors() -> None:
+    """Install the filter on the console handlers Prefect configured (call after importing it)."""
+    import logging
+
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(_HideExpected())  # type: ignore[arg-type]

@@ -63,7 +63,10 @@ class RetrainSummary:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("metrics", "champion_metrics"):
-            d[key] = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d[key].items()}
+            d[key] = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in d[key].items()
+            }
         return d
 
 
@@ -127,7 +130,9 @@ def code_hash(root: Path) -> str:
 def training_config(settings: Settings) -> dict[str, Any]:
     """The part of the config a model depends on (its hash is part of the cache key)."""
     d = settings.to_dict()
-    return {k: d[k] for k in ("schema", "training", "gates", "seeds")} | {"model": settings.model_name}
+    return {k: d[k] for k in ("schema", "training", "gates", "seeds")} | {
+        "model": settings.model_name
+    }
 
 
 def cache_key(settings: Settings, data_version: str, max_rows: int) -> str:
@@ -168,10 +173,14 @@ def close_orphan_runs(settings: Settings) -> list[str]:
     client = MlflowClient()
     exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
     notes = []
-    for r in client.search_runs([exp], filter_string="attributes.status = 'RUNNING'", max_results=100):
+    for r in client.search_runs(
+        [exp], filter_string="attributes.status = 'RUNNING'", max_results=100
+    ):
         client.set_tag(r.info.run_id, "edgeloop.decision", "interrupted")
         client.set_terminated(r.info.run_id, status="KILLED")
-        notes.append(f"run {r.info.run_id} was left running by an interrupted retrain: marked KILLED")
+        notes.append(
+            f"run {r.info.run_id} was left running by an interrupted retrain: marked KILLED"
+        )
     return notes
 
 
@@ -213,7 +222,9 @@ def train_and_evaluate(
     metrics["train_rows"] = float(len(split.train))
     champ = None
     if champion is not None:
-        champ = ev.evaluate(y_true, champion.predict(x_hold), split.holdout, schema, list(training.slices))
+        champ = ev.evaluate(
+            y_true, champion.predict(x_hold), split.holdout, schema, list(training.slices)
+        )
     gates = ev.check_gates(metrics, champ, settings.gates)
     t3 = time.perf_counter()
     return Trained(
@@ -242,11 +253,11 @@ def log_retrain(
     flow_run_url: str,
 ) -> tuple[str, str]:
     """One MLflow run: params, metrics, artifacts, lineage, the model. Returns (run id, model uri)."""
-    import mlflow
     import mlflow.sklearn
     import pandas as pd
     from mlflow.models import infer_signature
 
+    import mlflow
     from edgeloop.tracking import ensure_experiment
     from edgeloop.versioning import git_info
     from pipelines import evaluate as ev
@@ -290,7 +301,10 @@ def log_retrain(
         mlflow.log_metrics({k: v for k, v in trained.metrics.items()})
         champ = trained.champion_metrics or {}
         mlflow.log_metrics(
-            {f"champion_{k}": champ.get(k, math.nan) for k in ("accuracy", "macro_f1", "weighted_f1")}
+            {
+                f"champion_{k}": champ.get(k, math.nan)
+                for k in ("accuracy", "macro_f1", "weighted_f1")
+            }
         )
         mlflow.log_metrics(trained.seconds)
         for c in trained.gates.checks:
@@ -299,18 +313,28 @@ def log_retrain(
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             fig = ev.confusion_figure(
-                trained.y_true, trained.y_pred, list(schema.classes), f"holdout, data {data_version[:8]}"
+                trained.y_true,
+                trained.y_pred,
+                list(schema.classes),
+                f"holdout, data {data_version[:8]}",
             )
             fig.savefig(t / "confusion_matrix.png")
             import matplotlib.pyplot as plt
 
             plt.close(fig)
             rows = [
-                {"metric": k, "candidate": v, "champion": champ.get(k), "delta": v - champ[k] if k in champ else None}
+                {
+                    "metric": k,
+                    "candidate": v,
+                    "champion": champ.get(k),
+                    "delta": v - champ[k] if k in champ else None,
+                }
                 for k, v in sorted(trained.metrics.items())
             ]
             pd.DataFrame(rows).to_csv(t / "metrics.csv", index=False)
-            (t / "gates.json").write_text(json.dumps(trained.gates.to_dict(), indent=2, default=str))
+            (t / "gates.json").write_text(
+                json.dumps(trained.gates.to_dict(), indent=2, default=str)
+            )
             mlflow.log_artifacts(str(t), artifact_path="evaluation")
         if settings.source and Path(settings.source).exists():
             mlflow.log_artifact(str(settings.source), artifact_path="config")
@@ -358,7 +382,9 @@ def lineage(settings: Settings, ref: str | None) -> dict[str, Any]:
         "version": version,
         "aliases": aliases,
         "status": (mv.tags or {}).get("edgeloop.status", ""),
-        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
+        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(
+            timespec="seconds"
+        ),
         "run_id": mv.run_id,
         "data_version": tags.get("dvc.data_version"),
         "git_commit": tags.get("git.commit"),
@@ -370,7 +396,11 @@ def lineage(settings: Settings, ref: str | None) -> dict[str, Any]:
         "seed_split": tags.get("seed.split"),
         "seed_train": tags.get("seed.train"),
         "reason": tags.get("edgeloop.reason"),
-        "metrics": {k: run.data.metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1") if k in run.data.metrics},
+        "metrics": {
+            k: run.data.metrics[k]
+            for k in ("accuracy", "macro_f1", "weighted_f1")
+            if k in run.data.metrics
+        },
         "alias_history": history,
     }
 
@@ -411,7 +441,9 @@ def reproduce(settings: Settings, ref: str) -> dict[str, Any]:
     restored = DataVersioner(settings).restore(pointer)
     data = yaml.safe_load(snapshot.read_text(encoding="utf-8"))
     base = settings_from_dict(data, root=settings.root, source=snapshot)
-    repro = base.model_copy(update={"paths": base.paths.model_copy(update={"data": str(work / "data")})})
+    repro = base.model_copy(
+        update={"paths": base.paths.model_copy(update={"data": str(work / "data")})}
+    )
     dataset = DataStore(repro).load_dataset()
     max_rows = int(float(run.data.params.get("max_rows", "0")))
     trained = train_and_evaluate(repro, dataset, max_rows=max_rows, champion=None)
@@ -419,7 +451,9 @@ def reproduce(settings: Settings, ref: str) -> dict[str, Any]:
     diffs = {
         k: {"original": original[k], "reproduced": v}
         for k, v in trained.metrics.items()
-        if k in original and not (math.isnan(v) and math.isnan(original[k])) and abs(original[k] - v) > 1e-9
+        if k in original
+        and not (math.isnan(v) and math.isnan(original[k]))
+        and abs(original[k] - v) > 1e-9
     }
     model = reg.load(version)
     x = tr.features(trained.split.holdout, repro.data_schema)
@@ -460,7 +494,10 @@ def models_status(settings: Settings) -> dict[str, Any]:
             continue
         mv = reg.version(aliases[alias])
         run = reg.client.get_run(mv.run_id)
-        since = last_move.get(alias) or datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat()
+        since = (
+            last_move.get(alias)
+            or datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat()
+        )
         age = now - datetime.fromisoformat(since)
         out[alias] = {
             "version": aliases[alias],

@@ -74,7 +74,8 @@ def _artifacts(summary: RetrainSummary) -> None:
     rows = [
         {"metric": k, "candidate": round(v, 4), "champion": summary.champion_metrics.get(k)}
         for k, v in summary.metrics.items()
-        if k in ("accuracy", "macro_f1", "weighted_f1", "rows", "train_rows") or k.startswith("slice_")
+        if k in ("accuracy", "macro_f1", "weighted_f1", "rows", "train_rows")
+        or k.startswith("slice_")
     ]
     create_table_artifact(key="retrain-metrics", table=rows, description=summary.message)
     lines = [f"# Retrain: **{summary.status}**", "", summary.message, ""]
@@ -140,7 +141,9 @@ def retrain(
             summary.message = f"rejected: {trained.gates.summary()}"
             summary.timings["total_seconds"] = time.perf_counter() - started
             _artifacts(summary)
-            return Failed(message=summary.message, data=TrainingGateError(summary.message, summary.to_dict()))
+            return Failed(
+                message=summary.message, data=TrainingGateError(summary.message, summary.to_dict())
+            )
         version, alias = register(settings, model_uri, run_id, reason)
         summary.status, summary.version, summary.alias = "registered", version, alias
         summary.message = f"registered v{version} as {alias}: {trained.gates.summary()}"
@@ -169,6 +172,9 @@ def _cached(settings: Settings, hit: Any, data_version: str, key: str, notes: li
         ),
     )
     if decision == "rejected":
-        msg = summary.message + f"; that candidate was rejected: {tags.get('mlflow.note.content', '')}"
+        msg = (
+            summary.message
+            + f"; that candidate was rejected: {tags.get('mlflow.note.content', '')}"
+        )
         return Failed(message=msg, data=TrainingGateError(msg, summary.to_dict()))
     return summary.to_dict()

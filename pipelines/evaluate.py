@@ -41,7 +41,9 @@ def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[Any]) -> dict[
         return {"accuracy": math.nan, "macro_f1": math.nan, "weighted_f1": math.nan}
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
+        ),
         "weighted_f1": float(
             f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)
         ),
@@ -60,9 +62,7 @@ def evaluate(
 
     classes = list(schema.classes)
     out = {**_scores(y_true, y_pred, classes), "rows": float(len(y_true))}
-    p, r, f, n = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0
-    )
+    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     for i, c in enumerate(classes):
         out[f"class_{c}_precision"] = float(p[i])
         out[f"class_{c}_recall"] = float(r[i])
@@ -113,7 +113,9 @@ class GateResult:
 def _floor(name: str, value: float, bound: float) -> GateCheck:
     ok = not math.isnan(value) and value >= bound
     shown = "n/a (no rows)" if math.isnan(value) else f"{value:.4f}"
-    return GateCheck(name, value, bound, ok, f"{name}: {shown} {'>=' if ok else '<'} floor {bound:.4f}")
+    return GateCheck(
+        name, value, bound, ok, f"{name}: {shown} {'>=' if ok else '<'} floor {bound:.4f}"
+    )
 
 
 def check_gates(
@@ -128,6 +130,18 @@ def check_gates(
         _floor("min_macro_f1", candidate["macro_f1"], gates.min_macro_f1),
     ]
     for name, bound in sorted(gates.slice_floors.items()):
+        rows = int(candidate.get(f"slice_{name}_rows", 0))
+        if rows < gates.min_slice_rows:
+            checks.append(
+                GateCheck(
+                    f"slice_{name}",
+                    candidate[f"slice_{name}_{gates.metric}"],
+                    bound,
+                    True,
+                    f"slice_{name}: not judged, {rows} holdout rows < min_slice_rows {gates.min_slice_rows}",
+                )
+            )
+            continue
         checks.append(_floor(f"slice_{name}", candidate[f"slice_{name}_{gates.metric}"], bound))
     if champion is not None:
         cand, champ = candidate[gates.metric], champion[gates.metric]

@@ -78,7 +78,7 @@ def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, 
             f"dataset too small: {len(holdout)} holdout rows (holdout_fraction"
             f" {training.holdout_fraction}); training.min_holdout_rows is {training.min_holdout_rows}"
         )
-    seen = {str(v) for v in train[schema.target].unique()}
+    seen = {str(v) for v in set(target(train, schema).tolist())}
     missing = [c for c in schema.classes if str(c) not in seen]
     if missing:
         raise TrainingError(
@@ -96,7 +96,9 @@ def estimator_class(path: str) -> type:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise TrainingError(f"training.estimator {path!r}: cannot import {module_name} ({exc})") from None
+        raise TrainingError(
+            f"training.estimator {path!r}: cannot import {module_name} ({exc})"
+        ) from None
     cls = getattr(module, cls_name, None)
     if cls is None or not inspect.isclass(cls):
         raise TrainingError(f"training.estimator {path!r}: {module_name} has no class {cls_name}")
@@ -160,7 +162,9 @@ def target(df: pd.DataFrame, schema: SchemaSettings) -> np.ndarray:
     return np.asarray(y.astype("str"))
 
 
-def fit(train: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int) -> Pipeline:
+def fit(
+    train: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int
+) -> Pipeline:
     """Fit the configured pipeline on the training rows (the input frame is not modified)."""
     pipe = build_pipeline(schema, training, seed)
     try:

@@ -249,7 +249,9 @@ class ValidationReport:
         # Not asdict(): it would deep-copy every row position (seconds at 1M bad rows) only for
         # them to be dropped or cut here.
         skip = ("failed", "bad_rows")
-        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
+        d: dict[str, Any] = {
+            f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip
+        }
         d["failed"] = [
             {g.name: getattr(x, g.name) for g in fields(x) if g.name != "rows"} for x in self.failed
         ]
@@ -398,8 +400,13 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
     )
     if table_level:
         missing = {c for f in table_level for c in f.mismatched_columns.get("missing", [])}
-        # Expectations on a missing column fail too; naming them again adds nothing.
-        shown = [f for f in table_level if f.column not in missing]
+        mistyped = {f.column for f in table_level if "type" in f.expectation and not f.error}
+        # Expectations on a missing or mistyped column fail too; naming them again adds nothing.
+        shown = [
+            f
+            for f in table_level
+            if f.column not in missing and not (f.error and f.column in mistyped)
+        ]
         what = "; ".join(f.describe() for f in shown[:3])
         more = f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""
         return _with(report, "quarantined", f"table-level failure: {what}{more}", everything)
