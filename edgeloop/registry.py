@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from edgeloop import faults
 from edgeloop.config import Settings
 from edgeloop.errors import EdgeloopError
 
@@ -54,14 +55,6 @@ class AliasEvent:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _fault(point: str) -> None:
-    """Test hook: ``EDGELOOP_FAULT=pause:<point>`` sleeps there so a test can kill -9 us."""
-    spec = os.environ.get("EDGELOOP_FAULT", "")
-    if spec == f"pause:{point}":
-        print(f"EDGELOOP_FAULT: paused at {point}", flush=True)
-        time.sleep(600)
 
 
 class Registry:
@@ -185,7 +178,7 @@ class Registry:
         """Point ``alias`` at ``version`` (one atomic call), then record who/when/why."""
         previous = self.aliases().get(alias, "")
         self.client.set_registered_model_alias(self.name, alias, str(version))
-        _fault("after-alias")
+        faults.point("after-alias")
         return self._record(alias, str(version), previous, reason)
 
     def remove_alias(self, alias: str, reason: str) -> AliasEvent | None:
@@ -212,7 +205,7 @@ class Registry:
         )
         version = str(mv.version)
         _wait_ready(self.client, self.name, version)
-        _fault("register")
+        faults.point("register")
         try:
             event = self.move_alias(alias, version, reason)
         except Exception:

@@ -26,6 +26,10 @@ def prepare(settings: Settings, *, quiet: bool = True) -> None:
     # can take longer than Prefect's default wait of 20 s.
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     env.setdefault("DVC_NO_ANALYTICS", "1")
+    # A team MLflow server that is down should fail in seconds, not after minutes of retries.
+    env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    env.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     env.setdefault("DVC_SITE_CACHE_DIR", str(settings.root / ".dvc" / "tmp" / "site-cache"))
     env.setdefault("GIT_PYTHON_REFRESH", "quiet")
     if quiet:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop import faults
 from edgeloop.config import Settings
 from edgeloop.errors import EdgeloopError, GateError
 
@@ -149,7 +150,11 @@ def cache_key(settings: Settings, data_version: str, max_rows: int) -> str:
 
 
 def find_cached(settings: Settings, key: str) -> Any | None:
-    """A finished retrain run with the same cache key (the newest), if any."""
+    """The newest completed retrain (registered or rejected) with the same cache key, if any.
+
+    A run whose process died before it registered or was rejected does not count: its inputs
+    are retrained.
+    """
     from mlflow.tracking import MlflowClient
 
     from edgeloop.tracking import ensure_experiment
@@ -159,13 +164,14 @@ def find_cached(settings: Settings, key: str) -> Any | None:
         [exp],
         filter_string=f"tags.`edgeloop.cache_key` = '{key}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
+        max_results=50,
     )
-    return runs[0] if runs else None
+    done = [r for r in runs if r.data.tags.get("edgeloop.decision") in ("registered", "rejected")]
+    return done[0] if done else None
 
 
 def close_orphan_runs(settings: Settings) -> list[str]:
-    """Runs left RUNNING by a killed retrain (we hold the lock, so none is really running)."""
+    """Runs a killed retrain left behind (we hold the lock, so none of them is still going)."""
     from mlflow.tracking import MlflowClient
 
     from edgeloop.tracking import ensure_experiment
@@ -173,14 +179,14 @@ def close_orphan_runs(settings: Settings) -> list[str]:
     client = MlflowClient()
     exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
     notes = []
-    for r in client.search_runs(
-        [exp], filter_string="attributes.status = 'RUNNING'", max_results=100
-    ):
+    recent = client.search_runs([exp], order_by=["attributes.start_time DESC"], max_results=200)
+    for r in recent:
+        if r.data.tags.get("edgeloop.decision"):
+            continue
         client.set_tag(r.info.run_id, "edgeloop.decision", "interrupted")
-        client.set_terminated(r.info.run_id, status="KILLED")
-        notes.append(
-            f"run {r.info.run_id} was left running by an interrupted retrain: marked KILLED"
-        )
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, status="KILLED")
+        notes.append(f"run {r.info.run_id} was interrupted before a decision: tagged 'interrupted'")
     return notes
 
 
@@ -213,6 +219,7 @@ def train_and_evaluate(
     t0 = time.perf_counter()
     split = tr.split(dataset, schema, training, settings.seeds.split)
     t1 = time.perf_counter()
+    faults.point("train")
     model = tr.fit(split.train, schema, training, settings.seeds.train)
     t2 = time.perf_counter()
     x_hold = tr.features(split.holdout, schema)

@@ -59,7 +59,9 @@ def record_run(
 def flow_run_url() -> str:
     """The run's page on the Prefect server that shows it (the project-local one by default)."""
     url = flow_run.ui_url or ""
-    if not url and flow_run.id:
+    # Without a configured UI URL (the embedded server) Prefect returns "None/flow-runs/...":
+    # point at the UI `prefect server start` serves by default on this project's home.
+    if (not url or not url.startswith("http")) and flow_run.id:
         url = f"http://127.0.0.1:4200/runs/flow-run/{flow_run.id}"
     return url
 

@@ -146,7 +146,7 @@ def check_gates(
     if champion is not None:
         cand, champ = candidate[gates.metric], champion[gates.metric]
         delta = cand - champ
-        ok = delta >= -gates.max_regression
+        ok = delta >= -gates.max_regression - 1e-9  # "at most this much worse", float-safe
         checks.append(
             GateCheck(
                 "non_inferiority",

@@ -61,7 +61,19 @@ def row_hash(row_ids: pd.Series, seed: int) -> np.ndarray:
 
 def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int) -> Split:
     """Labeled rows → (train, holdout); checks there is enough of both and every class to learn."""
+    if ROW_ID not in df.columns:
+        raise TrainingError(
+            f"the dataset has no {ROW_ID!r} column (load it with DataStore.load_dataset)"
+        )
     data = labeled_rows(df, schema)
+    allowed = {str(c) for c in schema.classes}
+    labels = target(data, schema)
+    strange = sorted({str(v) for v in set(labels.tolist())} - allowed)
+    if strange:
+        raise TrainingError(
+            f"labels {strange[:10]} are not in schema.classes {list(schema.classes)}: fix the"
+            " labels or add the class to the config"
+        )
     mask = holdout_mask(data[ROW_ID], training.holdout_fraction, seed)
     train, holdout = data[~mask], data[mask]
     if training.max_rows and len(train) > training.max_rows:
@@ -114,8 +126,11 @@ def make_estimator(training: TrainingSettings, seed: int) -> Any:
     """The configured estimator, with its params checked now rather than at fit time."""
     cls = estimator_class(training.estimator)
     params = dict(training.params)
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    unknown = sorted(set(params) - accepted)
+    sig = inspect.signature(cls.__init__).parameters
+    var = {n for n, p in sig.items() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    accepted = set(sig) - {"self"} - var
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.values())
+    unknown = [] if takes_kwargs else sorted(set(params) - accepted)
     if unknown:
         raise TrainingError(
             f"training.params: {unknown} are not parameters of {training.estimator}"
@@ -126,10 +141,18 @@ def make_estimator(training: TrainingSettings, seed: int) -> Any:
     try:
         est = cls(**params)
         validate = getattr(est, "_validate_params", None)
-        if callable(validate):  # scikit-learn's own parameter constraints
+        # scikit-learn's own parameter constraints, where the estimator declares them.
+        if callable(validate) and hasattr(est, "_parameter_constraints"):
             validate()
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"training.params for {training.estimator}: {exc}") from None
+    from sklearn.base import is_classifier
+
+    if not is_classifier(est):
+        # predict_proba alone is not enough: a mixture model has it, over its own clusters.
+        raise TrainingError(
+            f"training.estimator {training.estimator!r}: not a classifier (sklearn's is_classifier says no)"
+        )
     return est
 
 
@@ -158,7 +181,18 @@ def target(df: pd.DataFrame, schema: SchemaSettings) -> np.ndarray:
 
     y = df[schema.target]
     if all(isinstance(c, int) for c in schema.classes):
-        return y.astype("int64").to_numpy()
+        try:
+            values = y.astype("float64").to_numpy()
+        except (TypeError, ValueError):
+            raise TrainingError(
+                f"column {schema.target!r} has non-numeric labels; classes are integers"
+            ) from None
+        if not np.all(np.isnan(values) | (values % 1 == 0)):
+            bad = sorted({float(v) for v in values if v % 1 != 0})[:5]
+            raise TrainingError(
+                f"column {schema.target!r} has fractional labels {bad}; classes are integers"
+            )
+        return values.astype("int64")
     return np.asarray(y.astype("str"))
 
 
