@@ -6,6 +6,7 @@ which points the ``mlflow`` module at the right store for this process.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,17 @@ def configure(settings: Settings) -> str:
     uri = tracking_uri(settings)
     if is_embedded(settings):
         settings.path("mlflow").mkdir(parents=True, exist_ok=True)
+    # MLflow also writes the URI into os.environ (for subprocesses); left there, it would read
+    # as the user's MLFLOW_TRACKING_URI override when the next config is loaded in this process.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
+    # The registry lives in the same store.
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return uri
 
 
