@@ -349,6 +349,10 @@ def log_retrain(
         if pointer.exists():
             mlflow.log_artifact(str(pointer), artifact_path="lineage")
         x_example = tr.features(trained.split.train.head(5), schema)
+        # Numeric inputs as double in the signature: an integer column that one day carries a
+        # null arrives as float, which an int64 schema would reject at serving time.
+        numeric = list(schema.numeric)
+        x_example = x_example.astype({c: "float64" for c in numeric})
         signature = infer_signature(x_example, trained.model.predict_proba(x_example))
         info = mlflow.sklearn.log_model(
             trained.model,
