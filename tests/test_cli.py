@@ -103,9 +103,46 @@ def test_demo_on_a_fresh_clone(tmp_path: Path) -> None:
     assert state["batches"]["by_status"] == {"accepted": 7, "partial": 1, "quarantined": 1}
     # 600 reference + batches 1-4 (4 x 150) + batch 5 (150 - 3 bad) + batches 6-8 (3 x 149).
     assert state["data"]["rows"] == 600 + 4 * 150 + 147 + 3 * 149
+    assert state["models"]["champion"]["version"] == "1"
+    assert "registered" in res.stdout and "Retrains" in res.stdout
     # Prefect kept these runs in the project-local home, where `prefect server start` finds them.
     assert (clone / ".prefect" / "prefect.db").exists()
     # A second demo run finds every batch in the ledger: no rows added, still exit 0.
     res2 = run_cli("demo", cwd=clone, timeout=900)
     assert res2.returncode == 0, res2.stdout[-3000:]
-    assert json.loads(run_cli("status", "--json", cwd=clone).stdout)["data"] == state["data"]
+    again = json.loads(run_cli("status", "--json", cwd=clone).stdout)
+    assert again["data"] == state["data"]
+    assert {a: m["version"] for a, m in again["models"].items()} == {
+        a: m["version"] for a, m in state["models"].items()
+    }
+    assert "cached" in res2.stdout
+
+
+def test_retrain_lineage_reproduce_commands(project: Path) -> None:
+    res = run_cli("retrain", "--json", "--reason", "cli first", cwd=project)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    first = json.loads(res.stdout)
+    assert first["status"] == "registered" and first["alias"] == "champion"
+
+    info = json.loads(run_cli("lineage", "--json", cwd=project).stdout)
+    assert info["version"] == "1" and info["aliases"] == ["champion"]
+    assert info["data_version"] in (project / "data.dvc").read_text()
+    assert info["alias_history"][0]["reason"] == "cli first"
+
+    state = json.loads(run_cli("status", "--json", cwd=project).stdout)
+    assert state["models"]["champion"]["version"] == "1"
+    assert state["models"]["champion"]["macro_f1"] == pytest.approx(first["metrics"]["macro_f1"])
+
+    cfg = project / "edgeloop.yaml"
+    cfg.write_text(cfg.read_text() + "gates:\n  min_macro_f1: 0.9999\n")
+    res = run_cli("retrain", "--force", cwd=project)
+    assert res.returncode == 1
+    assert "rejected" in res.stdout and "min_macro_f1" in res.stdout and "FAIL" in res.stdout
+    assert "Traceback" not in res.stderr
+
+    res = run_cli("reproduce", "1", "--json", cwd=project)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert json.loads(res.stdout)["metrics_match"] is True
+
+    res = run_cli("lineage", "v9", cwd=project)
+    assert res.returncode == 2 and "no version 9" in res.stderr
