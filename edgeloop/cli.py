@@ -250,6 +250,110 @@ def reproduce(version: str, config: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def score(config: str | None, as_json: bool) -> None:
+    """Score accepted batches with the champion and, in shadow, the challenger."""
+    from edgeloop import runtime
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        from flows.score import score as score_flow
+
+        runtime.quiet_expected_errors()
+        written = score_flow(config=str(settings.source))
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(written, indent=2))
+        return
+    for w in written:
+        click.echo(f"scored {w['batch_id']} with {w['alias']} v{w['version']} ({w['rows']} rows)")
+    if not written:
+        click.echo("nothing new to score")
+
+
+@main.command("shadow-evaluate")
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def shadow_evaluate(config: str | None, as_json: bool) -> None:
+    """Compare challenger and champion on labeled rows both scored in shadow (an MLflow run)."""
+    from edgeloop import runtime
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        from flows.shadow_evaluate import shadow_evaluate_flow
+
+        runtime.quiet_expected_errors()
+        report = shadow_evaluate_flow(config=str(settings.source))
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+        return
+    colour = "green" if report["promote"] else "yellow"
+    click.secho(report["summary"], fg=colour)
+    c = report["comparison"]
+    click.echo(f"rows {c['n']}, agreement {c['agreement']}, MLflow run {report['run_id']}")
+
+
+@main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--force", is_flag=True, help="Promote without (or against) the evidence.")
+@click.option("--reason", default="", help="Why (required with --force; recorded).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def promote(config: str | None, force: bool, reason: str, as_json: bool) -> None:
+    """Make the challenger the champion when the shadow evidence says so (exit 1 if not)."""
+    from edgeloop.errors import EdgeloopError, GateError
+    from edgeloop.shadow import promote as do_promote
+
+    if force and not reason.strip():
+        _fail(EdgeloopError("--force needs --reason TEXT (it is recorded in the alias history)"))
+        return
+    try:
+        out, code = do_promote(_settings(config), force=force, reason=reason), 0
+    except GateError as exc:
+        out, code = exc.result, 1
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+    elif out.get("promoted"):
+        click.secho(
+            f"promoted v{out['new_champion']} to champion (previous: v{out['previous_champion'] or '-'})",
+            fg="green",
+        )
+        click.echo(f"why: {out['evidence'] if not out.get('forced') else 'forced: ' + reason}")
+    else:
+        click.secho(f"not promoted: {out['evidence']}", fg="yellow")
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--reason", default="", help="Why (recorded in the alias history).")
+def rollback(config: str | None, reason: str) -> None:
+    """Give the champion alias back to the previous champion, in one command."""
+    from edgeloop.errors import EdgeloopError
+    from edgeloop.shadow import rollback as do_rollback
+
+    try:
+        out = do_rollback(_settings(config), reason)
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    click.secho(
+        f"champion is v{out['champion']} again (rolled back from v{out['rolled_back'] or '-'})",
+        fg="green",
+    )
+
+
+@main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--rows", default=1_000_000, show_default=True, help="Number of rows.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")

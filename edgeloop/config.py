@@ -147,6 +147,36 @@ class RegistrySettings(_Frozen):
     model_name: str = ""
 
 
+class ServingSettings(_Frozen):
+    """``edgeloop serve``: the prediction service with the challenger in silent (shadow) mode."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    #: How often the service re-reads the registry aliases (no restart needed on promotion).
+    poll_seconds: Annotated[float, Field(gt=0)] = 5.0
+    #: Shadow work waiting for the challenger; beyond this it is dropped (and counted).
+    shadow_queue_size: Annotated[int, Field(ge=1)] = 1000
+    #: Prediction-log records waiting to be written; beyond this they are dropped (and counted).
+    log_queue_size: Annotated[int, Field(ge=1)] = 10000
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
+    max_rows_per_request: Annotated[int, Field(ge=1)] = 10000
+    #: SQLite prediction log (relative to the project root).
+    log_path: str = ".edgeloop/predictions.db"
+
+
+class ShadowSettings(_Frozen):
+    """Shadow evaluation and the promotion rule."""
+
+    #: Rows with ground truth needed before a comparison counts as evidence.
+    min_samples: Annotated[int, Field(ge=1)] = 200
+    #: Confidence level of the interval on the challenger-minus-champion delta.
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    #: Promote when the lower bound of the delta is above this (0 = "better with confidence").
+    min_delta_lower_bound: float = 0.0
+
+
 class ServiceSettings(_Frozen):
     """Service locations; empty means the embedded default. Environment variables win."""
 
@@ -166,6 +196,8 @@ class Settings(_Frozen):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
 
     # Not part of the file: where it was read from, so relative paths resolve from there.

@@ -13,6 +13,8 @@ from typing import Any
 
 #: What the demo stream must show; a different outcome means something is broken.
 EXPECTED = {"batch_05": "partial", "batch_06_broken_export": "quarantined"}
+#: The challenger is trained once drift has begun, then runs in shadow over the later batches.
+RETRAIN_AFTER = "batch_04"
 
 
 def run_demo(config: Path) -> int:
@@ -53,7 +55,10 @@ def run_demo(config: Path) -> int:
     retrains.append(("initial", first))
     step(f"retrain (initial): {first['status']}: {first['message']}")
 
+    from flows.score import score
+
     results: list[dict[str, Any]] = []
+    promotions: list[dict[str, Any]] = []
     for i, path in enumerate(paths, 1):
         try:
             out = ingest([str(path)], config=str(settings.source))
@@ -61,23 +66,43 @@ def run_demo(config: Path) -> int:
             out = exc.result
         r = out[0]
         results.append(r)
+        # Score what was accepted: the champion, and the challenger in silent mode.
+        scored = score(config=str(settings.source))
+        shadow = (
+            " + challenger in shadow" if any(w["alias"] == "challenger" for w in scored) else ""
+        )
         colour = {"accepted": "green", "partial": "yellow", "duplicate": "cyan"}.get(
             r["status"], "red"
         )
         step(
             f"[{i}/{len(paths)}] {path.name}: [{colour}]{r['status']}[/]"
-            f" ({r['rows_accepted']}/{r['rows']} rows accepted)"
+            f" ({r['rows_accepted']}/{r['rows']} rows accepted), scored by champion{shadow}"
         )
+        if path.stem.endswith(RETRAIN_AFTER):
+            second = _retrain(
+                settings, f"drift began: retrain after {RETRAIN_AFTER} (audit labels)"
+            )
+            retrains.append((f"after {RETRAIN_AFTER}", second))
+            step(f"retrain: {second['status']}: {second['message']}")
 
-    second = _retrain(settings, "after the drifted batches 3-8 (audit labels from scanner C)")
-    retrains.append(("after drift", second))
-    step(f"retrain (after drift): {second['status']}: {second['message']}")
+    step("shadow evaluation: challenger vs champion on labeled rows both scored since deployment")
+    promotions.append(_shadow_and_promote(settings))
+    step(promotions[-1]["line"])
+    third = _retrain(settings, "end of stream: retrain on everything labeled so far")
+    retrains.append(("end of stream", third))
+    step(f"retrain: {third['status']}: {third['message']}")
 
     from edgeloop.report import outcomes_table, retrains_table
     from edgeloop.status import collect_status
 
     console.print(outcomes_table(results, notes))
     console.print(retrains_table(retrains))
+    for p in promotions:
+        console.print(f"[bold]Promotion decision:[/] {p['line']}")
+        if p.get("evidence_run_id"):
+            console.print(
+                f"    evidence: MLflow run {p['evidence_run_id']} in {settings.project}-shadow"
+            )
     state = collect_status(settings)
     console.print(
         f"dataset version [bold]{state['data']['version']}[/] with {state['data']['rows']} rows"
@@ -92,6 +117,27 @@ def run_demo(config: Path) -> int:
         return 1
     console.print(f"[green]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
+
+
+def _shadow_and_promote(settings: Any) -> dict[str, Any]:
+    """Evaluate the challenger in shadow and promote it if, and only if, the evidence says so."""
+    from edgeloop.errors import EdgeloopError, GateError
+    from edgeloop.shadow import promote
+    from flows.shadow_evaluate import shadow_evaluate_flow
+
+    try:
+        report = shadow_evaluate_flow(config=str(settings.source))
+    except EdgeloopError as exc:
+        return {"line": f"no shadow evaluation: {exc}"}
+    try:
+        out = promote(settings, reason="demo: shadow evidence")
+        line = f"[green]promoted v{out['new_champion']}[/] over v{out['previous_champion']}: {report['summary']}"
+        return {"line": line, **out}
+    except GateError as exc:
+        return {
+            "line": f"[yellow]kept champion v{report['champion']}[/]: {report['summary']}",
+            **exc.result,
+        }
 
 
 def _retrain(settings: Any, reason: str) -> dict[str, Any]:

@@ -136,6 +136,7 @@ def log_run(
 ) -> str:
     """One MLflow run per batch in the data experiment: statistics, tags, the report."""
     import mlflow
+
     from edgeloop.tracking import ensure_experiment
     from edgeloop.versioning import git_info
 

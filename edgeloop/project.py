@@ -51,6 +51,8 @@ def demo_settings(root: Path) -> Settings:
                 "slice_floors": {"scanner_c": 0.5},
                 "max_regression": 0.02,
             },
+            # The demo stream is small: ~120 audit-labeled rows reach the shadow comparison.
+            "shadow": {"min_samples": 50},
         },
         root=root,
         source=root / CONFIG_FILENAME,

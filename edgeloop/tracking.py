@@ -58,9 +58,8 @@ def configure(settings: Settings) -> str:
 
 def ensure_experiment(settings: Settings, kind: str) -> str:
     """Create (or find) the experiment; embedded stores keep artifacts under ``mlflow/``."""
-    from mlflow.tracking import MlflowClient
-
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     configure(settings)
     name = experiment_name(settings, kind)

@@ -260,11 +260,11 @@ def log_retrain(
     flow_run_url: str,
 ) -> tuple[str, str]:
     """One MLflow run: params, metrics, artifacts, lineage, the model. Returns (run id, model uri)."""
+    import mlflow
     import mlflow.sklearn
     import pandas as pd
     from mlflow.models import infer_signature
 
-    import mlflow
     from edgeloop.tracking import ensure_experiment
     from edgeloop.versioning import git_info
     from pipelines import evaluate as ev

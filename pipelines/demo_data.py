@@ -20,8 +20,8 @@ Stream (``demo_stream``), in order:
   "#ERR" text in a pixel column): the whole file is quarantined. The fixed export, ``batch_06``,
   arrives right after it.
 
-Production batches are mostly unlabeled: only a seeded ``AUDIT_FRACTION`` (10 %) of rows
-carry their label, as if a manual check station verified one letter in ten. The full ground
+Production batches are mostly unlabeled: only a seeded ``AUDIT_FRACTION`` (20 %) of rows
+carry their label, as if a manual check station verified one letter in five. The full ground
 truth is written beside each batch under ``truth/`` for the demo's *simulated annotator* (the
 one stand-in the demo uses), never for the model.
 """
@@ -45,7 +45,7 @@ CLASSES = list(range(10))
 REFERENCE_ROWS = 600
 STREAM_BATCHES = 8
 ID_COLUMN = "row_id"
-AUDIT_FRACTION = 0.1
+AUDIT_FRACTION = 0.2
 
 
 @dataclass(frozen=True)

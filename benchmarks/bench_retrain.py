@@ -1,0 +1,756 @@
+"""What does ``edgeloop retrain`` cost over a bare scikit-learn script, and what does a cache hit cost?
+
+In one run, on one seeded synthetic dataset (1M labeled rows x 21 features by default):
+
+* builds a throw-away project under ``benchmarks/.work/`` (``git init`` + ``init_project`` with
+  the Parquet file, estimator ``HistGradientBoostingClassifier`` with default params; the
+  ``random_state`` comes from ``seeds.train``);
+* baseline: a bare scikit-learn script in a cold subprocess (read the project's reference
+  Parquet, the same hash-based 80/20 holdout, the same one-hot ``ColumnTransformer`` +
+  estimator, fit, predict the holdout, accuracy / macro-F1 / per-class metrics);
+* edgeloop: ``edgeloop retrain --json --reason bench`` in a cold subprocess (the console script,
+  cwd = the project), then ``edgeloop retrain --json`` again (same inputs: ``cached``);
+* the overhead split: stack imports, a trivial Prefect flow (ephemeral server start + flow and
+  task overhead), DVC (``is_clean`` + ``version``), data load (``DataStore.load_dataset``),
+  MLflow logging (``log_retrain`` on an already trained model), and the Prefect task-run
+  durations of the cold CLI run read back from its server;
+* in this process: the cache hit warm (the flow called again after a warm-up), a warm forced
+  retrain, and a cProfile of one forced retrain (top cumulative entries of edgeloop, pipelines,
+  flows, mlflow, dvc and skops).
+
+Goals: edgeloop cold CLI / baseline cold script <= 1.15; cache hit / full retrain <= 0.1.
+
+    .venv/bin/python benchmarks/bench_retrain.py [--rows 1000000] [--repeat 3]
+
+Bytecode: as ``bench_cli_help.py``, by default every process (this one, its children and the
+Prefect server they start) writes and reuses ``.pyc`` files in a private temporary folder, and
+an untimed warm-up (a small project: init, retrain, baseline) fills it before anything is timed.
+``--bytecode inherit`` keeps the environment as it is.
+
+Writes ``benchmarks/results/retrain.json`` (and the profile to ``benchmarks/.work/retrain.prof``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import re
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parent / ".work"
+#: The venv's bin folder, not resolved: sys.executable may be a symlink to a base interpreter.
+BIN = Path(sys.executable).parent
+EDGELOOP = [sys.executable, str(BIN / "edgeloop")]
+ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
+GOAL_FULL = 1.15
+GOAL_CACHE = 0.1
+TARGET = "label"
+#: The imports the brief names ("the stack").
+STACK_IMPORTS = "import prefect, mlflow, great_expectations, dvc.repo, sklearn.ensemble"
+#: What a retrain actually imports (GX is not among them): the flow module and its lazy imports.
+RETRAIN_IMPORTS = (
+    "import flows.retrain, mlflow.sklearn, mlflow.models, dvc.repo, sklearn.ensemble,"
+    " sklearn.compose, sklearn.metrics, skops.io, matplotlib.pyplot, pyarrow.parquet"
+)
+#: Profile entries worth listing: our code and the libraries it drives.
+PROFILE_PATHS = re.compile(r"/(edgeloop|pipelines|flows|mlflow|dvc|dvc_data|skops)/")
+PROJECT_GITIGNORE = "/.prefect/\n/.dvcstore/\n/incoming/\n/mlflow/\n/.edgeloop/\n"
+
+# A user's script: nothing from edgeloop. The holdout replicates pipelines.train.holdout_mask
+# (checked against it in the parent), the model pipelines.train.build_pipeline.
+BASELINE_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
+t1 = time.perf_counter()
+cfg = json.loads(sys.argv[1])
+df = pd.read_parquet(cfg["path"])
+t2 = time.perf_counter()
+key = f"edgeloop{cfg['seed_split']:08d}"[-16:]
+hashed = pd.util.hash_pandas_object(df["row_id"].astype("str"), index=False, hash_key=key)
+hold = hashed.to_numpy(dtype=np.uint64) / float(2**64) < cfg["holdout_fraction"]
+train, test = df[~hold], df[hold]
+t3 = time.perf_counter()
+pre = ColumnTransformer(
+    [("categorical", OneHotEncoder(handle_unknown="ignore"), cfg["categorical"])],
+    remainder="passthrough",
+    verbose_feature_names_out=False,
+)
+est = HistGradientBoostingClassifier(random_state=cfg["seed_train"])
+model = Pipeline([("features", pre), ("model", est)])
+model.fit(train[cfg["features"]], train[cfg["target"]].to_numpy())
+t4 = time.perf_counter()
+y_true = test[cfg["target"]].to_numpy()
+y_pred = model.predict(test[cfg["features"]])
+classes = cfg["classes"]
+metrics = {
+    "accuracy": float(accuracy_score(y_true, y_pred)),
+    "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro")),
+    "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted")),
+}
+p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+for i, c in enumerate(classes):
+    metrics.update({f"class_{c}_precision": float(p[i]), f"class_{c}_recall": float(r[i]),
+                    f"class_{c}_f1": float(f[i]), f"class_{c}_support": float(n[i])})
+t5 = time.perf_counter()
+print(json.dumps({
+    "seconds": {"import": t1 - t0, "read": t2 - t1, "split": t3 - t2, "fit": t4 - t3,
+                "evaluate": t5 - t4, "in_script": t5 - t0},
+    "train_rows": int(len(train)), "holdout_rows": int(len(test)), "metrics": metrics,
+}))
+"""
+
+# Prefect alone: as many tasks as the retrain flow, its two artifacts, nothing else.
+TRIVIAL_FLOW_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from edgeloop import runtime
+from edgeloop.config import load_settings
+runtime.prepare(load_settings(sys.argv[1]))
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+t1 = time.perf_counter()
+
+@task(name="bench-step", cache_policy=NO_CACHE)
+def step(i: int) -> int:
+    return i
+
+@flow(name="bench-trivial")
+def trivial() -> int:
+    total = sum(step(i) for i in range(5))
+    create_table_artifact(key="bench-table", table=[{"metric": "x", "value": total}])
+    create_markdown_artifact(key="bench-markdown", markdown="# bench")
+    return total
+
+trivial()
+t2 = time.perf_counter()
+trivial()
+t3 = time.perf_counter()
+print(json.dumps({"import_prefect": t1 - t0, "first_flow": t2 - t1, "second_flow": t3 - t2}))
+"""
+
+
+# ---------------------------------------------------------------------- helpers
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(wall seconds, result) of one call."""
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_cmd(
+    cmd: list[str], *, cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)
+) -> tuple[float, float, str]:
+    """(wall s, CPU s of the reaped process tree, stdout) of one run; raise if it fails."""
+    cpu0 = children_cpu()
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in ok:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        raise RuntimeError(
+            f"{shlex.join(cmd)} exited with {proc.returncode}:\n  " + "\n  ".join(tail)
+        )
+    return elapsed, children_cpu() - cpu0, proc.stdout
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    """The JSON object a command printed (the CLI prints it indented, after any other output)."""
+    start = stdout.find("{")
+    if start < 0:
+        raise RuntimeError(f"no JSON in output: {stdout[-500:]!r}")
+    obj, _ = json.JSONDecoder().raw_decode(stdout[start:])
+    return obj
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
+
+
+def new_repo(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    git(path, "init", "-q")
+    git(path, "config", "user.name", "edgeloop bench")
+    git(path, "config", "user.email", "bench@example.invalid")
+    (path / ".gitignore").write_text(PROJECT_GITIGNORE, encoding="utf-8")
+
+
+def set_estimator(config: Path) -> None:
+    """training: HistGradientBoostingClassifier, default params (random_state from seeds)."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["training"]["estimator"] = ESTIMATOR
+    data["training"]["params"] = {}
+    config.write_text(
+        yaml.safe_dump(data, sort_keys=False, width=100, default_flow_style=None), encoding="utf-8"
+    )
+
+
+def commit_all(path: Path) -> None:
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "edgeloop project for the retrain benchmark")
+
+
+def baseline_args(settings: Any, parquet: Path) -> str:
+    schema = settings.data_schema
+    return json.dumps(
+        {
+            "path": str(parquet),
+            "features": list(schema.features),
+            "categorical": list(schema.categorical),
+            "target": schema.target,
+            "classes": list(schema.classes),
+            "holdout_fraction": settings.training.holdout_fraction,
+            "seed_split": settings.seeds.split,
+            "seed_train": settings.seeds.train,
+        }
+    )
+
+
+def check_holdout_replica(parquet: Path, settings: Any) -> int:
+    """The baseline's inline holdout equals pipelines.train.holdout_mask: count of holdout rows."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.train import holdout_mask
+
+    ids = pd.read_parquet(parquet, columns=["row_id"])["row_id"]
+    ours = holdout_mask(ids, settings.training.holdout_fraction, settings.seeds.split)
+    key = f"edgeloop{settings.seeds.split:08d}"[-16:]
+    hashed = pd.util.hash_pandas_object(ids.astype("str"), index=False, hash_key=key)
+    replica = hashed.to_numpy(dtype=np.uint64) / float(2**64) < settings.training.holdout_fraction
+    if not np.array_equal(ours, replica):
+        raise RuntimeError("the baseline's holdout differs from pipelines.train.holdout_mask")
+    return int(ours.sum())
+
+
+def short(path: str) -> str:
+    for marker in ("site-packages/", str(ROOT) + "/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+def profile_top(prof: cProfile.Profile, top: int) -> tuple[list[dict[str, Any]], str]:
+    """Top cumulative entries under PROFILE_PATHS (data and printable text)."""
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if PROFILE_PATHS.search(file):
+            rows.append(
+                {
+                    "function": f"{short(file)}:{line}({func})",
+                    "ncalls": nc,
+                    "tottime": round(tt, 3),
+                    "cumtime": round(ct, 3),
+                }
+            )
+    rows.sort(key=lambda r: r["cumtime"], reverse=True)
+    rows = rows[:top]
+    lines = [f"{'cumtime':>8} {'tottime':>8} {'ncalls':>7}  function"]
+    lines += [
+        f"{r['cumtime']:>8.3f} {r['tottime']:>8.3f} {r['ncalls']:>7}  {r['function']}" for r in rows
+    ]
+    return rows, "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- steps
+def build_project(path: Path, source: Path, rows: int, seed: int) -> dict[str, float]:
+    """The measured project, built in this process with ``init_project``."""
+    from edgeloop.project import init_project
+    from pipelines.synthetic import synthetic_frame
+
+    t_gen, frame = timed(lambda: synthetic_frame(rows, seed=seed, labeled=True))
+    t_write, _ = timed(lambda: frame.to_parquet(source, index=False))
+    frame = None  # free it before init reads the file back
+    new_repo(path)
+    t_init, _ = timed(lambda: init_project(path, data=source, target=TARGET))
+    set_estimator(path / "edgeloop.yaml")
+    commit_all(path)
+    return {"generate": t_gen, "write_source": t_write, "init_project": t_init}
+
+
+def warm_up(env: dict[str, str], rows: int, seed: int) -> dict[str, float]:
+    """Untimed in the comparison: fills the bytecode cache and the page cache on a small
+    project (init, a first retrain on fresh stores, the baseline, the import lines)."""
+    from edgeloop.config import load_settings
+    from pipelines.synthetic import write_synthetic
+
+    path = WORK / "warmup"
+    source = WORK / f"warmup-{rows}.parquet"
+    write_synthetic(source, rows, seed)
+    new_repo(path)
+    t_init, _, _ = run_cmd(
+        [*EDGELOOP, "init", "--data", str(source), "--target", TARGET], cwd=path, env=env
+    )
+    set_estimator(path / "edgeloop.yaml")
+    commit_all(path)
+    t_retrain, _, out = run_cmd([*EDGELOOP, "retrain", "--json"], cwd=path, env=env)
+    status = last_json(out)["status"]
+    settings = load_settings(path / "edgeloop.yaml")
+    ref = path / "data" / "reference" / "reference.parquet"
+    script = WORK / "baseline_train.py"
+    t_base, _, _ = run_cmd(
+        [sys.executable, str(script), baseline_args(settings, ref)], cwd=WORK, env=env
+    )
+    for line in (STACK_IMPORTS, RETRAIN_IMPORTS):
+        run_cmd([sys.executable, "-c", line], cwd=ROOT, env=env)
+    return {
+        "rows": rows,
+        "cli_init_s": round(t_init, 3),
+        "cli_first_retrain_fresh_stores_s": round(t_retrain, 3),
+        "first_retrain_status": status,
+        "baseline_s": round(t_base, 3),
+    }
+
+
+def prefect_task_runs(flow_run_id: str) -> dict[str, Any]:
+    """Durations of the flow run and of each task run, read back from the Prefect server."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    def secs(run: Any) -> float | None:
+        if run.start_time and run.end_time:
+            return round((run.end_time - run.start_time).total_seconds(), 3)
+        return None
+
+    with get_client(sync_client=True) as client:
+        fr = client.read_flow_run(UUID(flow_run_id))
+        trs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)]))
+        )
+    tasks: dict[str, float | None] = {}
+    for tr in sorted(trs, key=lambda t: t.start_time or t.expected_start_time):
+        tasks[tr.name.rsplit("-", 1)[0]] = secs(tr)
+    return {"flow_run": secs(fr), "tasks": tasks}
+
+
+def in_process(
+    settings: Any, cli_run_id: str, repeat: int, top: int, prof_path: Path
+) -> dict[str, Any]:
+    """Warm measurements in this process: cache hit, phases, MLflow logging, profile."""
+    from edgeloop import runtime
+
+    runtime.prepare(settings)
+    cfg = str(settings.source)
+    out: dict[str, Any] = {}
+    t_imp, _ = timed(lambda: __import__("flows.retrain"))
+    from flows.retrain import retrain
+
+    out["import_flows_retrain_s"] = t_imp
+    # Warm-up: the first flow call starts the embedded Prefect server (cache hit: no training).
+    out["first_flow_call_cached_s"], first = timed(lambda: retrain(reason="bench", config=cfg))
+    if first.get("status") != "cached":
+        raise RuntimeError(f"expected a cache hit in-process, got {first.get('status')}")
+    cached = [timed(lambda: retrain(reason="bench", config=cfg))[0] for _ in range(repeat)]
+    out["cached_s"] = cached
+
+    # The cold CLI run as the Prefect server saw it.
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.tracking import configure
+
+    configure(settings)
+    client = MlflowClient()
+    try:
+        flow_run_id = client.get_run(cli_run_id).data.tags.get("prefect.flow_run_id", "")
+        out["cli_full_prefect"] = prefect_task_runs(flow_run_id)
+    except Exception as exc:  # informational only
+        out["cli_full_prefect"] = {"error": f"{type(exc).__name__}: {exc}"}
+
+    # What a cache hit does, step by step (the flow's tasks minus Prefect).
+    from edgeloop.registry import Registry
+    from edgeloop.store import DataStore
+    from edgeloop.training import (
+        TRAINING_EXPERIMENT,
+        cache_key,
+        close_orphan_runs,
+        find_cached,
+        log_retrain,
+        train_and_evaluate,
+    )
+    from edgeloop.versioning import DataVersioner
+
+    versioner = DataVersioner(settings)
+    steps: dict[str, list[float]] = {}
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        t, res = timed(fn)
+        steps.setdefault(name, []).append(t)
+        return res
+
+    dataset = None
+    for _ in range(repeat):
+        step("recover", lambda: close_orphan_runs(settings) + Registry(settings).recover())
+        version = step("dvc_version", versioner.version)
+        step("dvc_is_clean", versioner.is_clean)
+        dataset = step("load_dataset", DataStore(settings).load_dataset)
+        key = step("cache_key", lambda v=version: cache_key(settings, v, 0))
+        step("find_cached", lambda k=key: find_cached(settings, k))
+    out["steps_s"] = {k: [round(x, 4) for x in v] for k, v in steps.items()}
+    out["steps_median_s"] = {k: round(median(v), 4) for k, v in steps.items()}
+
+    # MLflow logging on an already trained model (first call includes its lazy imports).
+    t_train, trained = timed(lambda: train_and_evaluate(settings, dataset, max_rows=0))
+    out["train_and_evaluate_s"] = t_train
+    out["train_and_evaluate_phases_s"] = {k: round(v, 3) for k, v in trained.seconds.items()}
+    log_times = []
+    for i in range(2):
+        t, (run_id, _uri) = timed(
+            lambda i=i: log_retrain(
+                settings,
+                trained,
+                data_version=version,
+                key=f"bench-log-{i}",
+                reason="bench: log_retrain timing",
+                force=True,
+                max_rows=0,
+                flow_run_id="",
+                flow_run_url="",
+            )
+        )
+        # A decision tag keeps the next retrain from tagging it as an interrupted run.
+        client.set_tag(run_id, "edgeloop.decision", "bench")
+        log_times.append(t)
+    out["log_retrain_s"] = {"first": log_times[0], "second": log_times[1]}
+    trained = dataset = None  # free them before the next retrain loads its own copy
+
+    # A full retrain, warm (imports done, server up); a champion exists now, so the forced
+    # retrain also loads it and scores it on the holdout.
+    t_full, full = timed(lambda: retrain(reason="bench-warm", force=True, config=cfg))
+    out["full_forced_s"] = t_full
+    out["full_forced_status"] = full.get("status")
+    out["full_forced_timings"] = full.get("timings")
+
+    prof = cProfile.Profile()
+    t_prof, _ = timed(lambda: prof.runcall(retrain, reason="bench-profile", force=True, config=cfg))
+    prof.dump_stats(prof_path)
+    rows, text = profile_top(prof, top)
+    out["profiled_full_forced_s"] = t_prof
+    out["profile_top"] = rows
+    out["profile_text"] = text
+    experiment = TRAINING_EXPERIMENT
+    out["note"] = f"MLflow experiment '{settings.project}-{experiment}' holds every run"
+    return out
+
+
+# ---------------------------------------------------------------------- main
+def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    from edgeloop.config import load_settings
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "baseline_train.py").write_text(BASELINE_SCRIPT.lstrip(), encoding="utf-8")
+    pyc = Path(tempfile.mkdtemp(prefix="edgeloop-bench-pyc-"))
+    if args.bytecode == "cached":
+        # This process, its children and the Prefect server they start (it inherits os.environ).
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = str(pyc)
+        sys.dont_write_bytecode = False
+        sys.pycache_prefix = str(pyc)
+    # Children get the environment as it is now: before runtime.prepare() sets a Prefect home.
+    env = dict(os.environ)
+    once: dict[str, Any] = {}
+    try:
+        if not args.no_warmup:
+            print(f"warm-up: a {args.warmup_rows:,}-row project (untimed) ...", flush=True)
+            once["warmup"] = warm_up(env, args.warmup_rows, args.seed)
+
+        project = WORK / "project"
+        source = WORK / f"synthetic-{args.rows}-{args.seed}.parquet"
+        print(f"building the {args.rows:,}-row project ...", flush=True)
+        once.update(
+            {
+                k: round(v, 3)
+                for k, v in build_project(project, source, args.rows, args.seed).items()
+            }
+        )
+        settings = load_settings(project / "edgeloop.yaml")
+        ref = project / "data" / "reference" / "reference.parquet"
+        holdout_rows = check_holdout_replica(ref, settings)
+        # Existing stores, as in steady use: the Prefect database (a trivial flow creates it)
+        # and the MLflow tables; a project's very first retrain also pays for creating them.
+        t_stores, _, _ = run_cmd(
+            [sys.executable, "-c", TRIVIAL_FLOW_SCRIPT, str(project / "edgeloop.yaml")],
+            cwd=project,
+            env=env,
+        )
+        from edgeloop.tracking import ensure_experiment
+        from edgeloop.training import TRAINING_EXPERIMENT
+
+        t_mlflow, _ = timed(lambda: ensure_experiment(settings, TRAINING_EXPERIMENT))
+        once["create_prefect_db_s"] = round(t_stores, 3)
+        once["create_mlflow_store_s"] = round(t_mlflow, 3)
+
+        wall: dict[str, list[float]] = {}
+        cpu: dict[str, list[float]] = {}
+
+        def cold(name: str, cmd: list[str], cwd: Path, ok: tuple[int, ...] = (0,)) -> str:
+            t, c, stdout = run_cmd(cmd, cwd=cwd, env=env, ok=ok)
+            wall.setdefault(name, []).append(t)
+            cpu.setdefault(name, []).append(c)
+            print(f"  {name:<24} {t:8.2f} s wall {c:8.2f} s CPU", flush=True)
+            return stdout
+
+        print("imports (cold subprocesses) ...", flush=True)
+        for _ in range(args.repeat):
+            cold("imports_stack", [sys.executable, "-c", STACK_IMPORTS], ROOT)
+            cold("imports_retrain", [sys.executable, "-c", RETRAIN_IMPORTS], ROOT)
+            cold("imports_baseline", [sys.executable, "-c", BASELINE_SCRIPT.split("t1 =")[0]], ROOT)
+
+        print("full retrain: baseline script, then edgeloop CLI ...", flush=True)
+        script = WORK / "baseline_train.py"
+        base = last_json(
+            cold("baseline_full", [sys.executable, str(script), baseline_args(settings, ref)], WORK)
+        )
+        full = last_json(
+            cold(
+                "edgeloop_cli_full", [*EDGELOOP, "retrain", "--json", "--reason", "bench"], project
+            )
+        )
+        if full.get("status") != "registered":
+            raise RuntimeError(f"expected the first retrain to register, got {full.get('status')}")
+
+        print("cache hit (edgeloop CLI) and Prefect alone ...", flush=True)
+        for _ in range(args.repeat):
+            hit = last_json(cold("edgeloop_cli_cached", [*EDGELOOP, "retrain", "--json"], project))
+            if hit.get("status") != "cached":
+                raise RuntimeError(f"expected a cache hit, got {hit.get('status')}")
+        trivial = []
+        for _ in range(args.repeat):
+            cmd = [sys.executable, "-c", TRIVIAL_FLOW_SCRIPT, str(project / "edgeloop.yaml")]
+            trivial.append(last_json(cold("prefect_trivial_flow", cmd, project)))
+
+        print("in-process: warm cache hit, phases, MLflow logging, profile ...", flush=True)
+        warm = in_process(settings, full["run_id"], args.repeat, args.top, args.profile_out)
+    finally:
+        shutil.rmtree(pyc, ignore_errors=True)
+        if not args.keep:
+            for p in (WORK / "project", WORK / "warmup"):
+                shutil.rmtree(p, ignore_errors=True)
+
+    return summarize(args, once, wall, cpu, base, full, trivial, warm, holdout_rows, source)
+
+
+def summarize(
+    args: argparse.Namespace,
+    once: dict[str, Any],
+    wall: dict[str, list[float]],
+    cpu: dict[str, list[float]],
+    base: dict[str, Any],
+    full: dict[str, Any],
+    trivial: list[dict[str, float]],
+    warm: dict[str, Any],
+    holdout_rows: int,
+    source: Path,
+) -> tuple[dict[str, Any], str]:
+    med = {k: median(v) for k, v in wall.items()}
+    cli_full, base_full = med["edgeloop_cli_full"], med["baseline_full"]
+    cli_cached = med["edgeloop_cli_cached"]
+    warm_cached = median(warm["cached_s"])
+    warm_full = warm["full_forced_s"]
+    bs = base["seconds"]
+    et = full.get("timings", {})
+    tri = {k: median([t[k] for t in trivial]) for k in trivial[0]}
+    prefect_cli = warm.get("cli_full_prefect", {})
+    flow_s = prefect_cli.get("flow_run")
+    tasks = prefect_cli.get("tasks", {})
+    steps = warm["steps_median_s"]
+
+    # Where the cold CLI's extra time goes, each figure measured on its own (estimates: they
+    # overlap a little and do not add up exactly to the difference).
+    base_import = med["imports_baseline"]
+    split = {
+        "baseline_cold_script": base_full,
+        "edgeloop_cold_cli": cli_full,
+        "difference": cli_full - base_full,
+        "extra_imports (retrain imports - baseline imports, cold)": med["imports_retrain"]
+        - base_import,
+        "prefect_server_start_and_flow (trivial flow, first call)": tri["first_flow"],
+        "prefect_flow_overhead_warm (trivial flow, second call)": tri["second_flow"],
+        "dvc_is_clean_plus_version (warm)": steps["dvc_is_clean"] + steps["dvc_version"],
+        "load_dataset (warm) - baseline read": steps["load_dataset"] - bs["read"],
+        "mlflow_log_retrain (cold task run)": tasks.get("log-to-mlflow"),
+        "mlflow_log_retrain (warm, in-process)": warm["log_retrain_s"]["second"],
+        "mlflow_register (cold task run)": tasks.get("register"),
+        "mlflow_recover (cold task run)": tasks.get("recover-registry"),
+        "split_fit_evaluate edgeloop - baseline": (
+            et.get("split_seconds", 0) + et.get("fit_seconds", 0) + et.get("evaluate_seconds", 0)
+        )
+        - (bs["split"] + bs["fit"] + bs["evaluate"]),
+        "outside the flow run (imports, server start/stop, CLI)": (
+            cli_full - flow_s if flow_s else None
+        ),
+    }
+    same = all(
+        abs(base["metrics"][k] - full["metrics"].get(k, float("nan"))) < 1e-12
+        for k in ("accuracy", "macro_f1", "weighted_f1")
+    )
+    ratios = {
+        "full_cli_over_baseline": cli_full / base_full,
+        "cached_cli_over_full_cli": cli_cached / cli_full,
+        "cached_warm_over_full_warm": warm_cached / warm_full,
+        "cached_warm_over_full_cli": warm_cached / cli_full,
+    }
+    goals = {
+        "full_cli_over_baseline": GOAL_FULL,
+        "cached_cli_over_full_cli": GOAL_CACHE,
+        "cached_warm_over_full_warm": GOAL_CACHE,
+    }
+
+    def r(x: Any) -> Any:
+        if isinstance(x, float):
+            return round(x, 4)
+        if isinstance(x, dict):
+            return {k: r(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [r(v) for v in x]
+        return x
+
+    return r(
+        {
+            "benchmark": "retrain",
+            "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg()[0],
+            "rows": args.rows,
+            "seed": args.seed,
+            "repeat": args.repeat,
+            "bytecode": args.bytecode,
+            "estimator": ESTIMATOR,
+            "source_parquet_mb": round(source.stat().st_size / 1e6, 1) if source.exists() else None,
+            "holdout_rows": holdout_rows,
+            "train_rows": base["train_rows"],
+            "same_metrics_as_baseline": same,
+            "metrics": {
+                "baseline": {k: base["metrics"][k] for k in ("accuracy", "macro_f1")},
+                "edgeloop": {k: full["metrics"].get(k) for k in ("accuracy", "macro_f1")},
+            },
+            "once_s": once,
+            "times_s": wall,
+            "cpu_s": cpu,
+            "median_s": med,
+            "baseline_in_script_s": bs,
+            "edgeloop_cli_full_timings_s": et,
+            "edgeloop_cli_full_prefect_s": prefect_cli,
+            "prefect_trivial_flow_s": tri,
+            "in_process": {k: v for k, v in warm.items() if k not in ("profile_text",)},
+            "overhead_split_s": split,
+            "ratios": ratios,
+            "goals": goals,
+            "goals_met": {k: ratios[k] <= g for k, g in goals.items()},
+        }
+    ), warm["profile_text"]
+
+
+def print_table(result: dict[str, Any], profile_text: str) -> None:
+    med = result["median_s"]
+    print()
+    print(
+        f"{result['rows']:,} rows, {ESTIMATOR.rsplit('.', 1)[1]}, {result['train_rows']:,} train /"
+        f" {result['holdout_rows']:,} holdout rows; same metrics as the baseline:"
+        f" {result['same_metrics_as_baseline']}"
+    )
+    print(f"{'cold subprocess':<26} {'median s':>9} {'min s':>8} {'CPU s':>8}")
+    for name, m in med.items():
+        ts, cs = result["times_s"][name], result["cpu_s"][name]
+        print(f"{name:<26} {m:>9.2f} {min(ts):>8.2f} {statistics.median(cs):>8.2f}")
+    b, e = result["baseline_in_script_s"], result["edgeloop_cli_full_timings_s"]
+    print(
+        "baseline in-script: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in b.items())
+        + "\nedgeloop summary:   "
+        + ", ".join(f"{k} {v:.2f}" for k, v in e.items())
+    )
+    p = result["edgeloop_cli_full_prefect_s"]
+    if "tasks" in p:
+        print(
+            f"cold CLI flow run {p['flow_run']} s; tasks: "
+            + ", ".join(f"{k} {v}" for k, v in p["tasks"].items())
+        )
+    ip = result["in_process"]
+    print(
+        f"in-process (warm): cache hit median {statistics.median(ip['cached_s']):.2f} s,"
+        f" forced full retrain {ip['full_forced_s']:.2f} s; steps: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in ip["steps_median_s"].items())
+    )
+    print("overhead split (s):")
+    for k, v in result["overhead_split_s"].items():
+        print(f"  {k:<62} {'' if v is None else f'{v:8.2f}'}")
+    for k, v in result["ratios"].items():
+        goal = result["goals"].get(k)
+        verdict = "" if goal is None else f" (goal <= {goal}: {'met' if v <= goal else 'MISSED'})"
+        print(f"ratio {k:<30} {v:.3f}{verdict}")
+    print("\nprofile of one in-process forced retrain (top cumulative, our code and the stack):")
+    print(profile_text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of the cheap arms (imports, cache hits)"
+    )
+    parser.add_argument("--warmup-rows", type=int, default=20_000)
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+    parser.add_argument("--bytecode", choices=("cached", "inherit"), default="cached")
+    parser.add_argument("--top", type=int, default=30, help="profile entries to list")
+    parser.add_argument("--keep", action="store_true", help="keep the projects under .work/")
+    parser.add_argument("--out", type=Path, default=RESULTS / "retrain.json")
+    parser.add_argument(
+        "--profile-out", type=Path, default=WORK / "retrain.prof", help="cProfile stats file"
+    )
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    args = parser.parse_args(argv)
+    if args.repeat < 1 or args.rows < 1000:
+        parser.error("--repeat must be at least 1 and --rows at least 1000")
+    result, profile_text = run(args)
+    print_table(result, profile_text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out} and {args.profile_out}")
+    return 1 if args.check and not all(result["goals_met"].values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
