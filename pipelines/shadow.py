@@ -53,6 +53,18 @@ def _metric(y: np.ndarray, p: np.ndarray, metric: str, classes: list[Any]) -> fl
     return float(f1_score(y, p, labels=classes, average="macro", zero_division=0))
 
 
+def _as_label(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+def _as_labels(values: Any) -> np.ndarray:
+    import numpy as np
+
+    return np.array([_as_label(v) for v in np.asarray(values, dtype=object)], dtype=str)
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts ``b`` and ``c``."""
     from scipy.stats import binomtest
@@ -75,7 +87,9 @@ def compare(
     """Paired comparison on the same rows (inputs are not modified)."""
     import numpy as np
 
-    y, a, b = (np.asarray(v, dtype=object) for v in (y_true, champion_pred, challenger_pred))
+    # Compare labels as text: predictions read back from Parquet may be object or float typed.
+    y, a, b = (_as_labels(v) for v in (y_true, champion_pred, challenger_pred))
+    classes = [_as_label(c) for c in classes]
     n = len(y)
     m = settings.metric
     champ, chall = _metric(y, a, m, classes), _metric(y, b, m, classes)
