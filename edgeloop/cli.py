@@ -249,6 +249,121 @@ def reproduce(version: str, config: str | None, as_json: bool) -> None:
     sys.exit(0 if out["metrics_match"] else 1)
 
 
+@main.group()
+def annotate() -> None:
+    """The annotation queue: export edge cases as tasks, import labels back."""
+
+
+@annotate.command("export")
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("exports"), show_default=True
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["both", "json", "csv"]), default="both", show_default=True
+)
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["files", "label-studio"]),
+    default="files",
+    show_default=True,
+)
+def annotate_export(config: str | None, out_dir: Path, fmt: str, target: str) -> None:
+    """Write open edge cases as Label Studio task JSON and CSV (or push them to Label Studio)."""
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        if target == "label-studio":
+            from edgeloop.labelstudio import push_tasks
+
+            out = push_tasks(settings)
+            click.echo(
+                f"pushed {out['tasks']} task(s) to Label Studio project {out['project_id']} ({out['url']})"
+            )
+            return
+        from edgeloop.annotation import export_tasks
+
+        formats = ("json", "csv") if fmt == "both" else (fmt,)
+        out = export_tasks(
+            settings, out_dir if out_dir.is_absolute() else settings.root / out_dir, formats
+        )
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    click.echo(f"{out['tasks']} open task(s)")
+    for f in out["files"]:
+        click.echo(f"  wrote {f}")
+
+
+@annotate.command("import")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option(
+    "--from",
+    "source",
+    type=click.Choice(["file", "label-studio"]),
+    default="file",
+    show_default=True,
+)
+@click.option("--no-retrain", is_flag=True, help="Do not start a retrain on label volume.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def annotate_import(
+    path: Path | None, config: str | None, source: str, no_retrain: bool, as_json: bool
+) -> None:
+    """Import labels (Label Studio JSON export or CSV) into a new dataset version.
+
+    Exits 1 when rows were rejected (the report names each with its reason).
+    """
+    from edgeloop import runtime
+    from edgeloop.errors import EdgeloopError, GateError
+
+    try:
+        settings = _settings(config)
+        if source == "label-studio":
+            from edgeloop.labelstudio import pull_annotations
+
+            path = pull_annotations(settings)
+        if path is None:
+            raise EdgeloopError(
+                "give the export file: edgeloop annotate import PATH (or --from label-studio)"
+            )
+        if not path.exists():
+            raise EdgeloopError(f"{path}: file not found")
+        from flows.annotate import annotate_import as import_flow
+
+        runtime.quiet_expected_errors()
+        out, code = (
+            import_flow(
+                str(path.resolve()), retrain_on_volume=not no_retrain, config=str(settings.source)
+            ),
+            0,
+        )
+    except GateError as exc:
+        out, code = exc.result, 1
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+    else:
+        click.echo(
+            f"{out['accepted']} label(s) added, {out['rejected']} rejected; data version {out['data_version'][:12]}"
+        )
+        if out.get("report"):
+            click.secho(f"rejected rows: {out['report']}", fg="red", err=True)
+        s = out["sla"]
+        click.echo(
+            f"backlog: {s['open']} open, oldest {s['oldest_open_hours']} h, within {s['sla_days']}-day SLA: {s['within_sla_share']}"
+        )
+        if "retrain" in out:
+            click.echo(
+                f"label-volume retrain: {out['retrain'].get('status')}: {out['retrain'].get('message')}"
+            )
+    sys.exit(code)
+
+
 @main.command()
 @click.option("--config", "config", default=None, help=CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")

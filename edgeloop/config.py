@@ -177,6 +177,36 @@ class ShadowSettings(_Frozen):
     min_delta_lower_bound: float = 0.0
 
 
+class EdgeCaseSettings(_Frozen):
+    """Which scored rows go to annotators (see ``pipelines/edge_cases.py``)."""
+
+    #: Flag rows whose top-1 probability is below this (0 turns the strategy off).
+    min_confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6
+    #: Flag rows whose top-1 minus top-2 probability is below this (0 turns it off).
+    min_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    #: Flag rows where the challenger disagrees with the champion.
+    disagreement: bool = True
+    #: Failure-trigger rules (YAML, version-controlled), relative to the project root.
+    rules_file: str = "expectations/edge_rules.yaml"
+    #: Rows per batch sent to annotators (0 = no limit).
+    budget: Annotated[int, Field(ge=0)] = 25
+    #: No predicted class takes more than this share of a batch's budget.
+    max_class_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+
+
+class AnnotationSettings(_Frozen):
+    """The annotation queue, its SLA, and the label-volume retrain trigger."""
+
+    sla_days: Annotated[float, Field(gt=0)] = 3.0
+    #: Label Studio's name for the choice control in exports (its labeling config must match).
+    label_studio_from_name: str = "label"
+    label_studio_to_name: str = "row"
+    #: Start a retrain when this many new labels arrived since the last one (0 = never).
+    retrain_after_labels: Annotated[int, Field(ge=0)] = 50
+    #: Labels suite (GX JSON under expectations/).
+    suite: str = "labels"
+
+
 class ServiceSettings(_Frozen):
     """Service locations; empty means the embedded default. Environment variables win."""
 
@@ -198,6 +228,8 @@ class Settings(_Frozen):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
+    edge_cases: EdgeCaseSettings = Field(default_factory=EdgeCaseSettings)
+    annotation: AnnotationSettings = Field(default_factory=AnnotationSettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
 
     # Not part of the file: where it was read from, so relative paths resolve from there.

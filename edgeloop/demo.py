@@ -1,8 +1,11 @@
 """``edgeloop demo``: the whole loop on the bundled digits data, on embedded defaults.
 
-Steps: ``init`` if needed, write the demo stream (seeded, see ``pipelines.demo_data``), ingest
-it batch by batch as production would (one Prefect flow run per batch), then print a summary
-and the commands that open the Prefect and MLflow UIs on these runs.
+Steps: ``init`` if needed; write the demo stream (seeded, see ``pipelines.demo_data``); train
+the first champion; then for each batch, as production would: ingest (validate, version),
+score with the champion (and the challenger in silent mode), queue the edge cases, let the
+SIMULATED ANNOTATOR (the demo's one stand-in) label them, import the labels (which may start a
+retrain on label volume), and evaluate any challenger in shadow, promoting it only on evidence.
+Finally: a summary, and the commands that open the Prefect and MLflow UIs on these runs.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 
 #: What the demo stream must show; a different outcome means something is broken.
 EXPECTED = {"batch_05": "partial", "batch_06_broken_export": "quarantined"}
-#: The challenger is trained once drift has begun, then runs in shadow over the later batches.
-RETRAIN_AFTER = "batch_04"
+#: The simulated annotator (demo stand-in): hours from surfacing to answer, share of wrong answers.
+SIM_DELAY_HOURS = 30.0
+SIM_ERROR_RATE = 0.03
 
 
 def run_demo(config: Path) -> int:
@@ -27,7 +31,7 @@ def run_demo(config: Path) -> int:
     def step(text: str) -> None:
         console.print(f"[bold cyan]▸[/] {text}  [dim]({time.monotonic() - started:.0f}s)[/]")
 
-    step("init: config, expectation suite, stores, DVC, first dataset version")
+    step("init: config, expectation suites, stores, DVC, first dataset version")
     from edgeloop.project import init_project
 
     report = init_project(config.parent, config=config)
@@ -48,6 +52,7 @@ def run_demo(config: Path) -> int:
     from edgeloop.errors import ValidationGateError
     from edgeloop.runtime import quiet_expected_errors
     from flows.ingest import ingest
+    from flows.score import score
 
     quiet_expected_errors()
     retrains: list[tuple[str, dict[str, Any]]] = []
@@ -55,10 +60,9 @@ def run_demo(config: Path) -> int:
     retrains.append(("initial", first))
     step(f"retrain (initial): {first['status']}: {first['message']}")
 
-    from flows.score import score
-
     results: list[dict[str, Any]] = []
     promotions: list[dict[str, Any]] = []
+    loop_rows: list[dict[str, Any]] = []
     for i, path in enumerate(paths, 1):
         try:
             out = ingest([str(path)], config=str(settings.source))
@@ -66,44 +70,51 @@ def run_demo(config: Path) -> int:
             out = exc.result
         r = out[0]
         results.append(r)
-        # Score what was accepted: the champion, and the challenger in silent mode.
-        scored = score(config=str(settings.source))
-        shadow = (
-            " + challenger in shadow" if any(w["alias"] == "challenger" for w in scored) else ""
-        )
         colour = {"accepted": "green", "partial": "yellow", "duplicate": "cyan"}.get(
             r["status"], "red"
         )
         step(
             f"[{i}/{len(paths)}] {path.name}: [{colour}]{r['status']}[/]"
-            f" ({r['rows_accepted']}/{r['rows']} rows accepted), scored by champion{shadow}"
+            f" ({r['rows_accepted']}/{r['rows']} rows accepted)"
         )
-        if path.stem.endswith(RETRAIN_AFTER):
-            second = _retrain(
-                settings, f"drift began: retrain after {RETRAIN_AFTER} (audit labels)"
-            )
-            retrains.append((f"after {RETRAIN_AFTER}", second))
-            step(f"retrain: {second['status']}: {second['message']}")
-
-    step("shadow evaluation: challenger vs champion on labeled rows both scored since deployment")
-    promotions.append(_shadow_and_promote(settings))
-    step(promotions[-1]["line"])
-    third = _retrain(settings, "end of stream: retrain on everything labeled so far")
-    retrains.append(("end of stream", third))
-    step(f"retrain: {third['status']}: {third['message']}")
+        if r["status"] not in ("accepted", "partial"):
+            continue
+        # Score with the champion (and the challenger in silent mode); queue the edge cases.
+        scored = score(config=str(settings.source))
+        shadow = (
+            " + challenger in shadow" if any(w["alias"] == "challenger" for w in scored) else ""
+        )
+        labels = _simulated_annotation(settings, stream_dir, i)
+        step(f"    scored by champion{shadow}; {labels['line']}")
+        if labels.get("retrain"):
+            rt = labels["retrain"]
+            retrains.append((f"labels after {path.stem}", rt))
+            step(f"    label-volume retrain: {rt.get('status')}: {rt.get('message')}")
+        promo = _shadow_and_promote(settings)
+        if promo.get("evaluated"):
+            promotions.append({**promo, "after": path.stem})
+            step(f"    shadow: {promo['line']}")
+        loop_rows.append(_batch_accuracy(settings, r, stream_dir))
 
     from edgeloop.report import outcomes_table, retrains_table
     from edgeloop.status import collect_status
 
     console.print(outcomes_table(results, notes))
     console.print(retrains_table(retrains))
+    console.print(_loop_table(loop_rows))
     for p in promotions:
-        console.print(f"[bold]Promotion decision:[/] {p['line']}")
+        console.print(f"[bold]Shadow decision after {p['after']}:[/] {p['line']}")
         if p.get("evidence_run_id"):
             console.print(
                 f"    evidence: MLflow run {p['evidence_run_id']} in {settings.project}-shadow"
             )
     state = collect_status(settings)
+    a = state["annotation"]
+    console.print(
+        f"annotation: {a['queued']} edge cases queued, {a['labeled']} labeled by the simulated annotator,"
+        f" median {a['median_hours_to_label']} h to label, {a['within_sla_share']} within the"
+        f" {a['sla_days']}-day SLA (its delay is set to {SIM_DELAY_HOURS:.0f} h)"
+    )
     console.print(
         f"dataset version [bold]{state['data']['version']}[/] with {state['data']['rows']} rows"
         f" ({state['data']['reference_rows']} reference); quarantine under"
@@ -119,27 +130,6 @@ def run_demo(config: Path) -> int:
     return 0
 
 
-def _shadow_and_promote(settings: Any) -> dict[str, Any]:
-    """Evaluate the challenger in shadow and promote it if, and only if, the evidence says so."""
-    from edgeloop.errors import EdgeloopError, GateError
-    from edgeloop.shadow import promote
-    from flows.shadow_evaluate import shadow_evaluate_flow
-
-    try:
-        report = shadow_evaluate_flow(config=str(settings.source))
-    except EdgeloopError as exc:
-        return {"line": f"no shadow evaluation: {exc}"}
-    try:
-        out = promote(settings, reason="demo: shadow evidence")
-        line = f"[green]promoted v{out['new_champion']}[/] over v{out['previous_champion']}: {report['summary']}"
-        return {"line": line, **out}
-    except GateError as exc:
-        return {
-            "line": f"[yellow]kept champion v{report['champion']}[/]: {report['summary']}",
-            **exc.result,
-        }
-
-
 def _retrain(settings: Any, reason: str) -> dict[str, Any]:
     """Run the retrain flow; a rejected candidate is an outcome to show, not a demo failure."""
     from edgeloop.errors import GateError
@@ -149,6 +139,137 @@ def _retrain(settings: Any, reason: str) -> dict[str, Any]:
         return retrain(reason=reason, config=str(settings.source))
     except GateError as exc:
         return exc.result
+
+
+def _shadow_and_promote(settings: Any) -> dict[str, Any]:
+    """Evaluate the challenger in shadow and promote it if, and only if, the evidence says so."""
+    from edgeloop.errors import GateError
+    from edgeloop.registry import CHALLENGER, Registry
+    from edgeloop.shadow import promote
+    from flows.shadow_evaluate import shadow_evaluate_flow
+
+    if CHALLENGER not in Registry(settings).aliases():
+        return {"evaluated": False}
+    report = shadow_evaluate_flow(config=str(settings.source))
+    try:
+        out = promote(settings, reason="demo: shadow evidence")
+        line = f"[green]promoted v{out['new_champion']}[/] over v{out['previous_champion']}: {report['summary']}"
+        return {"evaluated": True, "line": line, **out}
+    except GateError as exc:
+        line = (
+            f"[yellow]kept champion v{report['champion']}[/] (challenger v{report['challenger']}):"
+            f" {report['summary']}"
+        )
+        return {"evaluated": True, "line": line, **exc.result}
+
+
+def _simulated_annotation(settings: Any, stream_dir: Path, step_no: int) -> dict[str, Any]:
+    """The SIMULATED ANNOTATOR (demo stand-in) answers the open tasks; the labels are imported."""
+    from edgeloop.annotation import label_studio_tasks, open_tasks
+    from edgeloop.errors import GateError
+    from flows.annotate import annotate_import
+    from pipelines.simulated_annotator import answer_tasks, write_answers
+
+    tasks = label_studio_tasks(open_tasks(settings), settings)
+    if not tasks:
+        return {"line": "no edge cases to label"}
+    answers = answer_tasks(
+        tasks,
+        _truth(settings, stream_dir),
+        classes=list(settings.data_schema.classes),
+        delay_hours=SIM_DELAY_HOURS,
+        error_rate=SIM_ERROR_RATE,
+        seed=settings.seeds.demo + step_no,
+    )
+    out_dir = settings.path("incoming") / "demo" / "annotations"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = write_answers(out_dir / f"simulated-annotator-{step_no:02d}.json", answers)
+    try:
+        res = annotate_import(str(path), config=str(settings.source))
+    except GateError as exc:
+        res = exc.result
+    line = f"{len(tasks)} edge cases queued, {res['accepted']} labeled by the simulated annotator"
+    if res["rejected"]:
+        line += f" ({res['rejected']} rejected)"
+    return {"line": line, "retrain": res.get("retrain")}
+
+
+def _truth(settings: Any, stream_dir: Path) -> dict[str, Any]:
+    """row_id -> true label from the held-back truth files (for the simulated annotator only)."""
+    import pandas as pd
+
+    from edgeloop.store import DataStore
+
+    out: dict[str, Any] = {}
+    for e in DataStore(settings).ledger():
+        name = Path(e.source).stem.split("-", 1)[-1]
+        f = stream_dir / "truth" / f"{name}.csv"
+        if e.rows_accepted and f.exists():
+            t = pd.read_csv(f)
+            out.update(
+                {
+                    f"{e.batch_id}-{int(r):06d}": int(v)
+                    for r, v in zip(t["row"], t["digit"], strict=True)
+                }
+            )
+    return out
+
+
+def _batch_accuracy(settings: Any, outcome: dict[str, Any], stream_dir: Path) -> dict[str, Any]:
+    """Accuracy on the whole batch (true labels): the frozen first model vs the loop's champion."""
+    import pandas as pd
+
+    from edgeloop.registry import Registry
+    from edgeloop.shadow import scores_root
+    from edgeloop.store import DataStore
+    from pipelines.train import features
+
+    truth = _truth(settings, stream_dir)
+    batch = outcome["batch_id"]
+    data = DataStore(settings).load_dataset()
+    rows = data[data["batch_id"] == batch]
+    y = rows["row_id"].map(truth).to_numpy()
+    frozen = Registry(settings).load("1").predict(features(rows, settings.data_schema))
+    # The champion that scored this batch when it arrived (its first champion score file).
+    champ_files = sorted(
+        scores_root(settings).glob(f"{batch}/champion-v*.parquet"), key=lambda p: p.stat().st_mtime
+    )
+    if champ_files:
+        scored = pd.read_parquet(champ_files[0]).set_index("row_id")
+        loop = scored.loc[rows["row_id"], "predicted"].astype(int).to_numpy()
+        version = champ_files[0].stem.split("-v")[-1]
+    else:
+        loop, version = frozen, "1"
+    return {
+        "batch": outcome["source"],
+        "rows": len(rows),
+        "frozen": float((frozen == y).mean()),
+        "loop": float((loop == y).mean()),
+        "loop_version": version,
+    }
+
+
+def _loop_table(rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    t = Table(
+        title="Accuracy on each batch (all rows, true labels): frozen first model vs the loop's champion"
+    )
+    for c in ("batch", "rows", "frozen v1", "loop champion", "champion version", "difference"):
+        t.add_column(c)
+    for r in rows:
+        d = r["loop"] - r["frozen"]
+        style = "green" if d > 0 else "red" if d < 0 else "white"
+        t.add_row(
+            r["batch"], str(r["rows"]), f"{r['frozen']:.3f}", f"{r['loop']:.3f}", f"v{r['loop_version']}",
+            f"[{style}]{d:+.3f}[/]",
+        )  # fmt: skip
+    if rows:
+        n = sum(r["rows"] for r in rows)
+        fz = sum(r["frozen"] * r["rows"] for r in rows) / n
+        lp = sum(r["loop"] * r["rows"] for r in rows) / n
+        t.add_row("all batches", str(n), f"{fz:.3f}", f"{lp:.3f}", "", f"{lp - fz:+.3f}")
+    return t
 
 
 def _check(results: list[dict[str, Any]]) -> list[str]:

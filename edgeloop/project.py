@@ -51,8 +51,11 @@ def demo_settings(root: Path) -> Settings:
                 "slice_floors": {"scanner_c": 0.5},
                 "max_regression": 0.02,
             },
-            # The demo stream is small: ~120 audit-labeled rows reach the shadow comparison.
+            # The demo stream is small: tens of labeled rows per batch reach the shadow comparison.
             "shadow": {"min_samples": 50},
+            "edge_cases": {"budget": 25, "max_class_share": 0.4},
+            # Retrain once two batches' worth of edge cases are labeled.
+            "annotation": {"retrain_after_labels": 40},
         },
         root=root,
         source=root / CONFIG_FILENAME,
@@ -176,6 +179,21 @@ def init_project(
         )
     else:
         report.say(f"suite: using {suite_path}")
+
+    labels_path = settings.suite_path(settings.annotation.suite)
+    if not labels_path.exists():
+        from pipelines.labels import labels_suite
+
+        labels_path.write_text(
+            json.dumps(labels_suite(settings.data_schema), indent=2) + "\n", encoding="utf-8"
+        )
+        report.say(f"suite: wrote {labels_path}")
+    rules_path = settings.root / settings.edge_cases.rules_file
+    if not rules_path.exists() and is_demo(settings):
+        from pipelines.demo_data import DEMO_RULES
+
+        rules_path.write_text(DEMO_RULES, encoding="utf-8")
+        report.say(f"edge-case rules: wrote {rules_path}")
 
     # Stores: folders only; the MLflow tables are created on first use.
     for name in ("mlflow", "prefect_home", "incoming"):

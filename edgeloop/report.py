@@ -86,6 +86,13 @@ def print_status(state: dict[str, Any]) -> None:
             f"  accuracy {_num(m['accuracy'])}  data {str(m['data_version'])[:12]}"
             f"  {alias} for {m['age_hours']:.1f} h"
         )
+    a = state.get("annotation") or {}
+    if a.get("queued"):
+        console.print(
+            f"annotation: {a['queued']} queued, {a['open']} open (oldest {a['oldest_open_hours']} h),"
+            f" median {a['median_hours_to_label']} h / p90 {a['p90_hours_to_label']} h to label,"
+            f" {_num(a['within_sla_share'])} within the {a['sla_days']}-day SLA"
+        )
     console.print(f"MLflow: {s['mlflow_tracking_uri']}")
     console.print(f"Prefect: home {s['prefect_home']}, API {s['prefect_api_url']}")
     console.print(f"DVC remote: {s['dvc_remote']}")

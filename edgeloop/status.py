@@ -45,6 +45,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             "dvc_remote": settings.services.dvc_remote_url or str(settings.path("dvc_remote")),
         },
         "models": _models(settings),
+        "annotation": _annotation(settings),
     }
 
 
@@ -52,3 +53,9 @@ def _models(settings: Settings) -> dict[str, Any]:
     from edgeloop.training import models_status
 
     return models_status(settings)
+
+
+def _annotation(settings: Settings) -> dict[str, Any]:
+    from edgeloop.annotation import sla
+
+    return sla(settings)

@@ -220,7 +220,28 @@ class DataStore:
             parts += [pd.read_parquet(p) for p in sorted(self.accepted_dir.glob("*.parquet"))]
         if not parts:
             raise StoreError(f"{self.root}: no data yet (run 'edgeloop init')")
-        return pd.concat(parts, ignore_index=True)
+        data = pd.concat(parts, ignore_index=True)
+        return self._with_labels(data)
+
+    def _with_labels(self, data: pd.DataFrame) -> pd.DataFrame:
+        """Fill the target from imported labels (``data/labels/``; the latest answer wins)."""
+        import pandas as pd
+
+        files = sorted((self.root / "labels").glob("*.parquet"))
+        if not files:
+            return data
+        labels = pd.concat([pd.read_parquet(f, columns=["row_id", "label"]) for f in files])
+        latest = labels.drop_duplicates("row_id", keep="last").set_index("row_id")["label"]
+        target = self.settings.data_schema.target
+        by_text = {str(c): c for c in self.settings.data_schema.classes}
+        found = data[ROW_ID].map(latest).map(lambda v: by_text.get(str(v), v) if pd.notna(v) else v)
+        out = data.copy()
+        has = found.notna()
+        out[target] = out[target].astype("object")
+        out.loc[has, target] = found[has]
+        out["label_source"] = "batch"
+        out.loc[has, "label_source"] = "annotation"
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Counts for ``edgeloop status``."""

@@ -18,6 +18,14 @@ def score_task(settings: Settings, batch_ids: list[str] | None) -> list[dict[str
     return score_batches(settings, batch_ids)
 
 
+@task(name="surface-edge-cases", cache_policy=NO_CACHE)
+def surface_task(settings: Settings) -> list[dict[str, Any]]:
+    """Queue the rows worth labeling from every newly scored batch."""
+    from edgeloop.annotation import surface
+
+    return surface(settings)
+
+
 @flow(name="score")
 def score(
     batch_ids: list[str] | None = None, config: str = "edgeloop.yaml"
@@ -32,4 +40,9 @@ def score(
     written = score_task(settings, batch_ids or None)
     if written:
         create_table_artifact(key="scored-batches", table=written, description="new score files")
+    surfaced = surface_task(settings)
+    if surfaced:
+        create_table_artifact(
+            key="edge-cases", table=surfaced, description="edge cases queued for annotation"
+        )
     return written

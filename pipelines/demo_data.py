@@ -47,6 +47,23 @@ STREAM_BATCHES = 8
 ID_COLUMN = "row_id"
 AUDIT_FRACTION = 0.2
 
+#: Failure-trigger rules for the demo (written to expectations/edge_rules.yaml by init).
+DEMO_RULES = """\
+# Failure-trigger rules: rows matching every condition of a rule go to annotators, whatever
+# the model's confidence. Columns: any feature, predicted, confidence, margin, p_<class>.
+rules:
+  - name: faint_scan_from_c
+    description: Scanner C's faint scans are where the model fails silently.
+    when:
+      - {column: scanner, op: "==", value: C}
+      - {column: px_3_4, op: "<", value: 4}
+  - name: one_or_seven_under_0_8
+    description: 1 and 7 are the classic confusion; check them unless the model is sure.
+    when:
+      - {column: predicted, op: in, value: [1, 7]}
+      - {column: confidence, op: "<", value: 0.8}
+"""
+
 
 @dataclass(frozen=True)
 class DemoBatch:

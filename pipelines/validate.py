@@ -364,7 +364,11 @@ def _finite(x: Any) -> float | None:
 
 
 def validate_frame(
-    df: pd.DataFrame, suite: dict[str, Any], *, batch: str = "batch"
+    df: pd.DataFrame,
+    suite: dict[str, Any],
+    *,
+    batch: str = "batch",
+    parameters: dict[str, Any] | None = None,
 ) -> ValidationReport:
     """Run ``suite`` over ``df`` with Great Expectations; return what failed, row by row.
 
@@ -374,6 +378,8 @@ def validate_frame(
     validation = _gx_validator(suite)
     result = validation.run(
         batch_parameters={"dataframe": frame},
+        # Suite parameters ({"$PARAMETER": name} in the JSON) filled at run time.
+        expectation_parameters=parameters or {},
         # COMPLETE gives unexpected_index_list: the row positions row-level quarantine needs.
         result_format={"result_format": "COMPLETE", "partial_unexpected_count": 20},
     )

@@ -1,0 +1,112 @@
+"""Prefect flow: take labels back, version them, track the SLA, retrain on label volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Failed
+
+from edgeloop.annotation import LabelGateError, import_labels, labels_since_last_retrain, sla
+from edgeloop.config import Settings, load_settings
+from edgeloop.versioning import DataVersioner
+from flows.ingest import flow_run_url
+
+
+@task(name="import-labels", cache_policy=NO_CACHE)
+def import_task(settings: Settings, path: str) -> dict[str, Any]:
+    """Check the export with the labels suite; store good labels, report bad ones."""
+    return import_labels(settings, Path(path))
+
+
+@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def version_task(settings: Settings) -> str:
+    return DataVersioner(settings).commit()
+
+
+@task(name="record-labels", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_task(
+    settings: Settings, result: dict[str, Any], version: str, backlog: dict[str, Any]
+) -> str:
+    """One MLflow run per import in the data experiment: counts, SLA, the new data version."""
+    import mlflow
+
+    from edgeloop.tracking import ensure_experiment
+    from edgeloop.versioning import git_info
+
+    exp = ensure_experiment(settings, "data")
+    with mlflow.start_run(experiment_id=exp, run_name=f"labels {result['source']}") as run:
+        mlflow.set_tags(
+            {
+                "edgeloop.kind": "labels",
+                "dvc.data_version": version,
+                "git.commit": git_info(settings.root).commit,
+                "prefect.flow_run_id": str(flow_run.id or ""),
+                "prefect.flow_run_url": flow_run_url(),
+                "mlflow.note.content": f"{result['accepted']} labeled edge cases added, {result['rejected']} rejected",
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "label_rows": result["rows"],
+                "labeled_edge_cases_added": result["accepted"],
+                "labels_rejected": result["rejected"],
+                **{
+                    f"sla_{k}": float(v)
+                    for k, v in backlog.items()
+                    if isinstance(v, (int, float)) and v is not None
+                },
+            }
+        )
+        mlflow.log_dict(result, "labels/import.json")
+        return run.info.run_id
+
+
+@flow(name="annotate-import")
+def annotate_import(
+    path: str, retrain_on_volume: bool = True, config: str = "edgeloop.yaml"
+) -> Any:
+    """Import annotators' labels (Label Studio JSON export or CSV) into the dataset.
+
+    Args:
+        path: The export file.
+        retrain_on_volume: Start a retrain when enough new labels arrived (annotation.retrain_after_labels).
+        config: Path of the edgeloop.yaml to use.
+    """
+    settings = load_settings(config)
+    result = import_task(settings, path)
+    version = DataVersioner(settings).version() or ""
+    if result["accepted"]:
+        version = version_task(settings)
+    backlog = sla(settings)
+    result["data_version"], result["sla"] = version, backlog
+    result["mlflow_run_id"] = record_task(settings, result, version, backlog)
+    n = settings.annotation.retrain_after_labels
+    if retrain_on_volume and n and result["accepted"]:
+        new = labels_since_last_retrain(settings)
+        result["labels_since_retrain"] = new
+        if new >= n:
+            from edgeloop.errors import GateError
+            from flows.retrain import retrain
+
+            try:
+                result["retrain"] = retrain(
+                    reason=f"label volume: {new} new labels since the last retrain", config=config
+                )
+            except GateError as exc:
+                result["retrain"] = exc.result
+    create_markdown_artifact(
+        key="label-import",
+        markdown=(
+            f"# Labels from `{result['source']}`\n\n- accepted: {result['accepted']}\n- rejected: {result['rejected']}"
+            f"\n- data version: `{version}`\n- open tasks: {backlog['open']}, within SLA: {backlog['within_sla_share']}\n"
+        ),
+    )
+    if result["rejected"]:
+        msg = f"{result['rejected']} label row(s) rejected ({'; '.join(result['failed'])}); report: {result['report']}"
+        return Failed(message=msg, data=LabelGateError(msg, result))
+    return result

@@ -1,0 +1,180 @@
+"""Label intake: read annotators' exports (Label Studio JSON or CSV), check them with GX.
+
+``read_labels`` turns an export into rows ``row_id, label, labeled_at, annotator, source``;
+``labels_suite`` is the GX suite written to ``expectations/labels.json``; ``check_labels``
+validates with real GX (label in the class set, id queued, one answer per id) and splits good
+rows from bad ones, each bad row with its reasons.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.config import SchemaSettings
+from edgeloop.errors import EdgeloopError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+COLUMNS = ["row_id", "label", "labeled_at", "annotator", "source"]
+
+
+class LabelFileError(EdgeloopError):
+    """An export that cannot be read as labels (wrong format, empty)."""
+
+
+def _choice(annotation: dict[str, Any]) -> Any:
+    for item in annotation.get("result") or []:
+        choices = (item.get("value") or {}).get("choices")
+        if choices:
+            return choices[0]
+    return None
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    """Label Studio's JSON export (tasks with ``annotations``) or a CSV (``row_id,label``)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise LabelFileError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        try:
+            df = pd.read_csv(path, dtype={"row_id": "str", "label": "str"})
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise LabelFileError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
+        missing = [c for c in ("row_id", "label") if c not in df.columns]
+        if missing:
+            raise LabelFileError(f"{path}: CSV lacks column(s) {missing} (needs row_id,label)")
+        if df.empty:
+            raise LabelFileError(f"{path}: empty export (no label rows)")
+        out = df.reindex(columns=COLUMNS)
+        out["source"] = out["source"].fillna(path.name)
+        return out
+    if suffix != ".json":
+        raise LabelFileError(
+            f"{path}: unsupported format {suffix!r}; expected .json (Label Studio) or .csv"
+        )
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LabelFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(tasks, list):
+        raise LabelFileError(
+            f"{path}: a Label Studio export is a JSON list of tasks, got {type(tasks).__name__}"
+        )
+    if not tasks:
+        raise LabelFileError(f"{path}: empty export (no tasks)")
+    rows = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            raise LabelFileError(f"{path}: item {i} is not a Label Studio task (no 'data' object)")
+        row_id = task["data"].get("row_id")
+        if row_id is None:
+            raise LabelFileError(
+                f"{path}: task {i} has no data.row_id (was it exported by edgeloop?)"
+            )
+        for ann in task.get("annotations") or []:
+            if ann.get("was_cancelled"):
+                continue
+            rows.append(
+                {
+                    "row_id": str(row_id),
+                    "label": _choice(ann),
+                    "labeled_at": ann.get("created_at") or ann.get("updated_at"),
+                    "annotator": str(ann.get("completed_by", "")),
+                    "source": path.name,
+                }
+            )
+    if not rows:
+        raise LabelFileError(f"{path}: {len(tasks)} task(s) but no completed annotation")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def coerce_labels(labels: pd.Series, schema: SchemaSettings) -> pd.Series:
+    """Text labels to the configured classes' type ("7" -> 7); unknown labels stay as they are."""
+    by_text = {str(c): c for c in schema.classes}
+    return labels.map(lambda v: by_text.get(str(v).strip(), v) if v is not None else v).astype(
+        "object"
+    )
+
+
+def labels_suite(schema: SchemaSettings) -> dict[str, Any]:
+    """The GX suite for label imports (``queued_ids`` is a suite parameter filled at run time)."""
+
+    def e(kind: str, **kw: Any) -> dict[str, Any]:
+        return {"type": kind, "kwargs": kw}
+
+    return {
+        "name": "labels",
+        "meta": {
+            "note": "Checks every label import. queued_ids is supplied by edgeloop at run time."
+        },
+        "expectations": [
+            e("expect_table_columns_to_match_set", column_set=COLUMNS, exact_match=True),
+            e("expect_column_values_to_not_be_null", column="row_id"),
+            e("expect_column_values_to_not_be_null", column="label"),
+            e("expect_column_values_to_be_in_set", column="label", value_set=list(schema.classes)),
+            e(
+                "expect_column_values_to_be_in_set",
+                column="row_id",
+                value_set={"$PARAMETER": "queued_ids"},
+            ),
+            # Exact repeats are dropped before this check: what is left twice is a conflict.
+            e("expect_column_values_to_be_unique", column="row_id"),
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """Labels split by the suite: good rows to add, bad rows (with reasons) to report."""
+
+    good: pd.DataFrame
+    bad: pd.DataFrame
+    repeats_dropped: int
+    failed: list[str]
+
+
+_REASON = {
+    ("expect_column_values_to_be_in_set", "label"): "label not in the class set",
+    ("expect_column_values_to_be_in_set", "row_id"): "id was never queued",
+    ("expect_column_values_to_be_unique", "row_id"): "conflicting labels for the same id",
+    ("expect_column_values_to_not_be_null", "label"): "no label",
+    ("expect_column_values_to_not_be_null", "row_id"): "no id",
+}
+
+
+def check_labels(
+    labels: pd.DataFrame, schema: SchemaSettings, suite: dict[str, Any], queued_ids: list[str]
+) -> LabelCheck:
+    """Validate with GX; every row failing any row-level expectation is bad, with its reasons."""
+    import numpy as np
+
+    from pipelines.validate import validate_frame
+
+    frame = labels.copy()
+    frame["label"] = coerce_labels(frame["label"], schema)
+    before = len(frame)
+    frame = frame.drop_duplicates(subset=["row_id", "label"]).reset_index(drop=True)
+    report = validate_frame(
+        frame, suite, batch="labels", parameters={"queued_ids": list(queued_ids)}
+    )
+    table_level = [f for f in report.failed if not f.row_level]
+    if table_level:
+        raise LabelFileError(
+            "labels do not have the expected shape: " + "; ".join(f.describe() for f in table_level)
+        )
+    reasons = np.full(len(frame), "", dtype=object)
+    for f in report.failed:
+        why = _REASON.get((f.expectation, f.column or ""), f.short)
+        rows = list(f.rows)
+        reasons[rows] = reasons[rows] + ("; " + why)
+    bad_mask = reasons != ""
+    bad = frame[bad_mask].assign(reason=[r.lstrip("; ") for r in reasons[bad_mask]])
+    return LabelCheck(
+        frame[~bad_mask].copy(), bad, before - len(frame), [f.describe() for f in report.failed]
+    )
