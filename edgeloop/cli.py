@@ -469,6 +469,31 @@ def rollback(config: str | None, reason: str) -> None:
 
 
 @main.command()
+@click.option("--host", default=None, help="Address to bind (default: serving.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default: serving.port, 8000).")
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+def serve(host: str | None, port: int | None, config: str | None) -> None:
+    """Serve predictions: the champion answers, the challenger scores the same rows silently.
+
+    POST /predict, GET /healthz, /readyz, /metrics. Picks up alias moves without a restart.
+    Exits 2 when the port is in use.
+    """
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        from edgeloop.service import serve as run_service
+
+        run_service(
+            settings,
+            host=host or settings.serving.host,
+            port=port if port is not None else settings.serving.port,
+        )
+    except EdgeloopError as exc:
+        _fail(exc)
+
+
+@main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--rows", default=1_000_000, show_default=True, help="Number of rows.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")

@@ -55,10 +55,15 @@ def run_demo(config: Path) -> int:
     from flows.score import score
 
     quiet_expected_errors()
+    from edgeloop.registry import CHAMPION, Registry
+
     retrains: list[tuple[str, dict[str, Any]]] = []
-    first = _retrain(settings, "initial model on the reference set")
-    retrains.append(("initial", first))
-    step(f"retrain (initial): {first['status']}: {first['message']}")
+    if CHAMPION in Registry(settings).aliases():
+        step("a champion exists already (a rerun of the demo): no initial training")
+    else:
+        first = _retrain(settings, "initial model on the reference set")
+        retrains.append(("initial", first))
+        step(f"retrain (initial): {first['status']}: {first['message']}")
 
     results: list[dict[str, Any]] = []
     promotions: list[dict[str, Any]] = []

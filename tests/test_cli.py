@@ -115,7 +115,9 @@ def test_demo_on_a_fresh_clone(tmp_path: Path) -> None:
     assert {a: m["version"] for a, m in again["models"].items()} == {
         a: m["version"] for a, m in state["models"].items()
     }
-    assert "cached" in res2.stdout
+    assert "no initial training" in res2.stdout
+    assert "annotation:" in res.stdout and "simulated annotator" in res.stdout
+    assert state["annotation"]["labeled"] > 0
 
 
 def test_retrain_lineage_reproduce_commands(project: Path) -> None:
