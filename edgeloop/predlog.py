@@ -60,15 +60,16 @@ CREATE TABLE IF NOT EXISTS predictions (
     probabilities TEXT NOT NULL,
     latency_ms REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS predictions_row_hash ON predictions (row_hash);
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 """
+# No index on row_hash on purpose: random 64-character keys double the cost of every insert,
+# and pairing champion with challenger is a scan plus a pandas merge of what was read anyway.
 
 
 def _canonical_value(value: Any) -> Any:
     # Numbers hash by value, not by spelling: 35, 35.0 and numpy.int64(35) are the same input to
     # a model, so they must be the same row. Booleans stay booleans.
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool) or type(value).__name__ in ("bool", "bool_"):  # numpy's too
         return bool(value)
     if isinstance(value, numbers.Real):
         f = float(value)
@@ -80,7 +81,19 @@ def _canonical_value(value: Any) -> Any:
 
 def canonical_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """The row as hashed: every number a float (NaN as null), other values as they are."""
-    return {str(k): _canonical_value(v) for k, v in row.items()}
+    out = {}
+    for k, v in row.items():
+        t = type(v)
+        # Exact-type checks first: the writer hashes every row, and ABC checks are slow.
+        if t is int:
+            v = float(v)
+        elif t is float:
+            if v != v:  # NaN
+                v = None
+        elif not (t is str or t is bool or v is None):
+            v = _canonical_value(v)
+        out[k if type(k) is str else str(k)] = v
+    return out
 
 
 def row_hash(row: Mapping[str, Any]) -> str:
@@ -173,10 +186,12 @@ class PredictionLog:
         *,
         on_drop: Callable[[int], None] | None = None,
         batch_rows: int = 5000,
+        linger_seconds: float = 0.2,
     ) -> None:
         self.path = Path(path)
         self.max_pending_rows = max_pending_rows
         self.batch_rows = batch_rows
+        self.linger_seconds = linger_seconds
         self._on_drop = on_drop
         self._pending: deque[Entry] = deque()
         self._pending_rows = 0
@@ -215,7 +230,9 @@ class PredictionLog:
             else:
                 self._pending.append(entry)
                 self._pending_rows += n
-                self._cond.notify()
+                # Wake the writer only when it has something new to decide on, not per entry.
+                if len(self._pending) == 1 or self._pending_rows >= self.batch_rows:
+                    self._cond.notify()
                 dropped = False
         if dropped and self._on_drop is not None:
             self._on_drop(n)
@@ -240,6 +257,14 @@ class PredictionLog:
         with self._cond:
             while not self._pending and not self._stop:
                 self._cond.wait()
+            # Let a batch build up: one transaction for many requests costs far less disk and
+            # CPU (GIL time taken from the request path) than one per request.
+            deadline = time.monotonic() + self.linger_seconds
+            while not self._stop and self._pending_rows < self.batch_rows:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
             taken: list[Entry] = []
             rows = 0
             while self._pending and rows < self.batch_rows:

@@ -152,6 +152,7 @@ def init_project(
             report.say(f"config: wrote the demo config to {config}")
         frame = None
 
+    _ensure_gitignore(root, report)
     runtime.prepare(settings)
     settings = load_settings(config)
     report.settings = settings
@@ -253,3 +254,30 @@ def _ensure_data(settings: Settings, versioner, store, report: InitReport) -> st
             f" re-added as version {version}"
         )
     return version
+
+
+#: Local state that never belongs in git (DVC adds /data itself).
+GITIGNORE_LINES = [
+    "/.prefect/",
+    "/.dvcstore/",
+    "/.edgeloop/",
+    "/incoming/",
+    "/scores/",
+    "/exports/",
+    "/mlflow/",
+]
+
+
+def _ensure_gitignore(root: Path, report: InitReport) -> None:
+    """A user's project gets the same ignores as this repository (stores, working folders)."""
+    path = root / ".gitignore"
+    have = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    # This repository keeps mlflow/ itself (with its own .gitignore): ignore only its contents.
+    missing = [
+        line for line in GITIGNORE_LINES
+        if line not in have and not (line == "/mlflow/" and (root / "mlflow" / ".gitignore").exists())
+    ]  # fmt: skip
+    if missing:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(("\n" if have and have[-1] else "") + "\n".join(missing) + "\n")
+        report.say(f"git: ignoring {', '.join(missing)}")

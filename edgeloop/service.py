@@ -55,6 +55,8 @@ CHALLENGER = "challenger"
 INLINE_MAX_BODY = 16_384
 #: The shadow worker scores queued requests together, up to this many rows per call.
 SHADOW_BATCH_ROWS = 2048
+#: ... waiting up to this long for more requests to join a batch (shadow answers are not urgent).
+SHADOW_LINGER_SECONDS = 0.05
 #: A challenger busy on one batch for longer than this is reported unhealthy and new shadow
 #: work is dropped at once instead of waiting in the queue.
 DEFAULT_STALL_SECONDS = 10.0
@@ -204,6 +206,41 @@ class InputSchema:
 
         Raises InputError naming the first bad field and its row.
         """
+        if len(rows) >= 16 and self.all_required:
+            cols = self._coerce_columns(rows)
+            if cols is not None:
+                return cols
+        return self._coerce_rows(rows)
+
+    def _coerce_columns(self, rows: Sequence[Any]) -> list[list[Any]] | None:
+        """Many well-formed rows, a whole column at a time (about 5x faster than row by row).
+
+        None means "something is wrong somewhere": the row-by-row pass then names it.
+        """
+        ncols = len(self.columns)
+        # Every column present and no other key: a dict of exactly ncols keys that has them all.
+        if any(type(r) is not dict or len(r) != ncols for r in rows):
+            return None
+        cols: list[list[Any]] = []
+        try:
+            for name, kind in zip(self.columns, self.kinds, strict=True):
+                col = [r[name] for r in rows]
+                types = set(map(type, col))
+                if kind == "number":
+                    if types != {float}:
+                        if not types <= {float, int}:
+                            return None
+                        col = [float(v) for v in col]
+                elif types != {_EXACT_TYPE.get(kind)}:
+                    return None  # wrong or mixed types; "any" always takes the careful path
+                elif kind == "integer" and (min(col) < -(2**63) or max(col) >= 2**63):
+                    return None
+                cols.append(col)
+        except KeyError:
+            return None
+        return cols
+
+    def _coerce_rows(self, rows: Sequence[Any]) -> list[list[Any]]:
         plan = self._plan
         cols: list[list[Any]] = [[] for _ in plan]
         appends = [c.append for c in cols]
@@ -239,6 +276,7 @@ class InputSchema:
 
 
 _MISSING = object()
+_EXACT_TYPE: dict[str, type] = {"integer": int, "string": str, "boolean": bool}
 
 
 def rows_of(data: Any, schema: InputSchema) -> list[Any]:
@@ -421,8 +459,46 @@ def fast_predictor(model: Any, schema: InputSchema) -> Predictor | None:
             for t in est.estimators_
         ]
         n_trees = len(trees)
+        # One row (the common request): walking the trees in Python beats 2 x n_trees numpy
+        # calls. Same float32 inputs, same comparisons, same summation order as sklearn.
+        walks = [
+            (
+                t.tree_.children_left.tolist(),
+                t.tree_.children_right.tolist(),
+                t.tree_.feature.tolist(),
+                t.tree_.threshold.tolist(),
+                table.tolist(),
+            )
+            for t, (_, table) in zip(est.estimators_, trees, strict=True)
+        ]
+        zeros = [0.0] * width
+
+        def predict_one(cols: list[list[Any]]) -> Any:
+            x = list(zeros)
+            if numeric:
+                # float32, as sklearn rounds its input; overflow becomes inf there too.
+                with np.errstate(over="ignore"):
+                    values = np.array([cols[p][0] for p, _ in numeric], dtype=np.float32).tolist()
+                for (_, j), v in zip(numeric, values, strict=True):
+                    x[j] = v
+            for p, offset, mapping in onehot:
+                k = mapping.get(cols[p][0], -1)
+                if k >= 0:
+                    x[offset + k] = 1.0
+            acc = [0.0] * n_classes
+            for left, right, feature, threshold, leaf_values in walks:
+                node = 0
+                child = left[0]
+                while child != -1:
+                    node = child if x[feature[node]] <= threshold[node] else right[node]
+                    child = left[node]
+                for k, v in enumerate(leaf_values[node]):
+                    acc[k] += v
+            return np.array([[a / n_trees for a in acc]])
 
         def predict(cols: list[list[Any]]) -> Any:
+            if len(cols[0]) == 1:
+                return predict_one(cols)
             x32 = np.ascontiguousarray(features(cols), dtype=np.float32)
             proba = np.zeros((x32.shape[0], n_classes), dtype=np.float64)
             for apply, table in trees:
@@ -447,13 +523,20 @@ def _sample_columns(schema: InputSchema, model: Any, n: int = 48) -> list[list[A
     import numpy as np
 
     rng = np.random.default_rng(0)
+    kinds = dict(zip(schema.columns, schema.kinds, strict=True))
     cats: dict[str, list[Any]] = {}
     ct = model.steps[0][1]
     for _, trans, spec in ct.transformers_:
         cols = _column_names(spec, [str(c) for c in ct.feature_names_in_]) or []
         for k, c in enumerate(cols):
             if hasattr(trans, "categories_"):
-                cats[c] = [*trans.categories_[k].tolist(), "__edgeloop_unknown__"]
+                seen = trans.categories_[k].tolist()
+                if kinds[c] == "string":
+                    unknown: Any = "__edgeloop_unknown__"
+                else:  # a numeric category column: an unseen number, of the column's type
+                    unknown = max(seen) + 1 if seen else 0
+                    unknown = int(unknown) if kinds[c] == "integer" else float(unknown)
+                cats[c] = [*seen, unknown]
     cols: list[list[Any]] = []
     for c, kind in zip(schema.columns, schema.kinds, strict=True):
         if c in cats:
@@ -498,7 +581,7 @@ class LoadedModel:
 def prepare_model(
     model: Any, schema: InputSchema, *, alias: str, version: str, uri: str, classes: Sequence[Any]
 ) -> LoadedModel:
-    """Choose the fastest exact way to score ``model`` and warm it up."""
+    """Choose the fastest exact way to score ``model`` (checking the fast path warms it up)."""
     import numpy as np
 
     # Per-request joblib dispatch costs more than it saves on the small batches a service sees,
@@ -517,8 +600,11 @@ def prepare_model(
     if candidate is not None:
         sample = _sample_columns(schema, model)
         try:
-            same = np.array_equal(candidate(sample), generic(sample)) and np.array_equal(
-                candidate([c[:1] for c in sample]), generic([c[:1] for c in sample])
+            expected = generic(sample)
+            # Batches and single rows may take different routes: check both.
+            same = np.array_equal(candidate(sample), expected) and all(
+                np.array_equal(candidate([c[i : i + 1] for c in sample]), expected[i : i + 1])
+                for i in range(len(sample[0]))
             )
         except Exception:
             log.exception("fast path for %s v%s failed its check", alias, version)
@@ -686,6 +772,9 @@ class _ShadowWorker:
     def __init__(self, scorer: ShadowScorer, size: int, generation: int) -> None:
         self.scorer = scorer
         self.queue: queue.Queue[ShadowItem] = queue.Queue(maxsize=size)
+        # Rows waiting, besides requests: a burst of maximal requests must not hold gigabytes.
+        self.rows_queued = 0
+        self.lock = threading.Lock()
         self.busy_since: float | None = None
         self.retired = False
         self.thread = threading.Thread(
@@ -697,6 +786,10 @@ class _ShadowWorker:
         since = self.busy_since
         return 0.0 if since is None else now - since
 
+    def _taken(self, rows: int) -> None:
+        with self.lock:
+            self.rows_queued -= rows
+
     def run(self) -> None:
         while not self.retired:
             try:
@@ -704,13 +797,23 @@ class _ShadowWorker:
             except queue.Empty:
                 continue
             items, rows = [first], len(first.batch)
-            while rows < SHADOW_BATCH_ROWS:
+            self._taken(rows)
+            # Linger a little: under load, scoring many requests in one call costs about what
+            # one costs, and the challenger then takes far less CPU (and GIL) from the champion.
+            deadline = time.monotonic() + SHADOW_LINGER_SECONDS
+            while rows < SHADOW_BATCH_ROWS and not self.retired:
+                remaining = deadline - time.monotonic()
                 try:
-                    item = self.queue.get_nowait()
+                    item = (
+                        self.queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self.queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
                 items.append(item)
                 rows += len(item.batch)
+                self._taken(len(item.batch))
             self.busy_since = time.monotonic()
             try:
                 self.scorer.score(items)
@@ -731,9 +834,10 @@ class _ShadowWorker:
 class ShadowScorer:
     """Scores answered requests with the challenger, off the request path."""
 
-    def __init__(self, service: Service, size: int, stall_seconds: float) -> None:
+    def __init__(self, service: Service, size: int, max_rows: int, stall_seconds: float) -> None:
         self.service = service
         self.size = size
+        self.max_rows = max_rows
         self.stall_seconds = stall_seconds
         self._generation = 0
         self._lock = threading.Lock()
@@ -750,10 +854,16 @@ class ShadowScorer:
         if worker.stalled_for(time.monotonic()) > self.stall_seconds:
             self.drop("challenger_stalled")
             return
-        try:
-            worker.queue.put_nowait(item)
-        except queue.Full:
-            self.drop("queue_full")
+        n = len(item.batch)
+        with worker.lock:
+            if worker.rows_queued + n <= self.max_rows:
+                try:
+                    worker.queue.put_nowait(item)
+                    worker.rows_queued += n
+                    return
+                except queue.Full:
+                    pass
+        self.drop("queue_full")
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.service.metrics.shadow_dropped.labels(reason).inc(n)
@@ -881,7 +991,14 @@ class Service:
         self.predlog = PredictionLog(
             log_path, pending, on_drop=lambda n: self.metrics.log_dropped.inc(n)
         ).start()
-        self.shadow = ShadowScorer(self, self.cfg.shadow_queue_size, self.stall_seconds)
+        # At most shadow_queue_size requests wait, and (whatever their size) no more rows than
+        # one maximal request or shadow_queue_size single rows.
+        self.shadow = ShadowScorer(
+            self,
+            self.cfg.shadow_queue_size,
+            max(self.cfg.shadow_queue_size, self.cfg.max_rows_per_request),
+            self.stall_seconds,
+        )
         self.metrics.shadow_healthy.set_function(lambda: 1.0 if self.shadow_healthy() else 0.0)
         self.metrics.shadow_queue.set_function(
             lambda: float(self.shadow.depth() if self.shadow else 0)
@@ -942,11 +1059,12 @@ class Service:
             wanted = (aliases or {}).get(alias)
             current: LoadedModel | None = getattr(self, alias)
             if wanted is None:
+                why = f"no version of registered model {name!r} holds alias {alias!r}"
                 if aliases is None:
-                    why = f"registered model {name!r} does not exist yet in {self.tracking_uri}"
+                    why += f" (the model does not exist yet in {self.tracking_uri})"
                 else:
                     known = ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none"
-                    why = f"no version of registered model {name!r} holds alias {alias!r} (aliases: {known})"
+                    why += f" (aliases: {known})"
                 self.reasons[alias] = f"{why}; the registry is re-read {every}"
                 if current is not None:
                     log.warning(
@@ -1073,6 +1191,9 @@ class Service:
         }
         if champ is None:
             body["reason"] = self.reasons[CHAMPION]
+        for alias in (CHAMPION, CHALLENGER):
+            if alias in self._failed:  # still serving the previous version, if any
+                body[f"{alias}_load_error"] = self.reasons[alias]
         if chall is None:
             body["challenger_reason"] = self.reasons[CHALLENGER]
         elif self.shadow is not None:
@@ -1258,6 +1379,13 @@ def serve(settings: Settings, host: str, port: int) -> None:
     log.info("edgeloop serve: http://%s:%d (model %s)", host, port, settings.model_name)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn re-raises the Ctrl-C it handled once it has shut down cleanly: not an error.
+        pass
+    except SystemExit:
+        # uvicorn exits this way when the app's start-up fails; it has logged why.
+        if server.started:
+            raise
     finally:
         sock.close()
     if not server.started:
