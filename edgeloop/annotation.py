@@ -136,8 +136,11 @@ def open_tasks(settings: Settings) -> pd.DataFrame:
 
 
 def _plain(v: Any) -> Any:
+    """A JSON-safe Python value (NaN becomes null: NaN is not JSON)."""
     if hasattr(v, "item"):
-        return v.item()
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
     return v
 
 

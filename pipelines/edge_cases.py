@@ -78,6 +78,8 @@ def load_rules(path: Path, known_columns: list[str]) -> list[Rule]:
         if unknown_keys:
             raise RulesError(f"{where}: unknown key(s) {unknown_keys}")
         conds = raw["when"] if isinstance(raw["when"], list) else [raw["when"]]
+        if not conds:
+            raise RulesError(f"{where}: 'when' is empty (it would flag every row)")
         parsed = []
         for c in conds:
             if not isinstance(c, dict) or set(c) - {"column", "op", "value"} or "column" not in c:
@@ -92,26 +94,46 @@ def load_rules(path: Path, known_columns: list[str]) -> list[Rule]:
             if "value" not in c:
                 raise RulesError(f"{where}: condition on {c['column']!r} has no 'value'")
             parsed.append(Condition(c["column"], op, c["value"]))
-        if any(r.name == raw["name"] for r in rules):
+        if any(r.name == str(raw["name"]) for r in rules):
             raise RulesError(f"{where}: duplicate rule name")
         rules.append(Rule(str(raw["name"]), str(raw.get("description", "")), tuple(parsed)))
     return rules
 
 
-def _cond_mask(values: np.ndarray, cond: Condition) -> np.ndarray:
+def _cond_mask(values: Any, cond: Condition) -> np.ndarray:
+    """Evaluate one condition on a column (a pandas Series or a NumPy array)."""
     import numpy as np
+    import pandas as pd
 
+    series = values if isinstance(values, pd.Series) else pd.Series(values)
     v = cond.value
+    numeric = pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(
+        series.dtype
+    )
     if cond.op == "in":
         opts = v if isinstance(v, list) else [v]
-        return np.isin(values.astype(str), [str(o) for o in opts])
-    if isinstance(v, str) or values.dtype.kind in "OUS":
-        left, right = values.astype(str), str(v)
-        if cond.op in ("==", "!="):
-            eq = left == right
-            return eq if cond.op == "==" else ~eq
+        if numeric:
+            try:
+                nums = [float(o) for o in opts]
+            except (TypeError, ValueError):
+                raise RulesError(
+                    f"condition on {cond.column!r}: 'in' values {opts} are not numbers"
+                ) from None
+            return np.isin(series.to_numpy(dtype=np.float64, na_value=np.nan), nums)
+        return series.astype("str").isin([str(o) for o in opts]).to_numpy(dtype=bool)
+    if numeric:
+        try:
+            right = float(v)
+        except (TypeError, ValueError):
+            raise RulesError(
+                f"condition on numeric column {cond.column!r}: {v!r} is not a number"
+            ) from None
+        left = series.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
-        left, right = values.astype(np.float64), float(v)
+        if cond.op not in ("==", "!="):
+            raise RulesError(f"condition on text column {cond.column!r}: only ==, != and in apply")
+        eq = (series.astype("str") == str(v)).to_numpy(dtype=bool, na_value=False)
+        return eq if cond.op == "==" else ~eq
     return {
         "==": np.equal,
         "!=": np.not_equal,
@@ -122,7 +144,7 @@ def _cond_mask(values: np.ndarray, cond: Condition) -> np.ndarray:
     }[cond.op](left, right)
 
 
-def rule_masks(columns: dict[str, np.ndarray], rules: list[Rule], n: int) -> dict[str, np.ndarray]:
+def rule_masks(columns: dict[str, Any], rules: list[Rule], n: int) -> dict[str, np.ndarray]:
     """One boolean mask per rule."""
     import numpy as np
 
@@ -154,6 +176,8 @@ def select(
     import pandas as pd
 
     n = len(scores)
+    if n == 0:
+        return _empty()
     conf = scores["confidence"].to_numpy(dtype=np.float64)
     margin = scores["margin"].to_numpy(dtype=np.float64)
     pred = scores["predicted"].to_numpy()
@@ -163,11 +187,19 @@ def select(
     if settings.min_margin > 0:
         masks["small_margin"] = margin < settings.min_margin
     if settings.disagreement and challenger_predicted is not None:
-        masks["disagreement"] = np.asarray(challenger_predicted).astype(str) != pred.astype(str)
+        other = np.asarray(challenger_predicted)
+        if pred.dtype.kind in "iu" and other.dtype.kind in "iu":
+            masks["disagreement"] = other != pred
+        else:
+            masks["disagreement"] = other.astype(str) != pred.astype(str)
     if rules:
-        cols: dict[str, np.ndarray] = {c: scores[c].to_numpy() for c in scores.columns}
+        # Only the columns the rules name, as Series (no per-strategy copy of the batch).
+        named = {c.column for r in rules for c in r.when}
+        cols: dict[str, Any] = {c: scores[c] for c in named if c in scores.columns}
         if features is not None:
-            cols.update({c: features[c].to_numpy() for c in features.columns})
+            cols.update(
+                {c: features[c].reset_index(drop=True) for c in named if c in features.columns}
+            )
         masks.update({f"rule:{k}": v for k, v in rule_masks(cols, rules, n).items()})
     if not masks or n == 0:
         return _empty()
@@ -178,44 +210,65 @@ def select(
         if name.startswith("rule:") or name == "disagreement":
             n_rules += m
     if exclude:
-        # Hash lookups (pandas isin), not a sort: the exclusion set grows with every label.
-        any_reason &= ~scores["row_id"].isin(exclude).to_numpy()
+        any_reason &= ~_excluded(scores["row_id"], exclude)
     idx = np.flatnonzero(any_reason)
     if len(idx) == 0:
         return _empty()
-    # Rules and disagreement first (someone asked for these), then the least certain.
-    priority = n_rules[idx].astype(np.float64) + (1.0 - margin[idx])
-    order = idx[np.argsort(-priority, kind="stable")]
-    budget = settings.budget if settings.budget > 0 else len(order)
-    cap = max(1, math.ceil(budget * settings.max_class_share))
-    # Diversity: rank each candidate within its predicted class; keep the top `cap` per class.
-    classes = pred[order].astype(str)
-    _, inverse = np.unique(classes, return_inverse=True)
-    by_class = np.argsort(inverse, kind="stable")  # grouped by class, priority order kept
-    groups = inverse[by_class]
-    starts = np.r_[0, np.flatnonzero(np.diff(groups)) + 1]
-    sizes = np.diff(np.r_[starts, len(groups)])
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[by_class] = np.arange(len(groups)) - np.repeat(starts, sizes)
-    chosen = order[rank < cap][:budget]
+    # Rules and disagreement first (someone asked for these), then the least certain:
+    # (1 - margin) is in [0, 1], so weighting rule hits by 2 keeps every rule row ahead.
+    priority = 2.0 * n_rules[idx] + (1.0 - margin[idx])
+    budget = settings.budget if settings.budget > 0 else len(idx)
+    # Diversity: no predicted class takes more than its share of the budget (no budget: no cap).
+    cap = max(1, math.ceil(budget * settings.max_class_share)) if settings.budget > 0 else len(idx)
+    codes = pred[idx] if pred.dtype.kind in "iu" else pd.factorize(pred[idx].astype(str))[0]
+    parts = []
+    for c in np.unique(codes):
+        pos = np.flatnonzero(codes == c)
+        p = priority[pos]
+        if len(p) > cap:
+            # The class's top `cap` (ties: earlier row first) without sorting all of it.
+            kth = np.partition(p, len(p) - cap)[len(p) - cap]
+            above = np.flatnonzero(p > kth)
+            ties = np.flatnonzero(p == kth)[: cap - len(above)]
+            pos = pos[np.sort(np.r_[above, ties])]
+        parts.append(pos)
+    kept = np.sort(np.concatenate(parts))
+    kept = kept[np.argsort(-priority[kept], kind="stable")][:budget]
+    chosen = idx[kept]
     reasons = np.full(len(chosen), "", dtype=object)
     for name, m in masks.items():
         hit = m[chosen]
         reasons[hit] = reasons[hit] + (";" + name)
     out = pd.DataFrame(
         {
-            "row_id": scores["row_id"].to_numpy()[chosen],
-            "batch_id": scores["batch_id"].to_numpy()[chosen] if "batch_id" in scores else "",
+            # Take the chosen rows first: converting whole id columns costs more than selecting.
+            "row_id": scores["row_id"].iloc[chosen].to_numpy(),
+            "batch_id": scores["batch_id"].iloc[chosen].to_numpy() if "batch_id" in scores else "",
             "predicted": pred[chosen],
             "confidence": conf[chosen],
             "margin": margin[chosen],
-            "priority": (n_rules[chosen] + (1.0 - margin[chosen])),
+            "priority": 2.0 * n_rules[chosen] + (1.0 - margin[chosen]),
             "reasons": [r.lstrip(";") for r in reasons],
         }
     )
     if challenger_predicted is not None:
         out["challenger_predicted"] = np.asarray(challenger_predicted)[chosen]
     return out
+
+
+def _excluded(ids: pd.Series, exclude: set[str] | frozenset[str]) -> np.ndarray:
+    """Hash lookup of ids in the exclusion set (Arrow's is_in: pandas would box every id)."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(ids.dtype, pd.StringDtype) and ids.dtype.storage == "pyarrow":
+        arr = pa.array(ids)
+        return np.asarray(
+            pc.is_in(arr, value_set=pa.array(list(exclude), type=arr.type)), dtype=bool
+        )
+    return ids.isin(exclude).to_numpy()
 
 
 def _empty() -> pd.DataFrame:

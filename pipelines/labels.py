@@ -51,6 +51,10 @@ def read_labels(path: Path) -> pd.DataFrame:
             raise LabelFileError(f"{path}: CSV lacks column(s) {missing} (needs row_id,label)")
         if df.empty:
             raise LabelFileError(f"{path}: empty export (no label rows)")
+        # A sheet handed back half done: rows left blank are unanswered, not wrong.
+        df = df[df["label"].notna() & (df["label"].astype("str").str.strip() != "")]
+        if df.empty:
+            raise LabelFileError(f"{path}: no row has a label yet")
         out = df.reindex(columns=COLUMNS)
         out["source"] = out["source"].fillna(path.name)
         return out
