@@ -101,9 +101,16 @@ def read_labels(path: Path) -> pd.DataFrame:
 def coerce_labels(labels: pd.Series, schema: SchemaSettings) -> pd.Series:
     """Text labels to the configured classes' type ("7" -> 7); unknown labels stay as they are."""
     by_text = {str(c): c for c in schema.classes}
-    return labels.map(lambda v: by_text.get(str(v).strip(), v) if v is not None else v).astype(
-        "object"
-    )
+
+    def key(v: Any) -> str:
+        text = str(v).strip()
+        try:  # "1.0" from a spreadsheet is the class 1
+            f = float(text)
+        except ValueError:
+            return text
+        return str(int(f)) if f.is_integer() else text
+
+    return labels.map(lambda v: by_text.get(key(v), v) if v is not None else v).astype("object")
 
 
 def labels_suite(schema: SchemaSettings) -> dict[str, Any]:
