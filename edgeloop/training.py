@@ -425,23 +425,37 @@ def reproduce(settings: Settings, ref: str) -> dict[str, Any]:
     """
     import shutil
 
-    import numpy as np
-    import yaml
-
-    from edgeloop.config import settings_from_dict
     from edgeloop.registry import Registry
-    from edgeloop.store import DataStore
-    from edgeloop.versioning import DataVersioner
-    from pipelines import train as tr
 
     reg = Registry(settings)
     version = reg.resolve(ref)
     mv = reg.version(version)
     run = reg.client.get_run(mv.run_id)
-    work = settings.root / ".edgeloop" / "reproduce" / f"v{version}"
+    # DVC refuses a .dvc file in a git-ignored folder, so the workspace is a visible folder at
+    # the root, removed when done (the restored data stays in the DVC cache).
+    work = settings.root / f".reproduce-v{version}"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    try:
+        return _reproduce_in(settings, reg, version, mv, run, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _reproduce_in(
+    settings: Settings, reg: Any, version: str, mv: Any, run: Any, work: Path
+) -> dict[str, Any]:
+    import shutil
+
+    import numpy as np
+    import yaml
+
+    from edgeloop.config import settings_from_dict
+    from edgeloop.store import DataStore
+    from edgeloop.versioning import DataVersioner
+    from pipelines import train as tr
+
     config_dir = Path(reg.client.download_artifacts(mv.run_id, "config", str(work)))
     snapshot = next(config_dir.glob("*.yaml"), None) or next(config_dir.glob("*.yml"), None)
     if snapshot is None:
@@ -476,7 +490,6 @@ def reproduce(settings: Settings, ref: str) -> dict[str, Any]:
         "run_id": mv.run_id,
         "data_version": run.data.tags.get("dvc.data_version"),
         "data_restored": restored,
-        "data_path": str(work / "data"),
         "code_hash_then": run.data.tags.get("code_hash"),
         "code_hash_now": code_now,
         "code_same": run.data.tags.get("code_hash") == code_now,
