@@ -103,8 +103,10 @@ def test_demo_on_a_fresh_clone(tmp_path: Path) -> None:
     assert state["batches"]["by_status"] == {"accepted": 7, "partial": 1, "quarantined": 1}
     # 600 reference + batches 1-4 (4 x 150) + batch 5 (150 - 3 bad) + batches 6-8 (3 x 149).
     assert state["data"]["rows"] == 600 + 4 * 150 + 147 + 3 * 149
-    assert state["models"]["champion"]["version"] == "1"
+    # The first model, or a challenger promoted on shadow evidence (the demo reports which).
+    assert state["models"]["champion"]["version"].isdigit()
     assert "registered" in res.stdout and "Retrains" in res.stdout
+    assert "Shadow decision" in res.stdout and "frozen first model" in res.stdout
     # Prefect kept these runs in the project-local home, where `prefect server start` finds them.
     assert (clone / ".prefect" / "prefect.db").exists()
     # A second demo run finds every batch in the ledger: no rows added, still exit 0.
