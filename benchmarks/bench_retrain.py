@@ -33,6 +33,7 @@ Writes ``benchmarks/results/retrain.json`` (and the profile to ``benchmarks/.wor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import os
@@ -154,6 +155,18 @@ print(json.dumps({"import_prefect": t1 - t0, "first_flow": t2 - t1, "second_flow
 """
 
 
+CREATE_MLFLOW_STORE = r"""
+import sys
+from edgeloop import runtime
+from edgeloop.config import load_settings
+settings = load_settings(sys.argv[1])
+runtime.prepare(settings)
+from edgeloop.tracking import ensure_experiment
+from edgeloop.training import TRAINING_EXPERIMENT
+ensure_experiment(settings, TRAINING_EXPERIMENT)
+"""
+
+
 # ---------------------------------------------------------------------- helpers
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     """(wall seconds, result) of one call."""
@@ -258,6 +271,17 @@ def check_holdout_replica(parquet: Path, settings: Any) -> int:
     if not np.array_equal(ours, replica):
         raise RuntimeError("the baseline's holdout differs from pipelines.train.holdout_mask")
     return int(ours.sum())
+
+
+def flow_run_id(project: Path, run_id: str) -> str:
+    """The Prefect flow run of an MLflow run, read from the store with a short-lived connection."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(project / "mlflow" / "mlflow.db")) as db:
+        row = db.execute(
+            "SELECT value FROM tags WHERE run_uuid = ? AND key = 'prefect.flow_run_id'", (run_id,)
+        ).fetchone()
+    return row[0] if row else ""
 
 
 def short(path: str) -> str:
@@ -481,6 +505,9 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         os.environ["PYTHONPYCACHEPREFIX"] = str(pyc)
         sys.dont_write_bytecode = False
         sys.pycache_prefix = str(pyc)
+    if args.omp_threads:
+        # Before anything imports scikit-learn here; children inherit it.
+        os.environ["OMP_NUM_THREADS"] = str(args.omp_threads)
     # Children get the environment as it is now: before runtime.prepare() sets a Prefect home.
     env = dict(os.environ)
     once: dict[str, Any] = {}
@@ -508,10 +535,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
             cwd=project,
             env=env,
         )
-        from edgeloop.tracking import ensure_experiment
-        from edgeloop.training import TRAINING_EXPERIMENT
-
-        t_mlflow, _ = timed(lambda: ensure_experiment(settings, TRAINING_EXPERIMENT))
+        # In a subprocess: this process must not hold the MLflow database open while the
+        # rounds below swap it for a copy (SQLAlchemy would keep reading the deleted file).
+        t_mlflow, _, _ = run_cmd(
+            [sys.executable, "-c", CREATE_MLFLOW_STORE, str(project / "edgeloop.yaml")],
+            cwd=project,
+            env=env,
+        )
         once["create_prefect_db_s"] = round(t_stores, 3)
         once["create_mlflow_store_s"] = round(t_mlflow, 3)
 
@@ -537,8 +567,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         snapshot = WORK / "mlflow-snapshot"
         shutil.rmtree(snapshot, ignore_errors=True)
         shutil.copytree(project / "mlflow", snapshot)
-        from mlflow.tracking import MlflowClient
-
         script = WORK / "baseline_train.py"
         base_cmd = [sys.executable, str(script), baseline_args(settings, ref)]
         cli_cmd = [*EDGELOOP, "retrain", "--json", "--reason", "bench"]
@@ -559,8 +587,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
                 if full.get("status") != "registered":
                     raise RuntimeError(f"expected a registered model, got {full.get('status')}")
                 fulls.append(full)
-                tags = MlflowClient().get_run(full["run_id"]).data.tags
-                flow_run_ids.append(tags.get("prefect.flow_run_id", ""))
+                flow_run_ids.append(flow_run_id(project, full["run_id"]))
 
         print("cache hit (edgeloop CLI) and Prefect alone ...", flush=True)
         for _ in range(args.repeat):
@@ -577,7 +604,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     finally:
         shutil.rmtree(pyc, ignore_errors=True)
         if not args.keep:
-            for p in (WORK / "project", WORK / "warmup"):
+            for p in (WORK / "project", WORK / "warmup", WORK / "mlflow-snapshot"):
                 shutil.rmtree(p, ignore_errors=True)
 
     return summarize(args, once, wall, cpu, bases, fulls, trivial, warm, holdout_rows, source)
@@ -700,6 +727,7 @@ def summarize(
         "repeat": args.repeat,
         "full_repeat": args.full_repeat,
         "bytecode": args.bytecode,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "estimator": ESTIMATOR,
         "source_parquet_mb": round(source.stat().st_size / 1e6, 1) if source.exists() else None,
         "holdout_rows": holdout_rows,
@@ -785,6 +813,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup-rows", type=int, default=20_000)
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+    parser.add_argument(
+        "--omp-threads",
+        type=int,
+        default=0,
+        help="set OMP_NUM_THREADS for every process (0: leave it as it is)",
+    )
     parser.add_argument("--bytecode", choices=("cached", "inherit"), default="cached")
     parser.add_argument("--top", type=int, default=30, help="profile entries to list")
     parser.add_argument("--keep", action="store_true", help="keep the projects under .work/")
