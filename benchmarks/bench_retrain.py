@@ -1,10 +1,10 @@
-"""What does ``edgeloop retrain`` cost over a bare scikit-learn script, and what does a cache hit cost?
+"""What does ``edgeloop retrain`` cost over a bare scikit-learn script, and what does a cache hit?
 
 In one run, on one seeded synthetic dataset (1M labeled rows x 21 features by default):
 
-* builds a throw-away project under ``benchmarks/.work/`` (``git init`` + ``init_project`` with
-  the Parquet file, estimator ``HistGradientBoostingClassifier`` with default params; the
-  ``random_state`` comes from ``seeds.train``);
+* builds a throw-away project under ``benchmarks/.work/retrain/`` (``git init`` +
+  ``init_project`` with the Parquet file, estimator ``HistGradientBoostingClassifier`` with
+  default params; the ``random_state`` comes from ``seeds.train``);
 * baseline: a bare scikit-learn script in a cold subprocess (read the project's reference
   Parquet, the same hash-based 80/20 holdout, the same one-hot ``ColumnTransformer`` +
   estimator, fit, predict the holdout, accuracy / macro-F1 / per-class metrics);
@@ -27,7 +27,8 @@ Prefect server they start) writes and reuses ``.pyc`` files in a private tempora
 an untimed warm-up (a small project: init, retrain, baseline) fills it before anything is timed.
 ``--bytecode inherit`` keeps the environment as it is.
 
-Writes ``benchmarks/results/retrain.json`` (and the profile to ``benchmarks/.work/retrain.prof``).
+Writes ``benchmarks/results/retrain.json``; the profile and the projects go to
+``benchmarks/.work/retrain/``.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-WORK = Path(__file__).resolve().parent / ".work"
+#: Everything this benchmark writes besides its JSON (git-ignored).
+WORK = Path(__file__).resolve().parent / ".work" / "retrain"
 #: The venv's bin folder, not resolved: sys.executable may be a symlink to a base interpreter.
 BIN = Path(sys.executable).parent
 EDGELOOP = [sys.executable, str(BIN / "edgeloop")]
@@ -606,6 +608,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         if not args.keep:
             for p in (WORK / "project", WORK / "warmup", WORK / "mlflow-snapshot"):
                 shutil.rmtree(p, ignore_errors=True)
+            for p in WORK.glob("*.parquet"):
+                p.unlink()
 
     return summarize(args, once, wall, cpu, bases, fulls, trivial, warm, holdout_rows, source)
 
@@ -821,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--bytecode", choices=("cached", "inherit"), default="cached")
     parser.add_argument("--top", type=int, default=30, help="profile entries to list")
-    parser.add_argument("--keep", action="store_true", help="keep the projects under .work/")
+    parser.add_argument("--keep", action="store_true", help="keep the projects and Parquet files")
     parser.add_argument("--out", type=Path, default=RESULTS / "retrain.json")
     parser.add_argument(
         "--profile-out", type=Path, default=WORK / "retrain.prof", help="cProfile stats file"
