@@ -176,8 +176,9 @@ def close_orphan_runs(settings: Settings) -> list[str]:
 
     from edgeloop.tracking import ensure_experiment
 
-    client = MlflowClient()
+    # The experiment first: it points this process's MLflow at the project's store.
     exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
+    client = MlflowClient()
     notes = []
     recent = client.search_runs([exp], order_by=["attributes.start_time DESC"], max_results=200)
     for r in recent:

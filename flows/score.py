@@ -18,6 +18,14 @@ def score_task(settings: Settings, batch_ids: list[str] | None) -> list[dict[str
     return score_batches(settings, batch_ids)
 
 
+@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def version_task(settings: Settings) -> str:
+    """``dvc add data`` + push after the queue grew."""
+    from edgeloop.versioning import DataVersioner
+
+    return DataVersioner(settings).commit()
+
+
 @task(name="surface-edge-cases", cache_policy=NO_CACHE)
 def surface_task(settings: Settings) -> list[dict[str, Any]]:
     """Queue the rows worth labeling from every newly scored batch."""
@@ -42,6 +50,8 @@ def score(
         create_table_artifact(key="scored-batches", table=written, description="new score files")
     surfaced = surface_task(settings)
     if surfaced:
+        # The queue lives in data/: version it, so data.dvc keeps describing data/.
+        version_task(settings)
         create_table_artifact(
             key="edge-cases", table=surfaced, description="edge cases queued for annotation"
         )

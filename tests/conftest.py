@@ -43,7 +43,7 @@ def git_init(path: Path) -> None:
 
 def git_commit_all(path: Path, message: str = "snapshot") -> None:
     subprocess.run(["git", "add", "-A"], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", message], cwd=path, check=True)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", message], cwd=path, check=True)
 
 
 def small_reference(rows: int = 240, seed: int = 3):  # type: ignore[no-untyped-def]
