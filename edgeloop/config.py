@@ -13,7 +13,14 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgeloop.errors import EdgeloopError
 
@@ -207,6 +214,70 @@ class AnnotationSettings(_Frozen):
     suite: str = "labels"
 
 
+class MonitoringSettings(_Frozen):
+    """Drift and confidence monitoring of scored batches (see ``pipelines/monitor.py``)."""
+
+    #: Quantile bins of the training reference used for PSI on numeric features.
+    psi_bins: Annotated[int, Field(ge=2, le=100)] = 10
+    #: A feature drifts when its PSI is above this (0.1 = watch, 0.2 = act is the usual reading).
+    psi_threshold: Annotated[float, Field(gt=0.0)] = 0.2
+    #: ... or when its two-sample test (KS for numeric, chi-square for categorical) rejects
+    #: "same distribution" at this p-value *and* PSI is above half the threshold; the test alone
+    #: flags trivial shifts once batches have many rows.
+    p_value: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.01
+    #: A batch drifts when at least this share of its features drift.
+    drift_share_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    #: Start a retrain (through the retrain deployment when one is served) when a batch drifts.
+    retrain_on_drift: bool = True
+    #: Reference rows sampled for the drift tests (0 = all); keeps 1M-row references cheap.
+    reference_sample: Annotated[int, Field(ge=0)] = 200_000
+    #: Where dashboards and weekly reviews are written (relative to the project root).
+    reports_dir: str = "reports"
+
+
+class ScheduleSettings(_Frozen):
+    """Cron schedules of the deployments ``edgeloop deploy`` serves (see ``prefect.yaml``)."""
+
+    #: IANA timezone the crons are read in (e.g. "Europe/Berlin").
+    timezone: str = "UTC"
+    #: Nightly retrain (the cache skips it when nothing changed).
+    retrain_cron: str = "0 2 * * *"
+    #: Monitoring of newly scored batches.
+    monitor_cron: str = "0 * * * *"
+    #: Shadow evaluation of the challenger.
+    shadow_evaluate_cron: str = "30 3 * * *"
+    #: The weekly review report: Mondays 09:00.
+    weekly_review_cron: str = "0 9 * * 1"
+    #: How often a served deployment polls for runs (seconds): the click-to-start latency.
+    poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not an IANA timezone (e.g. 'UTC', 'Europe/Berlin')") from None
+        return value
+
+    @field_validator("retrain_cron", "monitor_cron", "shadow_evaluate_cron", "weekly_review_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        # Empty = that deployment has no schedule (runs start from the UI or a trigger only).
+        if value:
+            from datetime import datetime
+
+            from cronsim import CronSim, CronSimError
+
+            try:
+                CronSim(value, datetime(2026, 1, 1))
+            except CronSimError as exc:
+                raise ValueError(f"not a valid cron expression ({exc})") from None
+        return value
+
+
 class ServiceSettings(_Frozen):
     """Service locations; empty means the embedded default. Environment variables win."""
 
@@ -230,6 +301,8 @@ class Settings(_Frozen):
     shadow: ShadowSettings = Field(default_factory=ShadowSettings)
     edge_cases: EdgeCaseSettings = Field(default_factory=EdgeCaseSettings)
     annotation: AnnotationSettings = Field(default_factory=AnnotationSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
 
     # Not part of the file: where it was read from, so relative paths resolve from there.

@@ -264,6 +264,7 @@ GITIGNORE_LINES = [
     "/incoming/",
     "/scores/",
     "/exports/",
+    "/reports/",
     "/mlflow/",
 ]
 
