@@ -249,7 +249,7 @@ class ScheduleSettings(_Frozen):
     #: The weekly review report: Mondays 09:00.
     weekly_review_cron: str = "0 9 * * 1"
     #: How often a served deployment polls for runs (seconds): the click-to-start latency.
-    poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    poll_seconds: Annotated[int, Field(ge=1, le=60)] = 1
 
     @field_validator("timezone")
     @classmethod

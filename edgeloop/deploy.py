@@ -1,0 +1,138 @@
+"""Prefect deployments of the loop's flows, served from one process (``edgeloop deploy``).
+
+Every deployment is named after the project (``retrain/<project>``, ``monitor/<project>``...),
+reads the project's config by absolute path, and gets its schedule from ``schedules`` in the
+config. The Prefect UI renders each flow's typed parameters as the Run form.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from edgeloop.config import Settings
+from edgeloop.errors import EdgeloopError
+
+
+class DeployError(EdgeloopError):
+    """The deployments cannot be served (no Prefect server, a bad schedule)."""
+
+
+@dataclass(frozen=True)
+class FlowSpec:
+    """One deployment: which flow, which schedule key, what it is for."""
+
+    module: str
+    attr: str
+    cron_key: str  # key of ``schedules`` holding its cron ("" = started from the UI only)
+    description: str
+    one_at_a_time: bool = False
+
+
+FLOWS: tuple[FlowSpec, ...] = (
+    FlowSpec(
+        "flows.ingest", "ingest", "", "Validate batch files; quarantine bad ones; version data."
+    ),
+    FlowSpec(
+        "flows.score",
+        "score",
+        "",
+        "Score accepted batches (champion + shadow challenger); queue edge cases.",
+    ),
+    FlowSpec(
+        "flows.retrain",
+        "retrain",
+        "retrain_cron",
+        "Retrain on the current data version; gate; register (skipped when nothing changed).",
+        one_at_a_time=True,
+    ),
+    FlowSpec(
+        "flows.annotate", "annotate_import", "", "Import annotators' labels (Label Studio / CSV)."
+    ),
+    FlowSpec(
+        "flows.shadow_evaluate",
+        "shadow_evaluate_flow",
+        "shadow_evaluate_cron",
+        "Compare champion and challenger on ground truth; record the decision.",
+    ),
+    FlowSpec(
+        "flows.monitor",
+        "monitor",
+        "monitor_cron",
+        "Drift and confidence of scored batches; dashboard; retrain on drift.",
+    ),
+    FlowSpec(
+        "flows.weekly_review",
+        "weekly_review",
+        "weekly_review_cron",
+        "The weekly review report (markdown + HTML).",
+    ),
+)
+
+
+def require_server(settings: Settings) -> str:
+    """The Prefect API URL deployments are served against; an error if there is none."""
+    url = os.environ.get("PREFECT_API_URL") or settings.services.prefect_api_url
+    if not url:
+        raise DeployError(
+            "serving deployments needs a Prefect server: run 'edgeloop up' (starts one on "
+            "127.0.0.1), or set PREFECT_API_URL / services.prefect_api_url in "
+            f"{settings.source or 'edgeloop.yaml'}"
+        )
+    return url
+
+
+def build_deployments(settings: Settings) -> list[Any]:
+    """One ``RunnerDeployment`` per flow in ``FLOWS``, with schedules from the config."""
+    import importlib
+
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    config = str(settings.source or settings.root / "edgeloop.yaml")
+    tz = settings.schedules.timezone
+    deployments = []
+    for spec in FLOWS:
+        flow = getattr(importlib.import_module(spec.module), spec.attr)
+        schedules = []
+        expr = getattr(settings.schedules, spec.cron_key) if spec.cron_key else ""
+        if expr:
+            try:
+                schedules.append(Cron(expr, timezone=tz))
+            except ValueError as exc:  # Prefect's own parser: name the key if it disagrees
+                raise DeployError(
+                    f"{settings.source}: key 'schedules.{spec.cron_key}': {exc}"
+                ) from None
+        deployments.append(
+            flow.to_deployment(
+                name=settings.project,
+                schedules=schedules or None,
+                parameters={"config": config},
+                description=spec.description,
+                tags=["edgeloop", settings.project],
+                # One retrain at a time: extra runs wait (ENQUEUE) instead of running in
+                # parallel; the flow's own lock also refuses a CLI retrain running beside it.
+                concurrency_limit=(
+                    ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+                    if spec.one_at_a_time
+                    else None
+                ),
+                # The flows are an installed package: the runner imports them by module path,
+                # whatever folder the project lives in.
+                entrypoint_type=EntrypointType.MODULE_PATH,
+            )
+        )
+    return deployments
+
+
+def serve_deployments(settings: Settings) -> None:
+    """Serve every deployment from this process until interrupted (blocks)."""
+    require_server(settings)
+    from prefect import serve
+
+    deployments = build_deployments(settings)
+    # SIGTERM/Ctrl-C pauses the deployments (Prefect's default): no scheduled run piles up
+    # while nothing serves them; the next `edgeloop deploy` un-pauses them.
+    serve(*deployments, print_starting_message=True)

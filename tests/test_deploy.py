@@ -1,0 +1,249 @@
+"""`edgeloop up` / `edgeloop deploy` against a real Prefect server on 127.0.0.1.
+
+The slow test starts the whole local stack (Prefect server, MLflow UI, served deployments) in a
+subprocess, starts runs through the REST call the UI's Run button makes, checks what they left
+in MLflow, follows a drift event to the retrain it starts, and stops the stack with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import git_commit_all, run_cli, small_reference
+
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def edit_config(root: Path, **sections: dict[str, Any]) -> None:
+    path = root / "edgeloop.yaml"
+    data = yaml.safe_load(path.read_text())
+    for key, values in sections.items():
+        data.setdefault(key, {}).update(values)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+# ---------------------------------------------------------------- quick checks, no server
+
+
+def test_deploy_without_a_server_says_how_to_get_one(project: Path) -> None:
+    res = run_cli("deploy", cwd=project, timeout=120)
+    assert res.returncode == 2
+    assert "edgeloop up" in res.stderr and "PREFECT_API_URL" in res.stderr
+
+
+def test_bad_cron_or_timezone_is_an_error_naming_the_key(project: Path) -> None:
+    edit_config(project, schedules={"retrain_cron": "0 25 * * *", "timezone": "Mars/Olympus"})
+    for command in ("deploy", "up"):
+        res = run_cli(command, cwd=project, timeout=120)
+        assert res.returncode == 2, res.stderr
+        assert "schedules.retrain_cron" in res.stderr
+        assert "schedules.timezone" in res.stderr
+        assert "edgeloop.yaml" in res.stderr
+
+
+def test_up_refuses_a_port_in_use_and_starts_nothing(project: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = run_cli(
+            "up", "--prefect-port", str(port), "--mlflow-port", str(free_port()),
+            cwd=project, timeout=120,
+        )  # fmt: skip
+    assert res.returncode == 2
+    assert f"port {port}" in res.stderr and "--prefect-port" in res.stderr
+    assert not (project / ".edgeloop" / "logs" / "prefect-server.log").exists()
+
+
+# ---------------------------------------------------------------- the real stack
+
+
+class Stack:
+    """A running `edgeloop up` and a small client for its Prefect REST API."""
+
+    def __init__(self, root: Path, proc: subprocess.Popen[str], api: str, mlflow: str) -> None:
+        import httpx
+
+        self.root, self.proc, self.api, self.mlflow_url = root, proc, api, mlflow
+        self.http = httpx.Client(base_url=api, timeout=30)
+
+    def deployment(self, flow: str) -> dict[str, Any]:
+        res = self.http.get(f"/deployments/name/{flow}/{self.root.name}")
+        res.raise_for_status()
+        return res.json()
+
+    def click_run(self, flow: str, **parameters: Any) -> dict[str, Any]:
+        """What the UI's Run button does: create a flow run of the deployment."""
+        dep = self.deployment(flow)
+        res = self.http.post(
+            f"/deployments/{dep['id']}/create_flow_run", json={"parameters": parameters}
+        )
+        res.raise_for_status()
+        return res.json()
+
+    def wait(self, run_id: str, timeout: float = 420) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.http.get(f"/flow_runs/{run_id}").json()
+            if run["state"]["type"] in TERMINAL:
+                return run
+            time.sleep(1)
+        raise AssertionError(f"flow run {run_id} did not finish in {timeout} s: {run['state']}")
+
+    def runs_of(self, flow: str) -> list[dict[str, Any]]:
+        dep = self.deployment(flow)
+        res = self.http.post(
+            "/flow_runs/filter", json={"flow_runs": {"deployment_id": {"any_": [dep["id"]]}}}
+        )
+        res.raise_for_status()
+        return res.json()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    import psutil
+
+    from edgeloop.project import init_project
+    from tests.conftest import git_init
+
+    base = tmp_path_factory.mktemp("up")
+    root = base / "upproj"
+    root.mkdir()
+    git_init(root)
+    src = base / "reference.csv"
+    small_reference(rows=600, seed=4).to_csv(src, index=False)
+    init_project(root, data=src, target="label")
+    edit_config(
+        root,
+        # Four features: a batch drifts when one of them does.
+        monitoring={"drift_share_threshold": 0.25},
+        gates={"min_accuracy": 0.0, "min_macro_f1": 0.0},
+        training={"params": {"n_estimators": 20, "n_jobs": 1}},
+    )
+    data = yaml.safe_load((root / "edgeloop.yaml").read_text())
+    data["project"] = root.name  # deployment names are the project's
+    (root / "edgeloop.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    git_commit_all(root, "init")
+
+    pport, mport = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}
+    exe = Path(sys.executable).with_name("edgeloop")
+    log = (base / "up.out").open("w")
+    proc = subprocess.Popen(
+        [str(exe), "up", "--prefect-port", str(pport), "--mlflow-port", str(mport)],
+        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    out = base / "up.out"
+    deadline = time.monotonic() + 300
+    while "ready;" not in out.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"edgeloop up did not become ready:\n{out.read_text()}")
+        time.sleep(1)
+    s = Stack(root, proc, f"http://127.0.0.1:{pport}/api", f"http://127.0.0.1:{mport}")
+    try:
+        yield s
+    finally:
+        family = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            proc.wait(timeout=90)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+        # Nothing `up` started may outlive it: server, uvicorn, MLflow workers, the runner.
+        time.sleep(1)
+        alive = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not alive, f"orphaned processes after Ctrl-C: {[p.cmdline() for p in alive]}"
+        assert proc.returncode == 0, out.read_text()
+
+
+@pytest.mark.slow
+def test_up_serves_every_deployment_with_a_form_and_schedules(stack: Stack) -> None:
+    import httpx
+
+    retrain = stack.deployment("retrain")
+    schema = retrain["parameter_openapi_schema"]["properties"]
+    # The UI renders these as the Run form.
+    assert schema["reason"]["type"] == "string"
+    assert schema["force"]["type"] == "boolean"
+    assert schema["max_rows"]["type"] == "integer"
+    assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 2 * * *"]
+    assert retrain["schedules"][0]["schedule"]["timezone"] == "UTC"
+    assert retrain["concurrency_limit"] == 1 or retrain.get("global_concurrency_limit")
+    assert stack.deployment("ingest")["parameter_openapi_schema"]["required"] == ["paths"]
+    weekly = stack.deployment("weekly-review")
+    assert [s["schedule"]["cron"] for s in weekly["schedules"]] == ["0 9 * * 1"]
+    for flow in ("score", "annotate-import", "shadow-evaluate", "monitor"):
+        assert stack.deployment(flow)["parameters"]["config"].endswith("edgeloop.yaml")
+    # The MLflow UI runs on the project's store.
+    assert httpx.get(f"{stack.mlflow_url}/health", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_run_button_retrain_then_drift_triggers_a_retrain(stack: Stack) -> None:
+    import mlflow
+
+    from edgeloop.config import load_settings
+    from edgeloop.tracking import configure, experiment_name
+
+    # 1. Click "Run" on the retrain deployment with parameters from the form.
+    run = stack.click_run("retrain", reason="clicked in the UI", force=True)
+    done = stack.wait(run["id"])
+    assert done["state"]["type"] == "COMPLETED", done["state"]
+    assert done["parameters"]["reason"] == "clicked in the UI"
+    settings = load_settings(stack.root / "edgeloop.yaml")
+    configure(settings)
+    exp = mlflow.get_experiment_by_name(experiment_name(settings, "training"))
+    found = mlflow.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{run['id']}'",
+        output_format="list",
+    )
+    assert len(found) == 1
+    assert found[0].data.tags["edgeloop.reason"] == "clicked in the UI"
+    assert found[0].data.tags["edgeloop.decision"] == "registered"
+    assert found[0].data.metrics["accuracy"] > 0.3
+
+    # 2. A drifted batch: rows of the high-income tail, inside the suite's ranges.
+    pool = small_reference(rows=3000, seed=9)
+    drifted = pool[pool["income"] > pool["income"].quantile(0.8)].drop(columns=["label"])
+    batch = stack.root / "incoming" / "drifted.csv"
+    batch.parent.mkdir(exist_ok=True)
+    drifted.to_csv(batch, index=False)
+    for flow, params in (("ingest", {"paths": [str(batch)]}), ("score", {})):
+        r = stack.wait(stack.click_run(flow, **params)["id"])
+        assert r["state"]["type"] == "COMPLETED", (flow, r["state"])
+
+    # 3. Monitoring flags the drift and starts a retrain through the retrain deployment.
+    before = {r["id"] for r in stack.runs_of("retrain")}
+    mon = stack.wait(stack.click_run("monitor")["id"])
+    assert mon["state"]["type"] == "COMPLETED", mon["state"]
+    deadline = time.monotonic() + 60
+    triggered: list[dict[str, Any]] = []
+    while not triggered and time.monotonic() < deadline:
+        triggered = [r for r in stack.runs_of("retrain") if r["id"] not in before]
+        time.sleep(1)
+    assert len(triggered) == 1, "drift did not start a retrain run"
+    assert triggered[0]["parameters"]["reason"].startswith("drift")
+    assert "income" in triggered[0]["parameters"]["reason"]
+    finished = stack.wait(triggered[0]["id"])
+    assert finished["state"]["type"] == "COMPLETED", finished["state"]
