@@ -494,6 +494,58 @@ def serve(host: str | None, port: int | None, config: str | None) -> None:
 
 
 @main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+def deploy(config: str | None) -> None:
+    """Serve the deployments (ingest, score, retrain, annotate, shadow-evaluate, monitor,
+    weekly review) on the Prefect server at PREFECT_API_URL, with schedules from the config.
+
+    Runs until interrupted; `edgeloop up` starts a server and runs this for you.
+    """
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        # The runner reads its poll interval when Prefect is imported: set it first. A short
+        # poll is what makes a click in the UI start a run within seconds.
+        os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(settings.schedules.poll_seconds))
+        from edgeloop.deploy import serve_deployments
+
+        serve_deployments(settings)
+    except EdgeloopError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--prefect-port", default=4200, show_default=True, help="Prefect server/UI port.")
+@click.option("--mlflow-port", default=5000, show_default=True, help="MLflow UI port.")
+@click.option("--no-mlflow-ui", is_flag=True, help="Do not start the MLflow UI.")
+def up(config: str | None, prefect_port: int, mlflow_port: int, no_mlflow_ui: bool) -> None:
+    """Start a Prefect server, the MLflow UI and the deployments on 127.0.0.1.
+
+    Ctrl-C stops all of them. With PREFECT_API_URL set, uses that server instead of starting one.
+    Exits 2 when a port is in use.
+    """
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        from edgeloop.up import run_up
+
+        code = run_up(
+            settings,
+            prefect_port=prefect_port,
+            mlflow_port=mlflow_port,
+            mlflow_ui=not no_mlflow_ui,
+            echo=click.echo,
+        )
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    sys.exit(code)
+
+
+@main.command()
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--rows", default=1_000_000, show_default=True, help="Number of rows.")
 @click.option("--seed", default=0, show_default=True, help="Random seed.")
