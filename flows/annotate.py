@@ -90,15 +90,13 @@ def annotate_import(
         new = labels_since_last_retrain(settings)
         result["labels_since_retrain"] = new
         if new >= n:
-            from edgeloop.errors import GateError
-            from flows.retrain import retrain
+            from edgeloop.triggers import request_retrain
 
-            try:
-                result["retrain"] = retrain(
-                    reason=f"label volume: {new} new labels since the last retrain", config=config
-                )
-            except GateError as exc:
-                result["retrain"] = exc.result
+            # Through the retrain deployment when one is served, else as a subflow.
+            started = request_retrain(
+                settings, f"label volume: {new} new labels since the last retrain", config=config
+            )
+            result["retrain"] = started.get("result", started)
     create_markdown_artifact(
         key="label-import",
         markdown=(
