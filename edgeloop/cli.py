@@ -35,7 +35,29 @@ def _settings(config: str | None) -> Any:
     return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns a lost connection to the Prefect server into one clear line (exit 3)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            from edgeloop.runtime import api_unreachable
+
+            if not api_unreachable(exc):
+                raise
+            url = os.environ.get("PREFECT_API_URL") or "the embedded Prefect server"
+            click.secho(
+                f"error: lost the connection to {url} during the run ({exc}). Work already "
+                "done is kept (MLflow runs, registry, data versions); rerun the command when "
+                "the server is back: finished steps are skipped.",
+                fg="red",
+                err=True,
+            )
+            sys.exit(3)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="edgeloop")
 def main() -> None:
     """edgeloop: validate batches, surface edge cases, retrain, shadow, promote, monitor.
@@ -357,10 +379,13 @@ def annotate_import(
         click.echo(
             f"backlog: {s['open']} open, oldest {s['oldest_open_hours']} h, within {s['sla_days']}-day SLA: {s['within_sla_share']}"
         )
-        if "retrain" in out:
+        rt = out.get("retrain")
+        if rt and rt.get("mode") == "deployment":
             click.echo(
-                f"label-volume retrain: {out['retrain'].get('status')}: {out['retrain'].get('message')}"
+                f"label-volume retrain started: {rt['deployment']} run {rt['flow_run_name']}"
             )
+        elif rt:
+            click.echo(f"label-volume retrain: {rt.get('status')}: {rt.get('message')}")
     sys.exit(code)
 
 
@@ -388,6 +413,86 @@ def score(config: str | None, as_json: bool) -> None:
         click.echo(f"scored {w['batch_id']} with {w['alias']} v{w['version']} ({w['rows']} rows)")
     if not written:
         click.echo("nothing new to score")
+
+
+@main.command("report")
+@click.option(
+    "--days", default=7, show_default=True, type=click.IntRange(min=1), help="Window length."
+)
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the review as JSON.")
+def report_cmd(days: int, config: str | None, as_json: bool) -> None:
+    """Write the weekly review (markdown + HTML): retrains, drift, quarantine, annotation SLA,
+    shadow, promotions and rollbacks of the last DAYS days, linked to their runs."""
+    from edgeloop import runtime
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        from flows.weekly_review import weekly_review
+
+        runtime.quiet_expected_errors()
+        out = weekly_review(days=days, config=str(settings.source))
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    c = out["counts"]
+    click.echo(
+        f"{out['window']['start'][:10]} to {out['window']['end'][:10]}: {c['retrains']} retrain(s),"
+        f" {c['batches_drifted']}/{c['batches_monitored']} batch(es) drifted,"
+        f" {c['quarantined_batches']} quarantined, {c['annotation_open']} open annotation(s),"
+        f" {c['promotions']} promotion(s), {c['rollbacks']} rollback(s)"
+    )
+    click.echo(f"  markdown: {out['markdown']}")
+    click.echo(f"  html:     {out['html']}")
+    click.echo(f"  MLflow run: {out['mlflow_run_id']}")
+
+
+@main.command()
+@click.option("--config", "config", default=None, help=CONFIG_HELP)
+@click.option("--no-retrain", is_flag=True, help="Do not start a retrain when a batch drifted.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def monitor(config: str | None, no_retrain: bool, as_json: bool) -> None:
+    """Drift and confidence of scored batches against the reference: an MLflow run per batch,
+    the dashboard in reports/, and a retrain when a batch drifted."""
+    from edgeloop import runtime
+    from edgeloop.errors import EdgeloopError
+
+    try:
+        settings = _settings(config)
+        from flows.monitor import monitor as monitor_flow
+
+        runtime.quiet_expected_errors()
+        out = monitor_flow(retrain_on_drift=not no_retrain, config=str(settings.source))
+    except EdgeloopError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    for b in out["monitored"]:
+        names = ", ".join(b["drifted_features"][:8]) or "none"
+        line = (
+            f"{b['batch_id']}: {b['n_drifted']} of {b['n_features']} features drifted ({names}),"
+            f" mean confidence {b['mean_confidence'] or 0:.3f}"
+        )
+        click.secho(f"DRIFT {line}" if b["drifted"] else line, fg="red" if b["drifted"] else None)
+    if not out["monitored"]:
+        click.echo("nothing new to monitor")
+    if out["not_scored"]:
+        click.echo(f"not scored yet (run 'edgeloop score'): {', '.join(out['not_scored'])}")
+    rt = out.get("retrain")
+    if rt and rt.get("mode") == "deployment":
+        click.echo(f"drift retrain started: {rt['deployment']} run {rt['flow_run_name']}")
+    elif rt and rt.get("mode") == "failed":
+        click.secho(f"drift retrain could not start: {rt['error']}", fg="red", err=True)
+    elif rt:
+        res = rt.get("result") or {}
+        click.echo(f"drift retrain: {res.get('status')}: {res.get('message')}")
+    click.echo(f"dashboard: {out['dashboard']}")
 
 
 @main.command("shadow-evaluate")

@@ -28,6 +28,9 @@ class FlowSpec:
     cron_key: str  # key of ``schedules`` holding its cron ("" = started from the UI only)
     description: str
     one_at_a_time: bool = False
+    #: Flow names whose finished runs (of this project) start this deployment: the chain
+    #: ingest -> score -> monitor runs without anyone clicking.
+    after: tuple[str, ...] = ()
 
 
 FLOWS: tuple[FlowSpec, ...] = (
@@ -39,6 +42,7 @@ FLOWS: tuple[FlowSpec, ...] = (
         "score",
         "",
         "Score accepted batches (champion + shadow challenger); queue edge cases.",
+        after=("ingest",),
     ),
     FlowSpec(
         "flows.retrain",
@@ -61,6 +65,7 @@ FLOWS: tuple[FlowSpec, ...] = (
         "monitor",
         "monitor_cron",
         "Drift and confidence of scored batches; dashboard; retrain on drift.",
+        after=("score",),
     ),
     FlowSpec(
         "flows.weekly_review",
@@ -122,9 +127,27 @@ def build_deployments(settings: Settings) -> list[Any]:
                 # The flows are an installed package: the runner imports them by module path,
                 # whatever folder the project lives in.
                 entrypoint_type=EntrypointType.MODULE_PATH,
+                triggers=[_after(flow_name, settings.project) for flow_name in spec.after],
             )
         )
     return deployments
+
+
+def _after(flow_name: str, project: str) -> Any:
+    """A trigger: run this deployment when a run of ``flow_name`` in ``project`` finishes."""
+    from prefect.events import DeploymentEventTrigger
+
+    return DeploymentEventTrigger(
+        name=f"after {flow_name}",
+        # Failed too: an ingest that quarantined some batches still accepted others.
+        expect={"prefect.flow-run.Completed", "prefect.flow-run.Failed"},
+        # Every spec must match: the upstream flow, and this project's tag (so two projects
+        # on one server do not start each other's runs).
+        match_related=[
+            {"prefect.resource.role": "flow", "prefect.resource.name": flow_name},
+            {"prefect.resource.id": f"prefect.tag.{project}"},
+        ],
+    )
 
 
 def serve_deployments(settings: Settings) -> None:

@@ -49,10 +49,38 @@ class _HideExpected:
         from edgeloop.errors import EdgeloopError
 
         exc = getattr(record, "exc_info", None)
-        if exc and isinstance(exc[1], EdgeloopError):
+        if exc and (isinstance(exc[1], EdgeloopError) or api_unreachable(exc[1])):
             return False
         msg = str(getattr(record, "msg", ""))
+        # A server that went away: Prefect logs every event it could not send, with the whole
+        # event; the CLI says it once (see ``api_unreachable``).
+        if any(m in msg for m in _LOST_SERVER_NOISE):
+            return False
         return not ("Finished in state Failed" in msg and "Error" in msg and "edgeloop" in msg)
+
+
+_LOST_SERVER_NOISE = (
+    "failed to process item Event",
+    "Unable to connect to 'ws",
+    "Encountered exception during execution: ConnectError",
+)
+
+
+def api_unreachable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or its cause) is a lost connection to a server (Prefect, MLflow)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        mod = type(exc).__module__
+        if mod.startswith(("httpx", "httpcore")) and type(exc).__name__ in (
+            "ConnectError",
+            "ConnectTimeout",
+            "ReadError",
+            "RemoteProtocolError",
+            "ReadTimeout",
+        ):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def quiet_expected_errors() -> None:

@@ -107,6 +107,19 @@ class Stack:
             time.sleep(1)
         raise AssertionError(f"flow run {run_id} did not finish in {timeout} s: {run['state']}")
 
+    def wait_for_new_run(
+        self, flow: str, after: dict[str, Any], timeout: float = 120
+    ) -> dict[str, Any]:
+        """The first run of ``flow``'s deployment created after the run ``after`` started."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            new = [r for r in self.runs_of(flow) if r["created"] > after["start_time"]]
+            if new:
+                assert len(new) == 1, f"{len(new)} {flow} runs started, expected one"
+                return new[0]
+            time.sleep(1)
+        raise AssertionError(f"no {flow} run started within {timeout} s after {after['name']}")
+
     def runs_of(self, flow: str) -> list[dict[str, Any]]:
         dep = self.deployment(flow)
         res = self.http.post(
@@ -229,21 +242,89 @@ def test_run_button_retrain_then_drift_triggers_a_retrain(stack: Stack) -> None:
     batch = stack.root / "incoming" / "drifted.csv"
     batch.parent.mkdir(exist_ok=True)
     drifted.to_csv(batch, index=False)
-    for flow, params in (("ingest", {"paths": [str(batch)]}), ("score", {})):
-        r = stack.wait(stack.click_run(flow, **params)["id"])
-        assert r["state"]["type"] == "COMPLETED", (flow, r["state"])
+    ingest = stack.wait(stack.click_run("ingest", paths=[str(batch)])["id"])
+    assert ingest["state"]["type"] == "COMPLETED", ingest["state"]
 
-    # 3. Monitoring flags the drift and starts a retrain through the retrain deployment.
-    before = {r["id"] for r in stack.runs_of("retrain")}
-    mon = stack.wait(stack.click_run("monitor")["id"])
-    assert mon["state"]["type"] == "COMPLETED", mon["state"]
-    deadline = time.monotonic() + 60
-    triggered: list[dict[str, Any]] = []
-    while not triggered and time.monotonic() < deadline:
-        triggered = [r for r in stack.runs_of("retrain") if r["id"] not in before]
-        time.sleep(1)
-    assert len(triggered) == 1, "drift did not start a retrain run"
-    assert triggered[0]["parameters"]["reason"].startswith("drift")
-    assert "income" in triggered[0]["parameters"]["reason"]
-    finished = stack.wait(triggered[0]["id"])
+    # 3. Nobody clicks again: ingest's completion starts score, score's starts monitor, and
+    # monitoring flags the drift and starts a retrain through the retrain deployment.
+    score = stack.wait(stack.wait_for_new_run("score", after=ingest)["id"])
+    assert score["state"]["type"] == "COMPLETED", score["state"]
+    monitor = stack.wait(stack.wait_for_new_run("monitor", after=score)["id"])
+    assert monitor["state"]["type"] == "COMPLETED", monitor["state"]
+    triggered = stack.wait_for_new_run("retrain", after=monitor)
+    assert triggered["parameters"]["reason"].startswith("drift")
+    assert "income" in triggered["parameters"]["reason"]
+    finished = stack.wait(triggered["id"])
     assert finished["state"]["type"] == "COMPLETED", finished["state"]
+
+
+@pytest.mark.slow
+def test_server_gone_mid_run_fails_clearly_and_the_rerun_resumes(
+    project: Path, tmp_path: Path
+) -> None:
+    """Kill the Prefect server while a retrain trains: a clear error, nothing lost, rerun ok."""
+    import httpx
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false"
+    )
+
+    def start_server() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("prefect")), "server", "start",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("prefect server did not start")
+
+    api = {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_CLIENT_MAX_RETRIES": "1"}
+    release = tmp_path / "release"
+    server = start_server()
+    try:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("edgeloop")), "retrain", "--reason", "server gone"],
+            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**{k: v for k, v in os.environ.items() if k != "PREFECT_HOME"}, **api,
+                 "EDGELOOP_FAULT": "hold:train", "EDGELOOP_FAULT_RELEASE": str(release)},
+        )  # fmt: skip
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "paused at train" in line, line
+        os.killpg(server.pid, signal.SIGKILL)  # the server goes away mid-run
+        server.wait(timeout=30)
+        release.touch()
+        _out, err = proc.communicate(timeout=400)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+    assert proc.returncode == 3, err[-3000:]
+    assert "lost the connection to http://127.0.0.1" in err
+    assert "Traceback" not in err, err[-3000:]
+
+    # Nothing is lost: the model trained before the server went away is registered...
+    from edgeloop.config import load_settings
+    from edgeloop.registry import Registry
+    from edgeloop.tracking import configure
+
+    settings = load_settings(project / "edgeloop.yaml")
+    configure(settings)
+    assert Registry(settings).aliases().get("champion") == "1"
+
+    # ...and the rerun, with the server back, resumes: the finished retrain is a cache hit.
+    server = start_server()
+    try:
+        res = run_cli("retrain", "--reason", "server back", "--json", cwd=project, env=api)
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"status": "cached"' in res.stdout or "cached" in res.stdout
