@@ -79,9 +79,16 @@ def ensure_experiment(settings: Settings, kind: str) -> str:
         raise StoreError(f"MLflow store {tracking_uri(settings)} is unreachable: {exc}") from None
 
 
+#: Set by ``edgeloop up`` for the processes it starts: where its MLflow UI answers.
+ENV_MLFLOW_UI_URL = "EDGELOOP_MLFLOW_UI_URL"
+
+
 def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
     """Where to see a run: the UI path on a server, or the store-relative locator locally."""
     base = settings.services.mlflow_tracking_uri
+    if not base.startswith("http"):
+        # `edgeloop up` serves the MLflow UI on the embedded store and says where.
+        base = os.environ.get(ENV_MLFLOW_UI_URL, "")
     if base.startswith("http"):
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow ui -> experiment {experiment_id}, run {run_id}"

@@ -168,6 +168,10 @@ class Stack:
         if deploy:
             deploy_env = {
                 **env,
+                # Runs link to the MLflow UI started here (reports, artifacts).
+                **(
+                    {"EDGELOOP_MLFLOW_UI_URL": self.urls["mlflow"]} if "mlflow" in self.urls else {}
+                ),
                 "PREFECT_API_URL": api,
                 "PREFECT_RUNNER_POLL_FREQUENCY": str(self.settings.schedules.poll_seconds),
             }
