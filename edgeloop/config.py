@@ -199,6 +199,26 @@ class EdgeCaseSettings(_Frozen):
     budget: Annotated[int, Field(ge=0)] = 25
     #: No predicted class takes more than this share of a batch's budget.
     max_class_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    #: Diversity in feature space: the candidates (rows some strategy flags) are grouped into at
+    #: most this many clusters by k-means on their standardised numeric features, fitted on a
+    #: seeded sample of them; each selected row carries its cluster id (0 turns clustering and
+    #: the cluster cap off).
+    n_clusters: Annotated[int, Field(ge=0, le=256)] = 8
+    #: No cluster takes more than this share of a batch's budget; a capped cluster's place goes
+    #: to other clusters, and when too few clusters have candidates the batch gets fewer rows
+    #: than the budget, as with the class cap (0 turns the cluster cap and clustering off).
+    max_cluster_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
+    #: Seed of the clustering (sample and k-means start): the same batch and seed always give
+    #: the same clusters and so the same selection.
+    cluster_seed: int = 0
+
+    @field_validator("n_clusters")
+    @classmethod
+    def _not_one_cluster(cls, v: int) -> int:
+        # One cluster would be a second, smaller budget, not diversity.
+        if v == 1:
+            raise ValueError("n_clusters is 0 (off) or at least 2")
+        return v
 
 
 class AnnotationSettings(_Frozen):

@@ -107,13 +107,14 @@ def rules(tmp_path: Path) -> list[Rule]:
 
 
 def settings(**kw: object) -> EdgeCaseSettings:
-    """Every strategy off, no budget, no diversity cap, unless asked."""
+    """Every strategy off, no budget, no diversity cap (class or cluster), unless asked."""
     base: dict[str, object] = {
         "min_confidence": 0.0,
         "min_margin": 0.0,
         "disagreement": False,
         "budget": 0,
         "max_class_share": 1.0,
+        "n_clusters": 0,
     }
     return EdgeCaseSettings(**{**base, **kw})
 
@@ -337,6 +338,155 @@ def test_everything_excluded_gives_an_empty_frame(scores: pd.DataFrame) -> None:
     assert out.empty and list(out.columns) == EMPTY_COLUMNS
 
 
+# ------------------------------------------------------------------ cluster cap
+def blob_batch(
+    n_tight: int = 120, n_spread: int = 80, seed: int = 5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Uncertain rows only: ``n_tight`` in one tight blob of feature space, the least certain
+    of the batch (they lead the priority order), and ``n_spread`` spread over four far blobs.
+
+    Classes are dealt round-robin so the class cap never binds.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_tight + n_spread
+    tight = np.r_[np.ones(n_tight, dtype=bool), np.zeros(n_spread, dtype=bool)]
+    centres = np.array([[40.0, 0.0], [-40.0, 0.0], [0.0, 40.0], [0.0, -40.0]])
+    xy = np.empty((n, 2))
+    xy[tight] = 5.0 + rng.normal(0.0, 0.01, (n_tight, 2))
+    xy[~tight] = centres[np.arange(n_spread) % 4] + rng.normal(0.0, 2.0, (n_spread, 2))
+    margin = np.where(tight, rng.uniform(0.00, 0.05, n), rng.uniform(0.10, 0.20, n))
+    scores = pd.DataFrame(
+        {
+            "row_id": [f"{'t' if t else 's'}{i:03d}" for i, t in enumerate(tight)],
+            "batch_id": "b3",
+            "predicted": np.arange(n) % 3,
+            "confidence": np.full(n, 0.45),
+            "margin": margin,
+        }
+    )
+    features = pd.DataFrame(
+        {"x": xy[:, 0], "y": xy[:, 1], "scanner": pd.array(rng.choice(["A", "B"], n), dtype="str")}
+    )
+    return scores, features
+
+
+CLUSTERS = {"min_confidence": 0.6, "budget": 20, "n_clusters": 8, "max_cluster_share": 0.25}
+
+
+def test_cluster_cap_keeps_a_tight_cluster_from_taking_the_budget() -> None:
+    scores, features = blob_batch()
+    # Without the cap the tight blob (the least certain rows) takes the whole budget.
+    plain = select(scores, settings(min_confidence=0.6, budget=20), features=features)
+    assert len(plain) == 20 and all(r.startswith("t") for r in plain["row_id"])
+    out = select(scores, settings(**CLUSTERS), features=features)
+    cap = math.ceil(20 * 0.25)
+    tight = out[out["row_id"].str.startswith("t")]
+    # The blob is one cluster: it gets its share, the other clusters fill the budget.
+    assert len(out) == 20
+    assert len(tight) == cap and tight["cluster"].nunique() == 1
+    assert out["cluster"].value_counts().max() <= cap
+    assert (out["cluster"] >= 0).all()
+    # Within the cap the blob's least certain rows win, and the whole is in priority order.
+    assert set(tight["row_id"]) == set(plain["row_id"].iloc[:cap])
+    assert out["priority"].is_monotonic_decreasing
+
+
+def test_cluster_cap_and_class_cap_hold_together() -> None:
+    scores, features = blob_batch()
+    tight = scores["row_id"].str.startswith("t").to_numpy()
+    # The blob is all class 0; the spread rows are classes 1 and 2.
+    scores = scores.assign(predicted=np.where(tight, 0, 1 + np.arange(len(scores)) % 2))
+    out = select(scores, settings(**CLUSTERS, max_class_share=0.4), features=features)
+    assert len(out) == 20
+    assert out["predicted"].value_counts().max() <= math.ceil(20 * 0.4)
+    assert out["cluster"].value_counts().max() <= math.ceil(20 * 0.25)
+    # Both caps bind: class 0 is the blob, which one cluster's share limits; with classes 1
+    # and 2 capped at 8 each, 4 places stay empty.
+    only_two = select(
+        scores.assign(predicted=np.where(tight, 0, 1)),
+        settings(**CLUSTERS, max_class_share=0.4),
+        features=features,
+    )
+    assert only_two["predicted"].value_counts().to_dict() == {0: 5, 1: 8}
+
+
+def test_cluster_selection_is_deterministic_for_a_seed() -> None:
+    scores, features = blob_batch(n_tight=400, n_spread=400)  # more rows than the k-means sample
+    first = select(scores, settings(**CLUSTERS, cluster_seed=3), features=features)
+    again = select(scores, settings(**CLUSTERS, cluster_seed=3), features=features)
+    pd.testing.assert_frame_equal(first, again)
+    other = select(scores, settings(**CLUSTERS, cluster_seed=4), features=features)
+    assert len(other) == 20 and other["cluster"].value_counts().max() <= 5
+
+
+def test_cluster_cap_off_restores_the_class_only_selection() -> None:
+    scores, features = blob_batch()
+    old = select(scores, settings(min_confidence=0.6, budget=20), features=features)
+    for off in ({"n_clusters": 0}, {"max_cluster_share": 0.0}):
+        out = select(scores, settings(**{**CLUSTERS, **off}), features=features)
+        pd.testing.assert_frame_equal(out, old)
+        assert "cluster" not in out.columns
+
+
+def test_clusters_are_fitted_on_the_candidates_only() -> None:
+    """Rows no strategy flags (here: certain rows far away) change neither clusters nor picks."""
+    scores, features = blob_batch()
+    certain = scores.iloc[:50].assign(
+        row_id=[f"c{i:03d}" for i in range(50)], confidence=0.99, margin=0.98
+    )
+    far = pd.DataFrame({"x": np.linspace(900, 1000, 50), "y": -900.0, "scanner": "A"})
+    more = pd.concat([scores, certain], ignore_index=True)
+    more_features = pd.concat([features, far.astype({"scanner": "str"})], ignore_index=True)
+    base = select(scores, settings(**CLUSTERS), features=features)
+    out = select(more, settings(**CLUSTERS), features=more_features)
+    pd.testing.assert_frame_equal(out, base)
+
+
+def test_one_cluster_of_candidates_gets_its_share_only() -> None:
+    """Identical feature rows are one cluster: the cap holds and the budget is not filled."""
+    scores, features = blob_batch()
+    same = features.assign(x=1.0, y=2.0)
+    out = select(scores, settings(**CLUSTERS), features=same)
+    assert len(out) == math.ceil(20 * 0.25)
+    assert set(out["cluster"]) == {0}
+
+
+def test_without_numeric_features_rows_are_not_clustered() -> None:
+    scores, features = blob_batch()
+    plain = select(scores, settings(min_confidence=0.6, budget=20), features=features)
+    for feats in (None, features[["scanner"]]):
+        out = select(scores, settings(**CLUSTERS), features=feats)
+        assert (out["cluster"] == -1).all()
+        pd.testing.assert_frame_equal(out.drop(columns="cluster"), plain)
+
+
+def test_cluster_cap_with_exclusions_and_missing_values() -> None:
+    scores, features = blob_batch()
+    features = features.assign(x=features["x"].where(np.arange(len(features)) % 7 != 0))
+    exclude = set(scores["row_id"].iloc[::3])
+    out = select(scores, settings(**CLUSTERS), features=features, exclude=exclude)
+    assert len(out) == 20 and not set(out["row_id"]) & exclude
+    assert out["cluster"].value_counts().max() <= 5
+
+
+def test_cluster_cap_does_not_modify_inputs() -> None:
+    scores, features = blob_batch()
+    features = features.assign(x=features["x"].where(np.arange(len(features)) % 5 != 0))
+    scores_before, features_before = scores.copy(deep=True), features.copy(deep=True)
+    exclude = {"t000", "s150"}
+    out = select(scores, settings(**CLUSTERS), features=features, exclude=exclude)
+    assert len(out) == 20
+    pd.testing.assert_frame_equal(scores, scores_before)
+    pd.testing.assert_frame_equal(features, features_before)
+    assert exclude == {"t000", "s150"}
+
+
+def test_one_cluster_is_not_a_setting() -> None:
+    with pytest.raises(ValueError, match="n_clusters"):
+        EdgeCaseSettings(n_clusters=1)
+    assert EdgeCaseSettings().n_clusters > 1 and 0 < EdgeCaseSettings().max_cluster_share < 1
+
+
 # ------------------------------------------------------------------ inputs, empties
 def test_inputs_are_not_modified(
     scores: pd.DataFrame, features: pd.DataFrame, rules: list[Rule]
@@ -548,3 +698,24 @@ def test_in_on_a_float_column_matches_numbers() -> None:
     rule = Rule("small", "", (Condition("x", "in", [0, 1]),))
     masks = rule_masks({"x": np.array([0.0, 1.0, 2.0])}, [rule], 3)
     assert masks["small"].tolist() == [True, True, False]
+
+
+def test_text_condition_after_a_numeric_one_keeps_missing_value_semantics() -> None:
+    """The text condition is evaluated only on the rows the numeric one left (fewer than half
+    here): a missing text is never equal to a value, so ``!=`` holds for it."""
+    columns = {
+        "x": np.array([1, 1, 1, 9, 9, 9, 9, 9]),
+        "s": pd.Series(pd.array(["A", None, "C", "A", "B", None, "C", "A"], dtype="str")),
+    }
+    rules = [
+        Rule("ne", "", (Condition("s", "!=", "A"), Condition("x", "<", 5))),
+        Rule("eq", "", (Condition("s", "==", "C"), Condition("x", "<", 5))),
+        Rule("in", "", (Condition("s", "in", ["A", "C"]), Condition("x", "<", 5))),
+    ]
+    masks = rule_masks(columns, rules, 8)
+    assert np.flatnonzero(masks["ne"]).tolist() == [1, 2]
+    assert np.flatnonzero(masks["eq"]).tolist() == [2]
+    assert np.flatnonzero(masks["in"]).tolist() == [0, 2]
+    # The same answers as every condition on every row.
+    full = rule_masks({"x": columns["x"], "s": columns["s"].astype(object)}, rules, 8)
+    assert all(np.array_equal(masks[k], full[k]) for k in masks)
