@@ -236,21 +236,22 @@ def test_run_button_retrain_then_drift_triggers_a_retrain(stack: Stack) -> None:
     assert found[0].data.tags["edgeloop.decision"] == "registered"
     assert found[0].data.metrics["accuracy"] > 0.3
 
-    # 2. A drifted batch: rows of the high-income tail, inside the suite's ranges.
-    pool = small_reference(rows=3000, seed=9)
-    drifted = pool[pool["income"] > pool["income"].quantile(0.8)].drop(columns=["label"])
+    # 2. A drifted batch: the reference's own high-income rows (inside the suite's ranges by
+    # construction, so validation accepts all of them), without labels.
+    pool = small_reference(rows=600, seed=4)
+    drifted = pool[pool["income"] > pool["income"].quantile(0.6)].drop(columns=["label"])
     batch = stack.root / "incoming" / "drifted.csv"
     batch.parent.mkdir(exist_ok=True)
     drifted.to_csv(batch, index=False)
     ingest = stack.wait(stack.click_run("ingest", paths=[str(batch)])["id"])
-    assert ingest["state"]["type"] == "COMPLETED", ingest["state"]
+    assert ingest["state"]["type"] == "COMPLETED", ingest["state"]["message"]
 
     # 3. Nobody clicks again: ingest's completion starts score, score's starts monitor, and
     # monitoring flags the drift and starts a retrain through the retrain deployment.
     score = stack.wait(stack.wait_for_new_run("score", after=ingest)["id"])
-    assert score["state"]["type"] == "COMPLETED", score["state"]
+    assert score["state"]["type"] == "COMPLETED", score["state"]["message"]
     monitor = stack.wait(stack.wait_for_new_run("monitor", after=score)["id"])
-    assert monitor["state"]["type"] == "COMPLETED", monitor["state"]
+    assert monitor["state"]["type"] == "COMPLETED", monitor["state"]["message"]
     triggered = stack.wait_for_new_run("retrain", after=monitor)
     assert triggered["parameters"]["reason"].startswith("drift")
     assert "income" in triggered["parameters"]["reason"]
