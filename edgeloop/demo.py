@@ -89,8 +89,9 @@ def run_demo(config: Path) -> int:
         shadow = (
             " + challenger in shadow" if any(w["alias"] == "challenger" for w in scored) else ""
         )
+        step(f"    scored by champion{shadow}; {_monitor_line(settings, r['batch_id'])}")
         labels = _simulated_annotation(settings, stream_dir, i)
-        step(f"    scored by champion{shadow}; {labels['line']}")
+        step(f"    {labels['line']}")
         if labels.get("retrain"):
             rt = labels["retrain"]
             retrains.append((f"labels after {path.stem}", rt))
@@ -125,6 +126,13 @@ def run_demo(config: Path) -> int:
         f" ({state['data']['reference_rows']} reference); quarantine under"
         f" {settings.path('data') / 'quarantine'}"
     )
+    from flows.weekly_review import weekly_review
+
+    review = weekly_review(config=str(settings.source))
+    from edgeloop.dashboard import dashboard_path
+
+    console.print(f"monitoring dashboard: {dashboard_path(settings)}")
+    console.print(f"weekly review: {review['markdown']} and {Path(review['html']).name}")
     problems = _check(results)
     _print_ui_commands(console, settings)
     if problems:
@@ -133,6 +141,24 @@ def run_demo(config: Path) -> int:
         return 1
     console.print(f"[green]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
+
+
+def _monitor_line(settings: Any, batch_id: str) -> str:
+    """Drift and confidence of the batch just scored (one MLflow run; the dashboard updates).
+
+    The demo leaves the drift trigger off: on this stream the drifted rows have no labels yet
+    when drift shows, so a retrain could not learn from them; the label-volume trigger retrains
+    once the annotator has answered. Under ``edgeloop up`` the trigger is on (config).
+    """
+    from flows.monitor import monitor
+
+    out = monitor(batch_ids=[batch_id], retrain_on_drift=False, config=str(settings.source))
+    if not out["monitored"]:
+        return "not monitored"
+    b = out["monitored"][0]
+    verdict = "[red]DRIFT[/]" if b["drifted"] else "no drift"
+    conf = "" if b["mean_confidence"] is None else f", mean confidence {b['mean_confidence']:.2f}"
+    return f"monitor: {verdict} ({b['n_drifted']}/{b['n_features']} features){conf}"
 
 
 def _retrain(settings: Any, reason: str) -> dict[str, Any]:
