@@ -105,6 +105,13 @@ def retrain_lock(settings: Settings, wait: bool = False) -> Iterator[None]:
 def current_dataset(settings: Settings) -> tuple[str, pd.DataFrame]:
     """The dataset at the DVC version in ``data.dvc``; refuses a work tree that differs from it."""
     from edgeloop.store import DataStore
+
+    version = dataset_version(settings)
+    return version, DataStore(settings).load_dataset()
+
+
+def dataset_version(settings: Settings) -> str:
+    """The DVC version ``data.dvc`` names, checked against the work tree (nothing is loaded)."""
     from edgeloop.versioning import DataVersioner
 
     versioner = DataVersioner(settings)
@@ -116,7 +123,7 @@ def current_dataset(settings: Settings) -> tuple[str, pd.DataFrame]:
             f"{settings.path('data')} differs from {versioner.pointer} ({version}): run"
             " 'edgeloop ingest' (which versions it) or 'dvc checkout' before retraining"
         )
-    return version, DataStore(settings).load_dataset()
+    return version
 
 
 def code_hash(root: Path) -> str:
@@ -168,6 +175,48 @@ def find_cached(settings: Settings, key: str) -> Any | None:
     )
     done = [r for r in runs if r.data.tags.get("edgeloop.decision") in ("registered", "rejected")]
     return done[0] if done else None
+
+
+def cached_summary(hit: Any, data_version: str, key: str, notes: list[str]) -> RetrainSummary:
+    """What a skipped retrain reports: the finished run with the same inputs."""
+    tags = hit.data.tags
+    decision = tags.get("edgeloop.decision", "")
+    version = tags.get("edgeloop.registered_version", "")
+    metrics = {k: v for k, v in hit.data.metrics.items() if not k.startswith("champion_")}
+    message = (
+        f"skipped: data {data_version[:12]}, config and training code unchanged since run"
+        f" {hit.info.run_id} ({decision}{f', v{version}' if version else ''}); --force retrains"
+    )
+    if decision == "rejected":
+        message += f"; that candidate was rejected: {tags.get('mlflow.note.content', '')}"
+    return RetrainSummary(
+        status="cached",
+        reason=tags.get("edgeloop.reason", ""),
+        data_version=data_version,
+        run_id=hit.info.run_id,
+        version=version,
+        metrics=metrics,
+        cache_key=key,
+        notes=notes,
+        message=message,
+        gates={"passed": decision != "rejected"},
+    )
+
+
+def quick_cache_check(settings: Settings, max_rows: int) -> RetrainSummary | None:
+    """The cached outcome of a retrain with these inputs, found without Prefect or training
+    imports (DVC and MLflow only); ``None`` when the retrain has to run.
+
+    The CLI asks this first, so an unchanged project answers in seconds instead of starting
+    the orchestration stack. Orphan runs are not a concern: only finished, decided runs count.
+    """
+    from edgeloop.tracking import configure
+
+    configure(settings)
+    version = dataset_version(settings)
+    key = cache_key(settings, version, max_rows)
+    hit = find_cached(settings, key)
+    return None if hit is None else cached_summary(hit, version, key, [])
 
 
 def close_orphan_runs(settings: Settings) -> list[str]:

@@ -23,8 +23,10 @@ from edgeloop.training import (
     Trained,
     TrainingGateError,
     cache_key,
+    cached_summary,
     close_orphan_runs,
     current_dataset,
+    dataset_version,
     find_cached,
     log_retrain,
     retrain_lock,
@@ -106,12 +108,16 @@ def retrain(
     started = time.perf_counter()
     with retrain_lock(settings, wait=wait):
         notes = recover(settings)
-        data_version, dataset = load_dataset(settings)
+        # The cache is asked before the data is loaded: a hit costs no read of the dataset.
+        data_version = dataset_version(settings)
         key = cache_key(settings, data_version, max_rows)
         if not force:
             hit = find_cached(settings, key)
             if hit is not None:
-                return _cached(settings, hit, data_version, key, notes)
+                return _cached(hit, data_version, key, notes)
+        loaded_version, dataset = load_dataset(settings)
+        if loaded_version != data_version:  # an ingest versioned new data in between
+            data_version, key = loaded_version, cache_key(settings, loaded_version, max_rows)
         trained = train(settings, dataset, max_rows)
         run_id, model_uri = log_run(
             settings,
@@ -152,29 +158,10 @@ def retrain(
         return summary.to_dict()
 
 
-def _cached(settings: Settings, hit: Any, data_version: str, key: str, notes: list[str]) -> Any:
-    tags = hit.data.tags
-    decision = tags.get("edgeloop.decision", "")
-    version = tags.get("edgeloop.registered_version", "")
-    metrics = {k: v for k, v in hit.data.metrics.items() if not k.startswith("champion_")}
-    summary = RetrainSummary(
-        status="cached",
-        reason=tags.get("edgeloop.reason", ""),
-        data_version=data_version,
-        run_id=hit.info.run_id,
-        version=version,
-        metrics=metrics,
-        cache_key=key,
-        notes=notes,
-        message=(
-            f"skipped: data {data_version[:12]}, config and training code unchanged since run"
-            f" {hit.info.run_id} ({decision}{f', v{version}' if version else ''}); --force retrains"
-        ),
-    )
-    if decision == "rejected":
-        msg = (
-            summary.message
-            + f"; that candidate was rejected: {tags.get('mlflow.note.content', '')}"
+def _cached(hit: Any, data_version: str, key: str, notes: list[str]) -> Any:
+    summary = cached_summary(hit, data_version, key, notes)
+    if not summary.gates["passed"]:
+        return Failed(
+            message=summary.message, data=TrainingGateError(summary.message, summary.to_dict())
         )
-        return Failed(message=msg, data=TrainingGateError(msg, summary.to_dict()))
     return summary.to_dict()
