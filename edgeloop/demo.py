@@ -322,11 +322,11 @@ def _print_ui_commands(console: Any, settings: Any) -> None:
     root = settings.root
     console.print("\n[bold]See these runs[/] (from the project root):")
     console.print(
-        f"  Prefect UI: PREFECT_HOME={settings.path('prefect_home')} .venv/bin/prefect server start"
-        " --host 127.0.0.1   → http://127.0.0.1:4200/runs"
+        "  Both UIs:   .venv/bin/edgeloop up   → Prefect http://127.0.0.1:4200/runs,"
+        " MLflow http://127.0.0.1:5000 (Ctrl-C stops them)"
     )
     console.print(
-        f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}"
-        " --host 127.0.0.1 --port 5000   → http://127.0.0.1:5000"
+        f"  MLflow only: .venv/bin/mlflow ui --backend-store-uri {tracking_uri(settings)}"
+        " --host 127.0.0.1 --port 5000"
     )
     console.print(f"  State:      .venv/bin/edgeloop status   (in {root})")
