@@ -46,9 +46,9 @@ class _Group(click.Group):
 
             if not api_unreachable(exc):
                 raise
-            url = os.environ.get("PREFECT_API_URL") or "the embedded Prefect server"
+            url = os.environ.get("PREFECT_API_URL") or "(embedded)"
             click.secho(
-                f"error: lost the connection to {url} during the run ({exc}). Work already "
+                f"error: the Prefect server at {url} is unreachable ({exc}). Work already "
                 "done is kept (MLflow runs, registry, data versions); rerun the command when "
                 "the server is back: finished steps are skipped.",
                 fg="red",
@@ -193,8 +193,23 @@ def retrain(
 
     try:
         settings = _settings(config)
+        # Unchanged inputs answer from MLflow at once, before Prefect and scikit-learn load.
+        hit = None if force else _quick_cache_check(settings, max_rows)
+        if hit is not None:
+            result, code = hit.to_dict(), 0 if hit.gates.get("passed", True) else 1
+            _print_retrain(result, as_json)
+            sys.exit(code)
+        join_server = runtime.warm_up_prefect()
         from flows.retrain import retrain as retrain_flow
 
+        runtime.preimport(
+            settings.training.estimator.rpartition(".")[0],
+            "mlflow.sklearn",
+            "skops.io",
+            "pipelines.train",
+            "pipelines.evaluate",
+        )
+        join_server()
         runtime.quiet_expected_errors()
 
         result = retrain_flow(
@@ -206,13 +221,29 @@ def retrain(
     except EdgeloopError as exc:
         _fail(exc)
         return
+    _print_retrain(result, as_json)
+    sys.exit(code)
+
+
+def _quick_cache_check(settings: Any, max_rows: int) -> Any:
+    """The cached retrain for these inputs, or None (also when the check itself cannot run:
+    the flow then decides, under its lock, with full error reporting)."""
+    from edgeloop.errors import EdgeloopError
+    from edgeloop.training import quick_cache_check
+
+    try:
+        return quick_cache_check(settings, max_rows)
+    except EdgeloopError:
+        return None
+
+
+def _print_retrain(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
     else:
         from edgeloop.report import print_retrain
 
         print_retrain(result)
-    sys.exit(code)
 
 
 @main.command()
@@ -392,17 +423,48 @@ def annotate_import(
 @main.command()
 @click.option("--config", "config", default=None, help=CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def score(config: str | None, as_json: bool) -> None:
-    """Score accepted batches with the champion and, in shadow, the challenger."""
+@click.option(
+    "--dask-workers",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Score batches in parallel on a local Dask cluster of N worker processes (the 'dask' extra).",
+)
+@click.option(
+    "--dask-address",
+    default=None,
+    metavar="tcp://HOST:PORT",
+    help="Score batches on this Dask scheduler; its workers need the project at the same path "
+    "and the same Prefect API (PREFECT_API_URL).",
+)
+def score(
+    config: str | None, as_json: bool, dask_workers: int | None, dask_address: str | None
+) -> None:
+    """Score accepted batches with the champion and, in shadow, the challenger.
+
+    One Prefect task per batch: sequential by default, in parallel on Dask when asked.
+    """
+    import importlib.util
+
     from edgeloop import runtime
     from edgeloop.errors import EdgeloopError
 
+    if dask_workers and dask_address:
+        raise click.UsageError("--dask-workers and --dask-address exclude each other")
+    # Before the flow starts (its temporary Prefect server alone takes seconds).
+    if (dask_workers or dask_address) and importlib.util.find_spec("prefect_dask") is None:
+        _fail(EdgeloopError("the Dask task runner needs the 'dask' extra: uv sync --extra dask"))
+        return
     try:
         settings = _settings(config)
         from flows.score import score as score_flow
 
         runtime.quiet_expected_errors()
-        written = score_flow(config=str(settings.source))
+        written = score_flow(
+            config=str(settings.source),
+            dask_address=dask_address or "",
+            dask_workers=dask_workers or 0,
+        )
     except EdgeloopError as exc:
         _fail(exc)
         return

@@ -200,8 +200,17 @@ class Registry:
             self.client.create_registered_model(
                 self.name, description="Registered by edgeloop retrain"
             )
+        # A logged model's URI is ``models:/<model_id>``; a tracking server (unlike the embedded
+        # SQLite store) refuses to register it unless the model id is passed too.
+        model_id = (
+            model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        )
         mv = self.client.create_model_version(
-            self.name, source=model_uri, run_id=run_id, tags={"edgeloop.status": "pending"}
+            self.name,
+            source=model_uri,
+            run_id=run_id,
+            tags={"edgeloop.status": "pending"},
+            model_id=model_id,
         )
         version = str(mv.version)
         _wait_ready(self.client, self.name, version)

@@ -6,7 +6,9 @@ any ``import prefect``: the CLI calls it at the start of each command, never at 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 
 from edgeloop.config import Settings
 
@@ -22,6 +24,11 @@ def prepare(settings: Settings, *, quiet: bool = True) -> None:
     # Offline machines otherwise log failed telemetry calls.
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("DO_NOT_TRACK", "1")
+    # MLflow reads its own switch (DO_NOT_TRACK only when it is "true").
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # On a tracking server MLflow prints "View run ... at: URL" to stdout after every run,
+    # which would corrupt `--json` output; edgeloop reports run ids and URLs itself.
+    env.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # The embedded server creates its database on first start; on a busy 2-core machine that
     # can take longer than Prefect's default wait of 20 s.
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -90,3 +97,40 @@ def quiet_expected_errors() -> None:
     for handler in logging.getLogger().handlers:
         if type(handler).__name__ == "PrefectConsoleHandler":
             handler.addFilter(_HideExpected())  # type: ignore[arg-type]
+
+
+def warm_up_prefect() -> Callable[[], None]:
+    """Start the temporary Prefect server in the background; returns a ``join`` to call before
+    the first flow runs.
+
+    Without ``PREFECT_API_URL`` the first flow run of a process boots a server subprocess
+    (10-20 s on a small machine) and only then starts work. Booting it while the command
+    imports scikit-learn and MLflow overlaps the two: the subprocess has the other core.
+    ``join`` must be called before any flow runs: Prefect marks the server as running before
+    it answers, so a flow started earlier could talk to a server that is not up yet.
+    """
+    import threading
+
+    if os.environ.get("PREFECT_API_URL"):
+        return lambda: None
+
+    def boot() -> None:
+        # A failure here is left to the flow's own start, which reports it with context.
+        with contextlib.suppress(Exception):
+            from prefect.server.api.server import SubprocessASGIServer
+
+            SubprocessASGIServer().start()
+
+    thread = threading.Thread(target=boot, name="prefect-warm-up", daemon=True)
+    thread.start()
+    return thread.join
+
+
+def preimport(*modules: str) -> None:
+    """Import modules a command will need anyway (while the server boots); missing ones are
+    left for the step that needs them to report."""
+    import importlib
+
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)

@@ -16,7 +16,7 @@ import pytest
 from edgeloop.config import load_settings
 from edgeloop.errors import GateError
 from edgeloop.versioning import read_pointer_md5
-from tests.conftest import git_commit_all, production_batch
+from tests.conftest import git_commit_all, production_batch, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -274,3 +274,20 @@ def test_kill_9_leaves_the_champion_serving_and_rerun_succeeds(project: Path, po
     if point == "after-alias":
         assert ("challenger", "2") in history
     assert json.dumps(out)  # the summary is JSON-serialisable
+
+
+@pytest.mark.slow
+def test_cli_cache_hit_answers_without_prefect(project: Path) -> None:
+    """A retrain with unchanged inputs is answered from MLflow before Prefect starts: with the
+    Prefect API pointed at a closed port, the hit still succeeds; a forced retrain cannot."""
+    first = run_cli("retrain", "--reason", "first", "--json", cwd=project)
+    assert first.returncode == 0, first.stderr[-2000:]
+    no_prefect = {"PREFECT_API_URL": "http://127.0.0.1:9/api", "PREFECT_CLIENT_MAX_RETRIES": "0"}
+    again = run_cli("retrain", "--reason", "again", "--json", cwd=project, env=no_prefect)
+    assert again.returncode == 0, again.stderr[-2000:]
+    out = json.loads(again.stdout)
+    assert out["status"] == "cached"
+    assert out["run_id"] == json.loads(first.stdout)["run_id"]
+    forced = run_cli("retrain", "--force", "--json", cwd=project, env=no_prefect)
+    assert forced.returncode == 3, forced.stderr[-2000:]
+    assert "Prefect server at http://127.0.0.1:9/api is unreachable" in forced.stderr
