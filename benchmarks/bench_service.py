@@ -406,7 +406,8 @@ def check_answer(server: Server, bodies: dict[str, Any], model: Any) -> float:
 
 
 def edgeloop_metrics(server: Server) -> dict[str, float]:
-    """The service's own counters: rows by alias, shadow drops, shadow queue depth."""
+    """The service's own counters: rows by alias, shadow and log drops, shadow queue depth,
+    worker-process restarts."""
     import httpx
 
     text = httpx.get(server.base + "/metrics", timeout=10.0).text
@@ -419,6 +420,7 @@ def edgeloop_metrics(server: Server) -> dict[str, float]:
             "edgeloop_shadow_dropped_total",
             "edgeloop_prediction_log_dropped_total",
             "edgeloop_shadow_queue_depth",
+            "edgeloop_worker_restarts_total",
         ):
             if line.startswith(prefix):
                 key, _, value = line.rpartition(" ")

@@ -161,10 +161,13 @@ class ServingSettings(_Frozen):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     #: How often the service re-reads the registry aliases (no restart needed on promotion).
     poll_seconds: Annotated[float, Field(gt=0)] = 5.0
-    #: Shadow work waiting for the challenger; beyond this it is dropped (and counted).
+    #: Requests waiting for the challenger (in the worker process); beyond this shadow work is
+    #: dropped (and counted).
     shadow_queue_size: Annotated[int, Field(ge=1)] = 1000
-    #: Prediction-log records waiting to be written; beyond this they are dropped (and counted).
-    log_queue_size: Annotated[int, Field(ge=1)] = 10000
+    #: Prediction-log records (rows) waiting to be written; beyond this they are dropped (and
+    #: counted). Bounds both the records on their way to the worker process and those waiting
+    #: for its writer: 50,000 absorbs bursts of 1,000-row requests (worst case some 100 MB).
+    log_queue_size: Annotated[int, Field(ge=1)] = 50000
     max_body_bytes: Annotated[int, Field(ge=1024)] = 1_048_576
     max_rows_per_request: Annotated[int, Field(ge=1)] = 10000
     #: SQLite prediction log (relative to the project root).

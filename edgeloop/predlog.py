@@ -5,7 +5,8 @@ request, a hash of the row, which model (alias and version) said what, with whic
 probabilities, and how long the model took. Shadow evaluation pairs the champion's and the
 challenger's records of the same row by ``row_hash``.
 
-The request path never touches the disk: it hands a whole request's predictions to
+The request path never touches the disk: the service (``edgeloop.service``) runs the log in
+its worker process, next to the challenger. There a whole request's predictions go to
 :meth:`PredictionLog.submit` (a few microseconds), and one writer thread hashes the rows and
 inserts them in batches. Pending rows are bounded; beyond the bound a submission is dropped
 and counted, so memory stays bounded under any load and a slow disk never slows answers.

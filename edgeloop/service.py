@@ -6,10 +6,16 @@ aliases every ``serving.poll_seconds`` and swaps a model in when its alias moves
 assignment, so a request sees either the old model or the new one, never a mix).
 
 ``POST /predict`` validates the rows against the champion's input schema (its MLflow
-signature), scores them with the champion and answers. Only then are the same rows handed to
-the challenger, through a bounded queue consumed by one worker thread: a slow, failing or hung
-challenger can never delay or fail an answer; when the queue is full the work is dropped and
-counted. Both models' predictions go to the prediction log (``edgeloop.predlog``).
+signature), scores them with the champion and answers. Only then is the request (its body and
+the champion's probabilities) handed to a **worker process**, with one non-blocking write on a
+Unix socket pair: the worker scores the rows with the challenger (which it loads by version,
+following the alias moves the service tells it about) and writes both models' predictions to
+the prediction log (``edgeloop.predlog``). So challenger scoring, row hashing and SQLite writes
+never take the serving process's GIL or delay an answer; a slow, failing or hung challenger
+cannot fail one. Work beyond the bounds (``serving.shadow_queue_size``,
+``serving.log_queue_size``) is dropped and counted, never queued without bound. The worker
+reports its counters back for ``/metrics``; it stops with the service and is restarted (and
+counted) if it dies.
 
 Speed: for the pipeline edgeloop trains (one-hot encoder + passthrough in a ColumnTransformer,
 then a forest), the per-request path skips pandas and scikit-learn's per-call validation and
@@ -22,22 +28,27 @@ Nothing here runs on import; MLflow, scikit-learn and pandas are imported when t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
 import math
+import os
+import pickle
 import queue
 import socket
+import struct
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edgeloop.config import Settings
 from edgeloop.errors import EdgeloopError
-from edgeloop.predlog import Entry, PredictionLog, RowBatch
+from edgeloop.predlog import Entry, PredictionLog, RowBatch, connect
 
 if TYPE_CHECKING:
     import numpy as np
@@ -723,6 +734,11 @@ class Metrics:
         self.shadow_queue = Gauge(
             "edgeloop_shadow_queue_depth", "Requests waiting for the challenger", registry=r
         )
+        self.worker_restarts = Counter(
+            "edgeloop_worker_restarts",
+            "Times the worker process (shadow scoring, prediction log) died and was restarted",
+            registry=r,
+        )
         self.registry_errors = Counter(
             "edgeloop_registry_errors",
             "Failed registry reads and model loads",
@@ -735,7 +751,14 @@ class Metrics:
             self.version.labels(alias).set(0)
         for outcome in ("agree", "disagree"):
             self.shadow.labels(outcome)
-        for reason in ("queue_full", "challenger_stalled", "schema_mismatch", "no_challenger"):
+        for reason in (
+            "queue_full",
+            "challenger_stalled",
+            "schema_mismatch",
+            "no_challenger",
+            "worker_restarting",
+            "worker_restarted",
+        ):
             self.shadow_dropped.labels(reason)
         for kind in ("poll", "load"):
             self.registry_errors.labels(kind)
@@ -755,174 +778,539 @@ class Metrics:
             self.requests.labels(endpoint, str(status)).inc()
 
 
-# ---------------------------------------------------------------------- shadow scoring
+# ---------------------------------------------------------------------- the worker process
+# Everything that happens after an answer (challenger scoring, row hashing, prediction-log
+# writes) runs in one child process, so it never competes with requests for the serving
+# process's GIL. The serving process only frames one message per answered request and hands it
+# to an asyncio transport (a non-blocking send on a Unix socket pair); the bounds below are
+# checked on the serving side against counters the worker publishes in shared memory, so a
+# check costs a few loads, not a round trip.
+
+#: Shared int64 slots the worker writes and the service reads.
+_TAKEN_ITEMS, _TAKEN_ROWS, _RECEIVED_LOG_ROWS = 0, 1, 2
+#: Shared float64 slot: time.monotonic() at which the challenger became busy (0 when idle).
+#: CLOCK_MONOTONIC is system-wide on Linux, so both processes read the same clock.
+_BUSY_SINCE = 0
+#: How often the worker sends its counters (when they changed).
+WORKER_REPORT_SECONDS = 0.1
+#: The worker reads what has arrived, then pauses this long before reading again (unless more
+#: is waiting): one wake-up per few requests instead of one per request, so on a small machine
+#: it preempts the serving process (and the clients) less often. Nothing it does is urgent.
+WORKER_READ_PAUSE_SECONDS = 0.005
+_READ_CHUNK = 1 << 20
+#: Bytes the serving side may hold for a worker that is slow to read (beyond, work is dropped).
+MAX_UNSENT_BYTES = 64 * 1024 * 1024
+#: Longest wait at start-up for the worker to load the challenger before the service starts.
+WORKER_START_SECONDS = 60.0
+_FRAME = struct.Struct("<Q")
+
+
+def _pack(message: tuple[Any, ...]) -> bytes:
+    blob = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _FRAME.pack(len(blob)) + blob
+
+
+def _unpack(buf: bytearray) -> list[Any]:
+    """Complete messages at the front of ``buf`` (removed from it)."""
+    out = []
+    pos = 0
+    while len(buf) - pos >= _FRAME.size:
+        (size,) = _FRAME.unpack_from(buf, pos)
+        end = pos + _FRAME.size + size
+        if len(buf) < end:
+            break
+        # A copy, not a memoryview: a live view would stop ``del buf[:pos]`` from resizing.
+        out.append(pickle.loads(buf[pos + _FRAME.size : end]))
+        pos = end
+    del buf[:pos]
+    return out
+
+
+class Answered(NamedTuple):
+    """What the worker needs about one answered request (a tuple: cheap to build and pickle)."""
+
+    request_id: str
+    ts: float
+    version: str
+    latency_ms: float
+    classes: tuple[Any, ...]
+    class_keys: tuple[str, ...]
+    #: The champion's probabilities, float64, row-major (n x len(classes)).
+    proba: bytes
+    n: int
+    #: How the rows sit in ``body``: 0 a list, 1 ``{"rows": [...]}``, 2 one row object.
+    shape: int
+    body: bytes
+    #: The challenger version to shadow with (None: log only).
+    shadow: str | None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the worker process is started with (pickled to it)."""
+
+    settings: Settings
+    log_path: str
+    log_pending_rows: int
+    stall_seconds: float
+    poll_seconds: float
+
+
+class _Protocol(asyncio.Protocol):
+    """The serving side of one worker's socket: reads its reports, notices when it dies."""
+
+    def __init__(self, link: WorkerLink, generation: int) -> None:
+        self.link = link
+        self.generation = generation
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for message in _unpack(self.buf):
+            self.link.on_report(self.generation, message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.on_lost(self.generation)
+
+
+class WorkerLink:
+    """Starts, feeds, watches and stops the worker process; turns its reports into metrics.
+
+    ``forward`` runs on the event loop only; ``start``/``stop``/``set_challenger`` from threads.
+    """
+
+    def __init__(
+        self, service: Service, loop: asyncio.AbstractEventLoop, config: WorkerConfig
+    ) -> None:
+        self.service = service
+        self.metrics = service.metrics
+        self.loop = loop
+        self.config = config
+        cfg = service.cfg
+        self.max_items = cfg.shadow_queue_size
+        # At most shadow_queue_size requests wait, and (whatever their size) no more rows than
+        # one maximal request or shadow_queue_size single rows.
+        self.max_rows = max(cfg.shadow_queue_size, cfg.max_rows_per_request)
+        # Rows sent but not yet read by the worker (it then applies its own bound).
+        self.max_log_rows = max(cfg.log_queue_size, 2 * cfg.max_rows_per_request)
+        self.generation = 0
+        self.proc: Any = None
+        self.transport: asyncio.WriteTransport | None = None
+        self.ints: Any = None
+        self.floats: Any = None
+        self.sent_items = self.sent_rows = self.sent_log_rows = 0
+        self.restarts = 0
+        self.challenger: str | None = None
+        self.stopping = False
+        self._cond = threading.Condition()
+        self._ready = False
+        self._loaded: str | None = None
+        self._load_failed: str | None = None
+        self._last: dict[tuple[str, ...], int] = {}
+        self._backoff = 0.0
+
+    # ------------------------------------------------------------------ lifecycle (threads)
+    def start(self) -> None:
+        """Spawn the worker and connect to it (returns before it has imported anything)."""
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork with threads
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A bigger kernel buffer (capped by net.core.wmem_max) takes a few 1,000-row requests
+        # in one send, so the event loop rarely has to finish a write later.
+        with contextlib.suppress(OSError):
+            parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+        ints, floats = ctx.RawArray("q", 3), ctx.RawArray("d", 1)
+        with self._cond:
+            self.generation += 1
+            generation = self.generation
+            self._ready, self._loaded, self._load_failed, self._last = False, None, None, {}
+        proc = ctx.Process(
+            target=worker_main,
+            args=(self.config, child, ints, floats, self.challenger),
+            name=f"edgeloop-worker-{generation}",
+            daemon=True,  # never outlives an interpreter that exits without stopping it
+        )
+        try:
+            proc.start()
+        finally:
+            child.close()
+
+        async def connect() -> None:
+            transport, _ = await self.loop.create_unix_connection(
+                lambda: _Protocol(self, generation), sock=parent
+            )
+            # Counters are reset together with the channel they describe.
+            self.sent_items = self.sent_rows = self.sent_log_rows = 0
+            self.ints, self.floats, self.proc = ints, floats, proc
+            self.transport = transport  # type: ignore[assignment]
+
+        asyncio.run_coroutine_threadsafe(connect(), self.loop).result(30)
+        log.info("worker process %d started (shadow scoring, prediction log)", proc.pid)
+
+    def wait_ready(self, challenger: str | None, timeout: float) -> bool:
+        """Wait until the worker runs and (if there is one) has loaded ``challenger``."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._ready and challenger in (None, self._loaded, self._load_failed),
+                timeout,
+            )
+
+    def set_challenger(self, version: str | None) -> None:
+        """The challenger alias moved: the worker preloads the new version."""
+        self.challenger = version
+        self.loop.call_soon_threadsafe(self._send, ("challenger", version))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the worker to write what it holds and exit; kill it if it does not."""
+        self.stopping = True
+
+        def close() -> None:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(_pack(("stop",)))
+                self.transport.write_eof()  # still read its last report
+
+        with contextlib.suppress(RuntimeError):  # the loop may already be closed
+            self.loop.call_soon_threadsafe(close)
+        proc = self.proc
+        if proc is None:
+            return
+        proc.join(timeout)
+        if proc.is_alive():
+            log.warning("worker process %d did not stop in %.0f s: killed", proc.pid, timeout)
+            proc.kill()
+            proc.join(5.0)
+
+        def drop() -> None:
+            if self.transport is not None:
+                self.transport.abort()
+
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(drop)
+
+    def _restart(self, generation: int) -> None:
+        """A worker died: count it, count what it held, start another (with a backoff)."""
+        old = self.proc
+        if old is not None:
+            old.join(5.0)
+        with self._cond:
+            if self.stopping or generation != self.generation:
+                return
+        # What was sent and never taken is lost with it.
+        lost_items = self.sent_items - (self.ints[_TAKEN_ITEMS] if self.ints else 0)
+        lost_log = self.sent_log_rows - (self.ints[_RECEIVED_LOG_ROWS] if self.ints else 0)
+        if lost_items > 0:
+            self.metrics.shadow_dropped.labels("worker_restarted").inc(lost_items)
+        if lost_log > 0:
+            self.metrics.log_dropped.inc(lost_log)
+        self.restarts += 1
+        self.metrics.worker_restarts.inc()
+        code = old.exitcode if old is not None else None
+        log.warning("worker process died (exit code %s): restarting", code)
+        # A worker that dies at once (a broken environment) is not restarted in a tight loop.
+        self._backoff = min(30.0, self._backoff * 2 or 0.5)
+        time.sleep(self._backoff if self.restarts > 1 else 0.0)
+        if not self.stopping:
+            self.start()
+
+    # ------------------------------------------------------------------ event loop
+    def on_lost(self, generation: int) -> None:
+        if generation == self.generation and not self.stopping:
+            self.transport = None
+            self.loop.run_in_executor(None, self._restart, generation)
+
+    def on_report(self, generation: int, message: tuple[Any, ...]) -> None:
+        if generation != self.generation:
+            return
+        kind = message[0]
+        if kind == "counts":
+            self._apply(message[1])
+        elif kind in ("ready", "loaded", "load_failed"):
+            with self._cond:
+                if kind == "ready":
+                    self._ready = True
+                    self._backoff = 0.0
+                elif kind == "loaded":
+                    self._loaded = message[1]
+                else:
+                    self._load_failed = message[1]
+                self._cond.notify_all()
+
+    def _apply(self, counts: dict[tuple[str, ...], int]) -> None:
+        """Cumulative counts from the worker -> increments of this process's counters."""
+        m = self.metrics
+        for key, value in counts.items():
+            delta = value - self._last.get(key, 0)
+            if delta <= 0:
+                continue
+            self._last[key] = value
+            what = key[0]
+            if what == "rows":
+                m.challenger_rows.inc(delta)
+            elif what == "agree":
+                m.agree.inc(delta)
+            elif what == "disagree":
+                m.disagree.inc(delta)
+            elif what == "error":
+                m.errors.labels(CHALLENGER, key[1]).inc(delta)
+            elif what == "dropped":
+                m.shadow_dropped.labels(key[1]).inc(delta)
+            elif what == "log_dropped":
+                m.log_dropped.inc(delta)
+            elif what == "load_error":
+                m.registry_errors.labels("load").inc(delta)
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(_pack(message))
+
+    def stalled_for(self) -> float:
+        floats = self.floats
+        since = floats[_BUSY_SINCE] if floats is not None else 0.0
+        return 0.0 if since == 0.0 else max(0.0, time.monotonic() - since)
+
+    def depth(self) -> int:
+        return self.sent_items - self.ints[_TAKEN_ITEMS] if self.ints is not None else 0
+
+    def forward(self, a: Answered) -> None:
+        """Hand an answered request to the worker: never blocks; drops (and counts) when full."""
+        t = self.transport
+        n = a.n
+        shadow = a.shadow
+        m = self.metrics
+        if t is None or t.is_closing() or t.get_write_buffer_size() > MAX_UNSENT_BYTES:
+            m.log_dropped.inc(n)
+            if shadow is not None:
+                m.shadow_dropped.labels("worker_restarting" if t is None else "queue_full").inc()
+            return
+        ints = self.ints
+        keep_log = self.sent_log_rows - ints[_RECEIVED_LOG_ROWS] + n <= self.max_log_rows
+        if shadow is not None:
+            if self.stalled_for() > self.config.stall_seconds:
+                m.shadow_dropped.labels("challenger_stalled").inc()
+                shadow = None
+            elif (
+                self.sent_items - ints[_TAKEN_ITEMS] >= self.max_items
+                or self.sent_rows - ints[_TAKEN_ROWS] + n > self.max_rows
+            ):
+                m.shadow_dropped.labels("queue_full").inc()
+                shadow = None
+        if not keep_log:
+            m.log_dropped.inc(n)
+            if shadow is None:
+                return
+        if shadow is not None:
+            self.sent_items += 1
+            self.sent_rows += n
+        if keep_log:
+            self.sent_log_rows += n
+        # A plain tuple pickles three times faster than the named one (no class lookup).
+        t.write(_pack(("answered", tuple(a), keep_log, shadow)))
+
+    def info(self) -> dict[str, Any]:
+        proc = self.proc
+        return {
+            "pid": proc.pid if proc is not None else None,
+            "alive": bool(proc is not None and proc.is_alive()),
+            "restarts": self.restarts,
+            "challenger_loaded": self._loaded,
+        }
+
+
+# ---------------------------------------------------------------------- inside the worker
 @dataclass(eq=False)
 class ShadowItem:
-    """One answered request, waiting for the challenger."""
+    """One answered request, waiting for the challenger (in the worker process)."""
 
     request_id: str
     ts: float
     batch: RowBatch
-    cols: list[list[Any]]
-    schema: InputSchema
     champion_keys: list[str]
 
 
-class _ShadowWorker:
-    def __init__(self, scorer: ShadowScorer, size: int, generation: int) -> None:
-        self.scorer = scorer
-        self.queue: queue.Queue[ShadowItem] = queue.Queue(maxsize=size)
-        # Rows waiting, besides requests: a burst of maximal requests must not hold gigabytes.
-        self.rows_queued = 0
-        self.lock = threading.Lock()
-        self.busy_since: float | None = None
+class _Shadow:
+    """One thread scoring queued requests with the challenger. Replaced (not killed: Python
+    cannot) when it is stuck on a challenger that has since been replaced."""
+
+    def __init__(self, worker: _Worker, generation: int) -> None:
+        self.worker = worker
         self.retired = False
         self.thread = threading.Thread(
             target=self.run, name=f"edgeloop-shadow-{generation}", daemon=True
         )
         self.thread.start()
 
-    def stalled_for(self, now: float) -> float:
-        since = self.busy_since
-        return 0.0 if since is None else now - since
-
-    def _taken(self, rows: int) -> None:
-        with self.lock:
-            self.rows_queued -= rows
+    def _busy(self, since: float) -> None:
+        if not self.retired:
+            self.worker.floats[_BUSY_SINCE] = since
 
     def run(self) -> None:
+        w = self.worker
+        q = w.queue
         while not self.retired:
+            w.ensure_model(self)
             try:
-                first = self.queue.get(timeout=0.25)
+                first = q.get(timeout=0.25)
             except queue.Empty:
                 continue
-            items, rows = [first], len(first.batch)
-            self._taken(rows)
+            items = [first]
+            rows = w.taken(first)
             # Linger a little: under load, scoring many requests in one call costs about what
-            # one costs, and the challenger then takes far less CPU (and GIL) from the champion.
+            # one costs.
             deadline = time.monotonic() + SHADOW_LINGER_SECONDS
             while rows < SHADOW_BATCH_ROWS and not self.retired:
                 remaining = deadline - time.monotonic()
                 try:
-                    item = (
-                        self.queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self.queue.get_nowait()
-                    )
+                    item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
                 except queue.Empty:
                     break
                 items.append(item)
-                rows += len(item.batch)
-                self._taken(len(item.batch))
-            self.busy_since = time.monotonic()
+                rows += w.taken(item)
+            w.ensure_model(self)  # the items may name a challenger that is not loaded yet
+            self._busy(time.monotonic())
             try:
-                self.scorer.score(items)
+                w.score(items)
             except Exception:  # never let one bad batch end shadow scoring
                 log.exception("shadow scoring failed")
             finally:
-                self.busy_since = None
-        # Retired (stopped, or replaced while stuck): what is left was never scored.
-        left = 0
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.queue.get_nowait()
-                left += 1
-        if left:
-            self.scorer.drop("challenger_stalled", left)
+                self._busy(0.0)
 
 
-class ShadowScorer:
-    """Scores answered requests with the challenger, off the request path."""
+class _Worker:
+    """The worker process: reads answered requests, logs them, shadows them, reports."""
 
-    def __init__(self, service: Service, size: int, max_rows: int, stall_seconds: float) -> None:
-        self.service = service
-        self.size = size
-        self.max_rows = max_rows
-        self.stall_seconds = stall_seconds
-        self._generation = 0
-        self._lock = threading.Lock()
-        self.worker = self._new_worker()
+    def __init__(self, config: WorkerConfig, sock: socket.socket, ints: Any, floats: Any) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.sock = sock
+        self.ints = ints
+        self.floats = floats
+        self.counts: dict[tuple[str, ...], int] = {}
+        self.queue: queue.SimpleQueue[ShadowItem] = queue.SimpleQueue()
+        self.wanted: str | None = None
+        self.model: LoadedModel | None = None
+        self._failed: tuple[str, float] | None = None
+        self._client: Any = None
         self._error_logged: set[str] = set()
+        self._send_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.predlog = PredictionLog(
+            Path(config.log_path),
+            config.log_pending_rows,
+            on_drop=lambda n: self.count(("log_dropped",), n),
+        )
+        self._generation = 0
+        self.shadow: _Shadow | None = None
 
-    def _new_worker(self) -> _ShadowWorker:
-        self._generation += 1
-        return _ShadowWorker(self, self.size, self._generation)
+    def count(self, key: tuple[str, ...], n: int = 1) -> None:
+        # Three threads count (reader, shadow, log writer): a read-modify-write needs the lock.
+        with self._count_lock:
+            self.counts[key] = self.counts.get(key, 0) + n
 
-    # -- request path: must stay cheap and never block
-    def offer(self, item: ShadowItem) -> None:
-        worker = self.worker
-        if worker.stalled_for(time.monotonic()) > self.stall_seconds:
-            self.drop("challenger_stalled")
-            return
+    def send(self, message: tuple[Any, ...]) -> None:
+        # A service that is gone shows as end-of-file on the next read; the log is still written.
+        with self._send_lock, contextlib.suppress(OSError):
+            self.sock.sendall(_pack(message))
+
+    def taken(self, item: ShadowItem) -> int:
         n = len(item.batch)
-        with worker.lock:
-            if worker.rows_queued + n <= self.max_rows:
-                try:
-                    worker.queue.put_nowait(item)
-                    worker.rows_queued += n
-                    return
-                except queue.Full:
-                    pass
-        self.drop("queue_full")
+        self.ints[_TAKEN_ROWS] += n
+        self.ints[_TAKEN_ITEMS] += 1
+        return n
 
-    def drop(self, reason: str, n: int = 1) -> None:
-        self.service.metrics.shadow_dropped.labels(reason).inc(n)
+    # ------------------------------------------------------------------ challenger
+    def ensure_model(self, shadow: _Shadow) -> None:
+        """Load the wanted challenger version if it is not the one loaded (shadow thread)."""
+        wanted = self.wanted
+        current = self.model.version if self.model is not None else None
+        if wanted == current:
+            return
+        if wanted is None:
+            self.model = None
+            return
+        failed = self._failed
+        if (
+            failed
+            and failed[0] == wanted
+            and time.monotonic() - failed[1] < self.config.poll_seconds
+        ):
+            return  # a failed load is retried every poll, not in a tight loop
+        # No lock: a thread stuck in a load must not block its replacement; a load that
+        # finishes for a retired thread is discarded.
+        shadow._busy(time.monotonic())  # a load that hangs is a stall too
+        try:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
 
-    # -- health
-    def stalled_for(self) -> float:
-        return self.worker.stalled_for(time.monotonic())
+                from edgeloop.tracking import configure
 
-    def healthy(self) -> bool:
-        return self.stalled_for() <= self.stall_seconds
+                uri = configure(self.settings)
+                self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            model = load_version(self.settings, self._client, CHALLENGER, wanted)
+        except Exception as exc:
+            self.count(("load_error",))
+            self._failed = (wanted, time.monotonic())
+            log.warning("worker: cannot load challenger v%s: %s", wanted, exc)
+            self.send(("load_failed", wanted))  # the service need not wait for it
+            return
+        finally:
+            shadow._busy(0.0)
+        self._failed = None
+        if shadow.retired:
+            return
+        self.model = model
+        log.info(
+            "worker: challenger v%s loaded%s", wanted, " (fast path)" if model.fast_path else ""
+        )
+        self.send(("loaded", wanted))
 
-    def depth(self) -> int:
-        return self.worker.queue.qsize()
+    def want(self, version: str | None) -> None:
+        """The challenger to use from now on; a thread stuck on the old one is replaced."""
+        if version == self.wanted:
+            return
+        self.wanted = version
+        shadow = self.shadow
+        if shadow is not None and version is not None:
+            since = self.floats[_BUSY_SINCE]
+            stalled = since and time.monotonic() - since > self.config.stall_seconds
+            if stalled:
+                shadow.retired = True
+                self.floats[_BUSY_SINCE] = 0.0
+                self._start_shadow()
+                log.warning("worker: shadow thread was stuck: replaced")
 
-    def challenger_changed(self) -> None:
-        """A new challenger: if the worker is stuck on the old one, give up on that thread
-        (Python cannot kill it; it ends when its call returns) and start a fresh one."""
-        with self._lock:
-            if not self.healthy():
-                old = self.worker
-                old.retired = True
-                self.worker = self._new_worker()
-                log.warning(
-                    "shadow worker was stuck for %.0f s: replaced",
-                    old.stalled_for(time.monotonic()),
-                )
+    def _start_shadow(self) -> None:
+        self._generation += 1
+        self.shadow = _Shadow(self, self._generation)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        self.worker.retired = True
-        self.worker.thread.join(timeout)
-
-    # -- worker thread
     def score(self, items: list[ShadowItem]) -> None:
-        svc = self.service
-        model = svc.challenger
-        if model is None:  # the challenger was removed while this waited
-            self.drop("no_challenger", len(items))
+        model = self.model
+        if model is None or model.version != self.wanted:
+            self.count(("dropped", "no_challenger"), len(items))
             return
         usable: list[tuple[ShadowItem, list[list[Any]]]] = []
         for item in items:
-            if item.schema == model.schema:
-                usable.append((item, item.cols))
-                continue
-            try:  # a challenger with other inputs: validate the rows against its own schema
+            try:  # the challenger validates the rows against its own schema
                 usable.append((item, model.schema.coerce(item.batch.rows)))
             except InputError as exc:
-                self.drop("schema_mismatch")
+                self.count(("dropped", "schema_mismatch"))
                 if model.version not in self._error_logged:
                     self._error_logged.add(model.version)
                     log.warning("challenger v%s cannot score these rows: %s", model.version, exc)
         if not usable:
             return
         ncols = len(model.schema.columns)
-        cols = [[v for _, c in usable for v in c[j]] for j in range(ncols)]
+        cols = (
+            usable[0][1]
+            if len(usable) == 1
+            else [[v for _, c in usable for v in c[j]] for j in range(ncols)]
+        )
         t0 = time.perf_counter()
         try:
             proba = model.predict_proba(cols)
         except Exception as exc:
-            svc.metrics.errors.labels(CHALLENGER, model.version).inc(len(usable))
+            self.count(("error", model.version), len(usable))
             if model.version not in self._error_logged:
                 self._error_logged.add(model.version)
                 log.warning("challenger v%s failed to score: %r", model.version, exc)
@@ -936,7 +1324,7 @@ class ShadowScorer:
             n = len(item.batch)
             mine = idx[start : start + n]
             agree += sum(keys[j] == k for j, k in zip(mine, item.champion_keys, strict=True))
-            svc.log_entry(
+            self.predlog.submit(
                 Entry(
                     ts=item.ts,
                     request_id=item.request_id,
@@ -950,9 +1338,130 @@ class ShadowScorer:
                 )
             )
             start += n
-        svc.metrics.challenger_rows.inc(start)
-        svc.metrics.agree.inc(agree)
-        svc.metrics.disagree.inc(start - agree)
+        self.count(("rows",), start)
+        self.count(("agree",), agree)
+        self.count(("disagree",), start - agree)
+
+    # ------------------------------------------------------------------ the channel
+    def answered(self, a: Answered, keep_log: bool, shadow: str | None) -> None:
+        import numpy as np
+        import orjson
+
+        try:
+            data = orjson.loads(a.body)
+            rows = data if a.shape == 0 else data["rows"] if a.shape == 1 else [data]
+            batch = RowBatch(rows)
+            proba = np.frombuffer(a.proba, dtype=np.float64).reshape(a.n, len(a.classes))
+            idx = proba.argmax(axis=1).tolist()
+        except Exception:  # cannot happen for a body the service accepted; never fatal
+            log.exception("worker: unreadable request %s", a.request_id)
+            if keep_log:
+                self.count(("log_dropped",), a.n)
+            if shadow is not None:
+                self.count(("dropped", "no_challenger"))
+            return
+        finally:
+            if keep_log:
+                self.ints[_RECEIVED_LOG_ROWS] += a.n
+        if keep_log:
+            self.predlog.submit(
+                Entry(
+                    a.ts,
+                    a.request_id,
+                    CHAMPION,
+                    a.version,
+                    batch,
+                    [a.classes[j] for j in idx],
+                    proba.tolist(),
+                    a.class_keys,
+                    a.latency_ms,
+                )
+            )
+        if shadow is not None:
+            self.want(shadow)
+            keys = a.class_keys
+            self.queue.put(ShadowItem(a.request_id, a.ts, batch, [keys[j] for j in idx]))
+
+    def run(self, challenger: str | None) -> None:
+        import select
+
+        self.predlog.start()
+        self.wanted = challenger
+        self._start_shadow()
+        self.send(("ready", os.getpid()))
+        buf = bytearray()
+        reported: dict[tuple[str, ...], int] = {}
+        next_report = time.monotonic() + WORKER_REPORT_SECONDS
+        stop = False
+        while not stop:
+            timeout = max(0.0, next_report - time.monotonic())
+            readable, _, _ = select.select([self.sock], [], [], timeout)
+            if readable:
+                data = self.sock.recv(_READ_CHUNK)
+                if not data:
+                    break  # the service closed its end (or died): finish up
+                buf += data
+                for message in _unpack(buf):
+                    kind = message[0]
+                    if kind == "answered":
+                        self.answered(Answered._make(message[1]), *message[2:])
+                    elif kind == "challenger":
+                        self.want(message[1])
+                    elif kind == "stop":
+                        stop = True
+                        break
+                if len(data) < _READ_CHUNK and not stop:
+                    time.sleep(WORKER_READ_PAUSE_SECONDS)
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + WORKER_REPORT_SECONDS
+                with self._count_lock:
+                    changed = self.counts != reported
+                    if changed:
+                        reported = dict(self.counts)
+                if changed:
+                    self.send(("counts", reported))
+        # Stopping: what is still queued for the challenger is not scored; the log is written.
+        if self.shadow is not None:
+            self.shadow.retired = True
+        left = 0
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()
+                left += 1
+        if left:
+            self.count(("dropped", "challenger_stalled"), left)
+        self.predlog.close(timeout=8.0)
+        with self._count_lock:
+            final = dict(self.counts)
+        self.send(("counts", final))
+
+
+def worker_main(
+    config: WorkerConfig, sock: socket.socket, ints: Any, floats: Any, challenger: str | None
+) -> None:
+    """Entry point of the worker process."""
+    import signal
+
+    # Ctrl-C and SIGTERM reach the whole process group: the service stops this process itself
+    # (after the log is written), and it also exits when the service's end of the socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    applog = logging.getLogger("edgeloop")
+    if not applog.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        applog.addHandler(handler)
+        applog.setLevel(logging.INFO)
+    code = 0
+    try:
+        _Worker(config, sock, ints, floats).run(challenger)
+    except Exception:
+        log.exception("worker process failed")
+        code = 1
+    finally:
+        logging.shutdown()
+    # A challenger thread stuck in a call must not keep the process alive.
+    os._exit(code)
 
 
 # ---------------------------------------------------------------------- the service
@@ -970,8 +1479,9 @@ class Service:
             CHAMPION: "the service is starting: the registry has not been read yet",
             CHALLENGER: "the registry has not been read yet",
         }
-        self.predlog: PredictionLog | None = None
-        self.shadow: ShadowScorer | None = None
+        #: The event loop that serves requests (set by the app's lifespan before ``start``).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.link: WorkerLink | None = None
         self._client: Any = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -980,45 +1490,50 @@ class Service:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Open the log, read the registry once (so a champion is ready), start the threads."""
-        from mlflow.tracking import MlflowClient
-
+        """Start the worker process, read the registry once (so a champion is ready), poll."""
         from edgeloop.tracking import configure
 
+        if self.loop is None:
+            raise ServiceError("Service.start needs the event loop that serves requests")
         log_path = self.settings.root / self.cfg.log_path
-        # Room for at least one maximal request from each model.
-        pending = max(self.cfg.log_queue_size, 2 * self.cfg.max_rows_per_request)
-        self.predlog = PredictionLog(
-            log_path, pending, on_drop=lambda n: self.metrics.log_dropped.inc(n)
-        ).start()
-        # At most shadow_queue_size requests wait, and (whatever their size) no more rows than
-        # one maximal request or shadow_queue_size single rows.
-        self.shadow = ShadowScorer(
-            self,
-            self.cfg.shadow_queue_size,
-            max(self.cfg.shadow_queue_size, self.cfg.max_rows_per_request),
-            self.stall_seconds,
+        connect(log_path).close()  # a bad log path fails here, not in the worker
+        config = WorkerConfig(
+            settings=self.settings,
+            log_path=str(log_path),
+            # Room for at least one maximal request from each model.
+            log_pending_rows=max(self.cfg.log_queue_size, 2 * self.cfg.max_rows_per_request),
+            stall_seconds=self.stall_seconds,
+            poll_seconds=self.cfg.poll_seconds,
         )
+        # Started first: it imports MLflow and scikit-learn while this process loads the models.
+        self.link = WorkerLink(self, self.loop, config)
+        self.link.start()
         self.metrics.shadow_healthy.set_function(lambda: 1.0 if self.shadow_healthy() else 0.0)
-        self.metrics.shadow_queue.set_function(
-            lambda: float(self.shadow.depth() if self.shadow else 0)
-        )
+        self.metrics.shadow_queue.set_function(lambda: float(self.link.depth() if self.link else 0))
+        from mlflow.tracking import MlflowClient
+
         self.tracking_uri = configure(self.settings)
         self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         self.poll_once()
+        chall = self.challenger
+        if not self.link.wait_ready(chall.version if chall else None, WORKER_START_SECONDS):
+            log.warning(
+                "the worker process is not ready after %.0f s: starting anyway (shadow work"
+                " and log records are dropped and counted until it is)",
+                WORKER_START_SECONDS,
+            )
         self._poller = threading.Thread(
             target=self._poll_loop, name="edgeloop-registry", daemon=True
         )
         self._poller.start()
 
     def stop(self) -> None:
+        """Stop polling; the worker writes the log records it holds and exits (or is killed)."""
         self._stop.set()
         if self._poller is not None:
             self._poller.join(5.0)
-        if self.shadow is not None:
-            self.shadow.stop()
-        if self.predlog is not None:
-            self.predlog.close()
+        if self.link is not None:
+            self.link.stop()
 
     # ------------------------------------------------------------------ registry
     def _poll_loop(self) -> None:
@@ -1099,31 +1614,32 @@ class Service:
         # One reference assignment: a request holds the model it started with to the end.
         setattr(self, alias, model)
         self.metrics.version.labels(alias).set(int(model.version) if model else 0)
-        if alias == CHALLENGER and model is not None and self.shadow is not None:
-            self.shadow.challenger_changed()
+        if alias == CHALLENGER and self.link is not None:
+            self.link.set_challenger(model.version if model else None)
 
     # ------------------------------------------------------------------ request path
-    def log_entry(self, entry: Entry) -> None:
-        if self.predlog is not None:
-            self.predlog.submit(entry)
-
     def shadow_healthy(self) -> bool:
-        return self.shadow is None or self.challenger is None or self.shadow.healthy()
+        return (
+            self.link is None
+            or self.challenger is None
+            or self.link.stalled_for() <= self.stall_seconds
+        )
 
-    def score(self, body: bytes, t0: float) -> tuple[int, bytes, str]:
-        """Parse, validate, predict, answer; then hand the rows to the log and the shadow.
+    def score(self, body: bytes, t0: float) -> tuple[int, bytes, str, Answered | None]:
+        """Parse, validate, predict, answer.
 
-        Returns (status, JSON body, request id).
+        Returns (status, JSON body, request id, what to hand to the worker process once the
+        answer is sent: None for an error).
         """
         import orjson
 
         model = self.champion  # this request uses this model to the end, whatever swaps
         if model is None:
-            return 503, _error(self.reasons[CHAMPION]), ""
+            return 503, _error(self.reasons[CHAMPION]), "", None
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return 400, _error(f"the body is not valid JSON: {exc}"), ""
+            return 400, _error(f"the body is not valid JSON: {exc}"), "", None
         try:
             rows = rows_of(data, model.schema)
             if not rows:
@@ -1135,13 +1651,18 @@ class Service:
                 )
             cols = model.schema.coerce(rows)
         except InputError as exc:
-            return exc.status, _error(exc.message, exc.field, exc.row), ""
+            return exc.status, _error(exc.message, exc.field, exc.row), "", None
         try:
             proba = model.predict_proba(cols)
         except Exception as exc:
             self.metrics.errors.labels(CHAMPION, model.version).inc()
             log.exception("champion v%s failed", model.version)
-            return 500, _error(f"the champion (v{model.version}) failed to score: {exc!r}"), ""
+            return (
+                500,
+                _error(f"the champion (v{model.version}) failed to score: {exc!r}"),
+                "",
+                None,
+            )
         idx = proba.argmax(axis=1).tolist()
         plist = proba.tolist()
         classes, keys = model.classes, model.class_keys
@@ -1157,29 +1678,24 @@ class Service:
             }
         )
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        # The answer is ready; what follows only queues work for other threads.
+        # The answer is ready; what follows only describes it for the worker process.
         n = len(rows)
         self.metrics.champion_rows.inc(n)
-        ts = time.time()
-        batch = RowBatch(rows)
-        self.log_entry(
-            Entry(
-                ts,
-                request_id,
-                CHAMPION,
-                model.version,
-                batch,
-                [classes[j] for j in idx],
-                plist,
-                keys,
-                latency_ms,
-            )
+        chall = self.challenger
+        answered = Answered(
+            request_id,
+            time.time(),
+            model.version,
+            latency_ms,
+            classes,
+            keys,
+            proba.tobytes(),
+            n,
+            0 if rows is data else 2 if rows[0] is data else 1,
+            body,
+            chall.version if chall is not None else None,
         )
-        if self.challenger is not None and self.shadow is not None:
-            self.shadow.offer(
-                ShadowItem(request_id, ts, batch, cols, model.schema, [keys[j] for j in idx])
-            )
-        return 200, out, request_id
+        return 200, out, request_id, answered
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         champ, chall = self.champion, self.challenger
@@ -1196,13 +1712,15 @@ class Service:
                 body[f"{alias}_load_error"] = self.reasons[alias]
         if chall is None:
             body["challenger_reason"] = self.reasons[CHALLENGER]
-        elif self.shadow is not None:
-            stalled = self.shadow.stalled_for()
+        elif self.link is not None:
+            stalled = self.link.stalled_for()
             body["challenger"]["healthy"] = stalled <= self.stall_seconds
             if stalled > self.stall_seconds:
                 body["challenger"]["reason"] = (
                     f"stuck scoring shadow work for {stalled:.1f} s: shadow work is dropped"
                 )
+        if self.link is not None:
+            body["worker"] = self.link.info()
         return (200 if champ is not None else 503), body
 
 
@@ -1226,7 +1744,7 @@ class _PredictEndpoint:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         t0 = time.perf_counter()
         svc = self.service
-        status, body, request_id = await self._handle(scope, receive, t0)
+        status, body, request_id, answered = await self._handle(scope, receive, t0)
         headers = list(_JSON_HEADERS)
         if request_id:
             headers.append((b"x-request-id", request_id.encode()))
@@ -1237,11 +1755,16 @@ class _PredictEndpoint:
         svc.metrics.count("predict", status)
         if status == 200:
             svc.metrics.latency.observe(time.perf_counter() - t0)
+        if answered is not None and svc.link is not None:
+            # After the answer is sent, on the event loop: a non-blocking write, never a wait.
+            svc.link.forward(answered)
 
-    async def _handle(self, scope: dict, receive: Callable, t0: float) -> tuple[int, bytes, str]:
+    async def _handle(
+        self, scope: dict, receive: Callable, t0: float
+    ) -> tuple[int, bytes, str, Answered | None]:
         svc = self.service
         if svc.champion is None:
-            return 503, _error(svc.reasons[CHAMPION]), ""
+            return 503, _error(svc.reasons[CHAMPION]), "", None
         too_big = _error(
             f"the body is larger than serving.max_body_bytes ({self.max_body} bytes):"
             " send fewer rows per request"
@@ -1250,19 +1773,19 @@ class _PredictEndpoint:
             if key == b"content-length":
                 try:
                     if int(value) > self.max_body:
-                        return 413, too_big, ""
+                        return 413, too_big, "", None
                 except ValueError:
-                    return 400, _error("invalid Content-Length header"), ""
+                    return 400, _error("invalid Content-Length header"), "", None
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return 400, _error("the client disconnected"), ""
+                return 400, _error("the client disconnected"), "", None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
-                return 413, too_big, ""
+                return 413, too_big, "", None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -1308,6 +1831,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Loading MLflow and the models takes seconds: keep the event loop free meanwhile.
+        service.loop = asyncio.get_running_loop()
         await run_in_threadpool(service.start)
         try:
             yield

@@ -499,6 +499,84 @@ def test_prediction_log_pairs_both_models_by_row_hash(stack: dict, make_settings
     assert len(read_predictions(path, since=time.time() + 60)) == 0
 
 
+def _alive(pid: int) -> bool:
+    """Is ``pid`` a running process (a zombie, exited but not reaped, is not)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_worker_process_is_gone_after_the_service_stops(
+    stack: dict, make_settings: Callable
+) -> None:
+    settings = make_settings()
+    register(stack, settings, "forest_a", "champion")
+    register(stack, settings, "forest_b", "challenger")
+    with serving(settings) as client:
+        worker = client.get("/readyz").json()["worker"]
+        pid = worker["pid"]
+        assert worker["alive"] and pid != os.getpid() and _alive(pid)
+        assert worker["challenger_loaded"] == "2"
+        assert client.post("/predict", json=ROWS).status_code == 200
+    # The service's shutdown stopped (and reaped) it: no orphan left behind.
+    assert not _alive(pid)
+
+
+def test_killed_worker_is_restarted_counted_and_logs_both_models(
+    stack: dict, make_settings: Callable
+) -> None:
+    settings = make_settings()
+    register(stack, settings, "forest_a", "champion")
+    register(stack, settings, "forest_b", "challenger")
+    path = settings.root / settings.serving.log_path
+
+    def logged(request_id: str) -> pd.DataFrame | None:
+        df = read_predictions(path)
+        df = df[df["request_id"] == request_id]
+        return df if len(df) == 2 * len(ROWS) else None
+
+    with serving(settings) as client:
+        old = client.get("/readyz").json()["worker"]["pid"]
+        first = client.post("/predict", json=ROWS).json()["request_id"]
+        wait_for(lambda: logged(first), what="the first request in the log")
+        os.kill(old, signal.SIGKILL)
+        worker = wait_for(
+            lambda: (
+                w
+                if (w := client.get("/readyz").json()["worker"])["pid"] != old
+                and w["alive"]
+                and w["challenger_loaded"] == "2"
+                else None
+            ),
+            timeout=60,
+            what="a new worker process with the challenger loaded",
+        )
+        assert worker["restarts"] == 1 and not _alive(old)
+        assert metric(scrape(client), "edgeloop_worker_restarts_total") == 1
+        # Answers never stopped, and the new worker logs both models again.
+        res = client.post("/predict", json=ROWS)
+        assert res.status_code == 200
+        df = wait_for(lambda: logged(res.json()["request_id"]), what="the log after restart")
+        by_alias = {a: g for a, g in df.groupby("alias")}
+        assert set(by_alias["champion"]["version"]) == {"1"}
+        assert set(by_alias["challenger"]["version"]) == {"2"}
+        assert by_alias["champion"]["row_hash"].tolist() == [row_hash(r) for r in ROWS]
+        assert by_alias["challenger"]["row_hash"].tolist() == [row_hash(r) for r in ROWS]
+        expected = local_proba(stack, "forest_b", ROWS)
+        got = np.array([list(p.values()) for p in by_alias["challenger"]["probabilities"]])
+        assert np.allclose(got, expected, rtol=0, atol=1e-12)
+        wait_for(
+            lambda: (
+                metric(scrape(client), "edgeloop_predicted_rows_total", alias="challenger")
+                >= len(ROWS)
+            ),
+            what="challenger rows counted by the new worker",
+        )
+    assert not _alive(worker["pid"])
+
+
 def test_metrics_are_prometheus_text(stack: dict, make_settings: Callable) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -596,6 +674,8 @@ def test_serve_command_binds_localhost_and_port_in_use_exits_2(
             wait_for(ready, timeout=90, what="edgeloop serve to be ready")
             res = client.post("/predict", json=ROW)
             assert res.status_code == 200 and res.json()["model"]["version"] == version
+            worker_pid = client.get("/readyz").json()["worker"]["pid"]
+            assert _alive(worker_pid)
         # Bound to loopback only by default: another address of this machine is refused.
         other = _non_loopback_address()
         if other:
@@ -620,3 +700,5 @@ def test_serve_command_binds_localhost_and_port_in_use_exits_2(
             proc.kill()
             proc.wait(10)
     assert proc.returncode == 0
+    # Ctrl-C reached the whole process group; the worker went with the server, not before.
+    assert not _alive(worker_pid)
