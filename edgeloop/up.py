@@ -236,7 +236,10 @@ def run_up(
     def _term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Installed explicitly: a process started in the background by a non-interactive shell
+    # inherits SIGINT as *ignored*, and Python then never raises KeyboardInterrupt.
     previous = signal.signal(signal.SIGTERM, _term)
+    previous_int = signal.signal(signal.SIGINT, _term)
     try:
         try:
             stack.start(mlflow_ui=mlflow_ui)
@@ -256,3 +259,4 @@ def run_up(
     finally:
         stack.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

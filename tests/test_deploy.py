@@ -7,6 +7,7 @@ in MLflow, follows a drift event to the retrain it starts, and stops the stack w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -179,8 +180,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         try:
             proc.wait(timeout=90)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            if proc.poll() is None:  # leave nothing running even when the check fails
+                for p in [psutil.Process(proc.pid), *family]:
+                    with contextlib.suppress(psutil.Error):
+                        p.kill()
             log.close()
         # Nothing `up` started may outlive it: server, uvicorn, MLflow workers, the runner.
         time.sleep(1)
