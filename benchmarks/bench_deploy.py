@@ -96,10 +96,18 @@ def measure(base: Path, poll: int, clicks: int) -> dict[str, Any]:
             time.sleep(0.5)
         up_seconds = time.perf_counter() - started
         api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api", timeout=30)
-        dep = api.get(f"/deployments/name/score/{root.name}").json()
+        dep = api.get(f"/deployments/name/score/{root.name}")
+        dep.raise_for_status()
+        dep = dep.json()
         pending, running, total = [], [], []
         for _ in range(clicks):
-            run = api.post(f"/deployments/{dep['id']}/create_flow_run", json={}).json()
+            for _attempt in range(20):  # a busy SQLite server answers 503 now and then
+                res = api.post(f"/deployments/{dep['id']}/create_flow_run", json={"parameters": {}})
+                if res.status_code != 503:
+                    break
+                time.sleep(0.5)
+            res.raise_for_status()
+            run = res.json()
             while True:
                 state = api.get(f"/flow_runs/{run['id']}").json()["state"]
                 if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
