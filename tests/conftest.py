@@ -34,6 +34,15 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def git_init(path: Path) -> None:
     """A real git repository (DVC needs one) with an identity for commits."""
     subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True)

@@ -21,15 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import git_commit_all, run_cli, small_reference
+from tests.conftest import free_port, git_commit_all, run_cli, small_reference
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def edit_config(root: Path, **sections: dict[str, Any]) -> None:
