@@ -672,9 +672,6 @@ def deploy(config: str | None) -> None:
 
     try:
         settings = _settings(config)
-        # The runner reads its poll interval when Prefect is imported: set it first. A short
-        # poll is what makes a click in the UI start a run within seconds.
-        os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", str(settings.schedules.poll_seconds))
         from edgeloop.deploy import serve_deployments
 
         serve_deployments(settings)

@@ -271,8 +271,9 @@ class ScheduleSettings(_Frozen):
     shadow_evaluate_cron: str = "30 3 * * *"
     #: The weekly review report: Mondays 09:00.
     weekly_review_cron: str = "0 9 * * 1"
-    #: How often a served deployment polls for runs (seconds): the click-to-start latency.
-    poll_seconds: Annotated[int, Field(ge=1, le=60)] = 1
+    #: How often a served deployment polls for runs (seconds): part of the click-to-start
+    #: latency (on average half of it is waited). Each poll is one small API query.
+    poll_seconds: Annotated[float, Field(ge=0.1, le=60)] = 0.5
 
     @field_validator("timezone")
     @classmethod

@@ -7,6 +7,7 @@ config. The Prefect UI renders each flow's typed parameters as the Run form.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -88,8 +89,9 @@ def require_server(settings: Settings) -> str:
     return url
 
 
-def build_deployments(settings: Settings) -> list[Any]:
-    """One ``RunnerDeployment`` per flow in ``FLOWS``, with schedules from the config."""
+def deployment_options(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
+    """Each flow of ``FLOWS`` with its deployment's options: the keywords of
+    ``Flow.to_deployment`` and ``Runner.add_flow``, schedules from the config."""
     import importlib
 
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
@@ -98,7 +100,7 @@ def build_deployments(settings: Settings) -> list[Any]:
 
     config = str(settings.source or settings.root / "edgeloop.yaml")
     tz = settings.schedules.timezone
-    deployments = []
+    options = []
     for spec in FLOWS:
         flow = getattr(importlib.import_module(spec.module), spec.attr)
         schedules = []
@@ -110,27 +112,26 @@ def build_deployments(settings: Settings) -> list[Any]:
                 raise DeployError(
                     f"{settings.source}: key 'schedules.{spec.cron_key}': {exc}"
                 ) from None
-        deployments.append(
-            flow.to_deployment(
-                name=settings.project,
-                schedules=schedules or None,
-                parameters={"config": config},
-                description=spec.description,
-                tags=["edgeloop", settings.project],
-                # One retrain at a time: extra runs wait (ENQUEUE) instead of running in
-                # parallel; the flow's own lock also refuses a CLI retrain running beside it.
-                concurrency_limit=(
-                    ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
-                    if spec.one_at_a_time
-                    else None
-                ),
-                # The flows are an installed package: the runner imports them by module path,
-                # whatever folder the project lives in.
-                entrypoint_type=EntrypointType.MODULE_PATH,
-                triggers=[_after(flow_name, settings.project) for flow_name in spec.after],
-            )
+        kwargs: dict[str, Any] = dict(
+            name=settings.project,
+            schedules=schedules or None,
+            parameters={"config": config},
+            description=spec.description,
+            tags=["edgeloop", settings.project],
+            # One retrain at a time: extra runs wait (ENQUEUE) instead of running in
+            # parallel; the flow's own lock also refuses a CLI retrain running beside it.
+            concurrency_limit=(
+                ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+                if spec.one_at_a_time
+                else None
+            ),
+            # The flows are an installed package: a worker imports them by module path,
+            # whatever folder the project lives in.
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            triggers=[_after(flow_name, settings.project) for flow_name in spec.after],
         )
-    return deployments
+        options.append((flow, kwargs))
+    return options
 
 
 def _after(flow_name: str, project: str) -> Any:
@@ -150,12 +151,78 @@ def _after(flow_name: str, project: str) -> Any:
     )
 
 
+class _ForkserverMultiprocessing:
+    """Stands in for ``multiprocessing`` inside ``prefect.flow_engine``: its ``spawn`` context
+    becomes a forkserver context, everything else is the real module."""
+
+    def __init__(self, context: Any) -> None:
+        self._context = context
+
+    def get_context(self, method: str | None = None) -> Any:
+        return self._context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing, name)
+
+
+def fork_flow_runs(modules: list[str]) -> Any:
+    """Start served flow runs as forks of a process that has already imported ``modules``.
+
+    Prefect's runner starts every run in a fresh ``spawn`` process that imports Prefect and the
+    flow's module again: ~2 s of a click's latency on 2 cores. A forkserver pays those imports
+    once, at ``edgeloop deploy``'s start; each run is then a fork of it, just as isolated (own
+    process, killed and cancelled the same way) but started in milliseconds. The forkserver is
+    a child of this process and stops with it. Returns the context in use.
+
+    Prefect's runner documents ``run_flow_in_subprocess`` as its override point; this keeps
+    Prefect's function (environment, control channel, signals) and only changes how the
+    process starts. ``tests/test_deploy.py`` fails if a Prefect upgrade makes it a no-op.
+    """
+    import multiprocessing.forkserver
+
+    import prefect.flow_engine
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["prefect.flow_engine", *modules])
+    # Start it and wait for its imports now: the first click should not pay for them either.
+    multiprocessing.forkserver.ensure_running()
+    warm = context.Process(target=_nothing)
+    warm.start()
+    warm.join()
+    prefect.flow_engine.multiprocessing = _ForkserverMultiprocessing(context)  # type: ignore[assignment]
+    return context
+
+
+def _nothing() -> None:
+    """The first fork: returns once the forkserver has imported everything."""
+
+
 def serve_deployments(settings: Settings) -> None:
     """Serve every deployment from this process until interrupted (blocks)."""
-    require_server(settings)
-    from prefect import serve
+    url = require_server(settings)
+    import asyncio
 
-    deployments = build_deployments(settings)
-    # SIGTERM/Ctrl-C pauses the deployments (Prefect's default): no scheduled run piles up
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    # A poll below Prefect's integer setting is passed to the runner directly. Ctrl-C and
+    # SIGTERM pause the deployments' schedules (Prefect's default): no scheduled run piles up
     # while nothing serves them; the next `edgeloop deploy` un-pauses them.
-    serve(*deployments, print_starting_message=True)
+    runner = Runner(
+        name=f"edgeloop-{settings.project}",
+        query_seconds=settings.schedules.poll_seconds,
+        pause_on_shutdown=True,
+    )
+    options = deployment_options(settings)
+    fork_flow_runs([spec.module for spec in FLOWS])
+    names = []
+    for flow, kwargs in options:
+        # add_flow (not add_deployment) keeps the flow object in the runner, so a run starts
+        # by calling it in a child process instead of `python -m prefect.engine` re-importing it.
+        runner.add_flow(flow, **kwargs)
+        names.append(f"{flow.name}/{kwargs['name']}")
+    print(f"serving {len(names)} deployments on {url}: {', '.join(names)}", flush=True)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        print("stopped serving; the deployments' schedules are paused", flush=True)

@@ -173,7 +173,6 @@ class Stack:
                     {"EDGELOOP_MLFLOW_UI_URL": self.urls["mlflow"]} if "mlflow" in self.urls else {}
                 ),
                 "PREFECT_API_URL": api,
-                "PREFECT_RUNNER_POLL_FREQUENCY": str(self.settings.schedules.poll_seconds),
             }
             config = str(self.settings.source or self.settings.root / "edgeloop.yaml")
             runner = self._spawn(

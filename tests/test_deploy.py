@@ -67,6 +67,24 @@ def test_up_refuses_a_port_in_use_and_starts_nothing(project: Path) -> None:
     assert not (project / ".edgeloop" / "logs" / "prefect-server.log").exists()
 
 
+def test_flow_runs_are_forked_from_a_preloaded_forkserver() -> None:
+    # A canary for the fast start (edgeloop.deploy.fork_flow_runs): it relies on Prefect's
+    # runner calling run_flow_in_subprocess, which picks its start method by name.
+    code = (
+        "import inspect, prefect.flow_engine as fe, prefect.runner._starter_direct as sd\n"
+        "from edgeloop.deploy import fork_flow_runs\n"
+        "assert 'multiprocessing.get_context(\"spawn\")' in inspect.getsource("
+        "fe.run_flow_in_subprocess), 'Prefect no longer starts runs with spawn'\n"
+        "assert sd.run_flow_in_subprocess is fe.run_flow_in_subprocess\n"
+        "ctx = fork_flow_runs(['json'])\n"
+        "assert fe.multiprocessing.get_context('spawn') is ctx\n"
+        "print(ctx.get_start_method())\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "forkserver"
+
+
 # ---------------------------------------------------------------- the real stack
 
 
@@ -114,6 +132,29 @@ class Stack:
                 return new[0]
             time.sleep(1)
         raise AssertionError(f"no {flow} run started within {timeout} s after {after['name']}")
+
+    def how_runs_start(self, run_id: str, timeout: float = 120) -> set[str]:
+        """While ``run_id`` runs, how the runner's flow-run processes were started."""
+        import psutil
+
+        seen: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.http.get(f"/flow_runs/{run_id}").json()["state"]["type"] in TERMINAL:
+                break
+            for p in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    cmd = " ".join(p.cmdline())
+                    parent = " ".join(p.parent().cmdline())
+                    if "forkserver" in cmd and "forkserver" in parent:
+                        seen.add("forkserver child")
+                    elif " deploy " in parent:  # started by the runner itself
+                        if "prefect.engine" in cmd:
+                            seen.add("prefect.engine")
+                        elif "spawn_main" in cmd:
+                            seen.add("spawn")
+            time.sleep(0.1)
+        return seen
 
     def runs_of(self, flow: str) -> list[dict[str, Any]]:
         dep = self.deployment(flow)
@@ -217,8 +258,12 @@ def test_run_button_retrain_then_drift_triggers_a_retrain(stack: Stack) -> None:
 
     # 1. Click "Run" on the retrain deployment with parameters from the form.
     run = stack.click_run("retrain", reason="clicked in the UI", force=True)
+    starts = stack.how_runs_start(run["id"])
     done = stack.wait(run["id"])
     assert done["state"]["type"] == "COMPLETED", done["state"]
+    # The run is a fork of the forkserver that pre-imported the flows (the fast start), not a
+    # `python -m prefect.engine` re-importing everything.
+    assert starts == {"forkserver child"}, starts
     assert done["parameters"]["reason"] == "clicked in the UI"
     settings = load_settings(stack.root / "edgeloop.yaml")
     configure(settings)
