@@ -159,19 +159,19 @@ def phases(
     masks = strategy_masks()
     masks.update({f"rule:{k}": v for k, v in ec.rule_masks(cols, rules, n).items()})
 
-    def candidates() -> tuple[np.ndarray, np.ndarray]:
+    def candidates() -> Any:
         any_reason = np.zeros(n, dtype=bool)
         n_rules = np.zeros(n, dtype=np.int8)
+        asked = 0
         for name, m in masks.items():
             any_reason |= m
             if name.startswith("rule:") or name == "disagreement":
                 n_rules += m
-        idx = np.flatnonzero(any_reason)
-        priority = np.subtract(1.0, margin[idx])
-        priority += 2.0 * n_rules[idx]
-        return idx, priority
+                asked += 1
+        return ec._Order(any_reason, n_rules, asked, margin, int(np.count_nonzero(any_reason)))
 
-    idx, priority = candidates()
+    order = candidates()
+    idx = np.flatnonzero(order.flagged)
     budget = settings.budget
     class_cap = int(np.ceil(budget * settings.max_class_share))
     cluster_cap = int(np.ceil(budget * settings.max_cluster_share))
@@ -183,15 +183,15 @@ def phases(
         )
 
     model = fit()
-    head = idx[ec._prefix(priority, 4 * budget + 64)][: budget + budget // 4 + 16]
+    head = order.head(4 * budget + 64)[: budget + budget // 4 + 16]
     steps: dict[str, Callable[[], Any]] = {
         "masks: low confidence, small margin, disagreement (every row)": strategy_masks,
-        "rule_masks: 2 rules (numeric conditions on every row, scanner == C on the rows left)": (
+        "rule_masks: 2 rules, every row (scanner == C on Arrow's buffers)": (
             lambda: ec.rule_masks(cols, rules, n)
         ),
-        "candidates: OR of the masks, flatnonzero, priority": candidates,
-        "_prefix: head of the priority order (one partition of the candidates)": lambda: ec._prefix(
-            priority, 4 * budget + 64
+        "candidates: OR of the masks, rule-hit counts": candidates,
+        "_Order.head: head of the priority order (partition of the most-flagged tier)": lambda: (
+            order.head(4 * budget + 64)
         ),
         f"_fit_clusters: sample of {ec.SAMPLE_PER_CLUSTER * settings.n_clusters} candidates, k-means": fit,
         "_excluded_at: first step's ids in the exclusion set": lambda: ec._excluded_at(
@@ -201,8 +201,7 @@ def phases(
             model.assign(features, head)
         ),
         "_fill: the whole walk (exclusion, clusters, caps)": lambda: ec._fill(
-            priority,
-            idx,
+            order,
             pred,
             ids,
             exclude,

@@ -719,3 +719,36 @@ def test_text_condition_after_a_numeric_one_keeps_missing_value_semantics() -> N
     # The same answers as every condition on every row.
     full = rule_masks({"x": columns["x"], "s": columns["s"].astype(object)}, rules, 8)
     assert all(np.array_equal(masks[k], full[k]) for k in masks)
+
+
+# ------------------------------------------------------------------ text compare on Arrow buffers
+@pytest.mark.parametrize("arrow_type", ["string", "large_string"])
+def test_text_equal_on_arrow_buffers_matches_arrow(
+    arrow_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-place comparison gives Arrow's answer (missing = no match) on chunked, sliced
+    arrays with nulls, empty and multi-byte strings, by rows or every row, across blocks."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from pipelines import edge_cases as ec
+
+    monkeypatch.setattr(ec, "_TEXT_BLOCK", 7)  # many blocks, some straddling chunk ends
+    rng = np.random.default_rng(11)
+    vocab = ["C", "CC", "", "Ç", "scanner C", "c", "CA", "AC", None]
+    values = [vocab[i] for i in rng.integers(0, len(vocab), 300)]
+    typ = getattr(pa, arrow_type)()
+    whole = pa.array(values, type=typ)
+    chunked = pa.chunked_array([whole.slice(0, 50), whole.slice(50, 1), whole.slice(51)])
+    sliced = pa.array(["x", *values], type=typ).slice(1)  # a non-zero offset
+    rows = rng.integers(0, len(values), 120)  # unsorted, repeated
+    for arr in (whole, chunked, sliced):
+        for texts in (["C"], ["CC", ""], ["Ç", "scanner C"], ["missing"]):
+            expected = np.asarray(
+                pc.is_in(whole, value_set=pa.array(texts, type=typ)).fill_null(False), dtype=bool
+            )
+            np.testing.assert_array_equal(ec._arrow_text_equal(arr, texts, None), expected)
+            np.testing.assert_array_equal(ec._arrow_text_equal(arr, texts, rows), expected[rows])
+    empty = pa.array(["", None, ""], type=typ)  # no text bytes at all
+    np.testing.assert_array_equal(ec._arrow_text_equal(empty, ["C"], None), [False] * 3)
+    np.testing.assert_array_equal(ec._arrow_text_equal(empty, [""], None), [True, False, True])
