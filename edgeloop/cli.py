@@ -46,7 +46,9 @@ class _Group(click.Group):
 
             if not api_unreachable(exc):
                 raise
-            url = os.environ.get("PREFECT_API_URL") or "(embedded)"
+            from edgeloop.config import configured_prefect_api_url
+
+            url = configured_prefect_api_url() or "(embedded)"
             click.secho(
                 f"error: the Prefect server at {url} is unreachable ({exc}). Work already "
                 "done is kept (MLflow runs, registry, data versions); rerun the command when "
@@ -193,22 +195,22 @@ def retrain(
 
     try:
         settings = _settings(config)
+        # First: the embedded Prefect server boots on the other core meanwhile (a cache hit
+        # stops it at exit, unused).
+        join_server = runtime.warm_up_prefect(settings)
         # Unchanged inputs answer from MLflow at once, before Prefect and scikit-learn load.
         hit = None if force else _quick_cache_check(settings, max_rows)
         if hit is not None:
             result, code = hit.to_dict(), 0 if hit.gates.get("passed", True) else 1
             _print_retrain(result, as_json)
             sys.exit(code)
-        join_server = runtime.warm_up_prefect()
+        # A miss: the fit's imports go on while the server boots (the MLflow logging's are
+        # imported during the fit: see training.train_and_evaluate).
+        runtime.preimport(
+            settings.training.estimator.rpartition(".")[0], "pipelines.train", "pipelines.evaluate"
+        )
         from flows.retrain import retrain as retrain_flow
 
-        runtime.preimport(
-            settings.training.estimator.rpartition(".")[0],
-            "mlflow.sklearn",
-            "skops.io",
-            "pipelines.train",
-            "pipelines.evaluate",
-        )
         join_server()
         runtime.quiet_expected_errors()
 

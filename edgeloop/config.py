@@ -29,6 +29,9 @@ CONFIG_FILENAME = "edgeloop.yaml"
 #: Environment variables that override service locations from the config file.
 ENV_MLFLOW_TRACKING_URI = "MLFLOW_TRACKING_URI"
 ENV_PREFECT_API_URL = "PREFECT_API_URL"
+#: Set (to the same URL) when PREFECT_API_URL is edgeloop's own temporary embedded server
+#: (``runtime.warm_up_prefect``): not a configured service.
+ENV_TEMPORARY_PREFECT_API_URL = "EDGELOOP_TEMPORARY_PREFECT_API_URL"
 ENV_DVC_REMOTE_URL = "EDGELOOP_DVC_REMOTE_URL"
 
 
@@ -426,12 +429,21 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     return apply_env_overrides(settings)
 
 
+def configured_prefect_api_url(env: dict[str, str] | None = None) -> str:
+    """PREFECT_API_URL from the environment, unless it is edgeloop's temporary embedded server
+    (that one is not part of the configuration: no config hash, trigger or link depends on it).
+    """
+    env = dict(os.environ) if env is None else env
+    url = env.get(ENV_PREFECT_API_URL, "")
+    return "" if url and url == env.get(ENV_TEMPORARY_PREFECT_API_URL) else url
+
+
 def apply_env_overrides(settings: Settings, env: dict[str, str] | None = None) -> Settings:
     """Service locations from the environment win over the file."""
     env = dict(os.environ) if env is None else env
     overrides = {
         "mlflow_tracking_uri": env.get(ENV_MLFLOW_TRACKING_URI, ""),
-        "prefect_api_url": env.get(ENV_PREFECT_API_URL, ""),
+        "prefect_api_url": configured_prefect_api_url(env),
         "dvc_remote_url": env.get(ENV_DVC_REMOTE_URL, ""),
     }
     overrides = {k: v for k, v in overrides.items() if v}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from edgeloop.config import Settings
 
@@ -99,20 +100,27 @@ def quiet_expected_errors() -> None:
             handler.addFilter(_HideExpected())  # type: ignore[arg-type]
 
 
-def warm_up_prefect() -> Callable[[], None]:
-    """Start the temporary Prefect server in the background; returns a ``join`` to call before
-    the first flow runs.
+def warm_up_prefect(settings: Settings) -> Callable[[], None]:
+    """Start the embedded Prefect server now; returns a ``join`` to call before the first flow.
 
     Without ``PREFECT_API_URL`` the first flow run of a process boots a server subprocess
-    (10-20 s on a small machine) and only then starts work. Booting it while the command
-    imports scikit-learn and MLflow overlaps the two: the subprocess has the other core.
-    ``join`` must be called before any flow runs: Prefect marks the server as running before
-    it answers, so a flow started earlier could talk to a server that is not up yet.
+    (7-15 s on a small machine) and only then starts work. Started first thing, it boots on
+    the other core while the command imports MLflow, Prefect and scikit-learn and asks MLflow's
+    cache. Before Prefect is imported this starts the same server Prefect would (its uvicorn
+    app, with the same switches) without importing Prefect's server code here (4 s of imports
+    that would hold the GIL against the command's own) and points this process at it; it is
+    stopped at exit, after Prefect has flushed its logs and events. Once Prefect is imported
+    (tests, the demo) Prefect's own temporary server is booted in a thread instead.
+    ``join`` must be called before any flow runs: it waits until the server answers.
     """
-    import threading
+    import sys
 
     if os.environ.get("PREFECT_API_URL"):
         return lambda: None
+    if "prefect" not in sys.modules:
+        return _TemporaryServer(settings).join
+
+    import threading
 
     def boot() -> None:
         # A failure here is left to the flow's own start, which reports it with context.
@@ -126,11 +134,122 @@ def warm_up_prefect() -> Callable[[], None]:
     return thread.join
 
 
-def preimport(*modules: str) -> None:
-    """Import modules a command will need anyway (while the server boots); missing ones are
-    left for the step that needs them to report."""
-    import importlib
+class _TemporaryServer:
+    """Prefect's temporary local server (``SubprocessASGIServer``), started by edgeloop."""
 
-    for name in modules:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    def __init__(self, settings: Settings) -> None:
+        import atexit
+        import importlib.util
+        import socket
+        import subprocess
+        import sys
+
+        from edgeloop.config import ENV_TEMPORARY_PREFECT_API_URL
+
+        spec = importlib.util.find_spec("prefect")  # finds the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError("prefect is not installed")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        logs = settings.root / ".edgeloop" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self._log = (logs / "prefect-temporary-server.log").open("ab")
+        # The switches Prefect's own temporary server runs with: no UI, ephemeral mode.
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn",
+             "--app-dir", str(Path(spec.submodule_search_locations[0]).parent),
+             "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "error", "--lifespan", "on"],
+            env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )  # fmt: skip
+        # Before Prefect is imported, so every part of it (its log and event threads too)
+        # talks to this server. Links to runs point at the UI `prefect server start` serves on
+        # the project's home, as with Prefect's own temporary server. The marker keeps
+        # edgeloop from taking it for a configured server (config, triggers, lineage).
+        os.environ["PREFECT_API_URL"] = self.api_url
+        os.environ.setdefault("PREFECT_UI_URL", LOCAL_UI_URL)
+        os.environ[ENV_TEMPORARY_PREFECT_API_URL] = self.api_url
+        # atexit runs after Prefect's own exit hooks (threading's), which flush to the server.
+        atexit.register(self.stop)
+
+    def join(self) -> None:
+        """Wait until the server answers (an error naming its log if it does not start)."""
+        import time
+        import urllib.request
+
+        from edgeloop.errors import EdgeloopError
+
+        timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp,
+            ):
+                if resp.status == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise EdgeloopError(
+            f"the embedded Prefect server did not start within {timeout:.0f} s: see "
+            f"{self._log.name}"
+        )
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def _die_with_parent() -> None:
+    """In the server's process before it starts: get SIGTERM when edgeloop dies (even by
+    SIGKILL, which no exit hook sees), so no server outlives its command."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+#: Where links to flow runs point when Prefect runs embedded: the UI that
+#: `prefect server start` serves by default on the project's Prefect home.
+LOCAL_UI_URL = "http://127.0.0.1:4200"
+
+
+def preimport(*modules: str) -> None:
+    """Import, in a background thread, modules a command will need later.
+
+    Imports hold the GIL, so this overlaps them with what does not: waiting for the Prefect
+    server, SQLite queries, reading Parquet, scikit-learn's fit. Importing the same module in
+    the main thread meanwhile just waits for this one (Python's per-module import lock).
+    """
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            # Anything that fails here (a missing module, an import racing the main thread's)
+            # is left to the main thread's own import of it, which reports it.
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    threading.Thread(target=run, name="edgeloop-preimport", daemon=True).start()

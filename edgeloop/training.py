@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop import faults
+from edgeloop import faults, runtime
 from edgeloop.config import Settings
 from edgeloop.errors import EdgeloopError, GateError
 
@@ -270,6 +270,9 @@ def train_and_evaluate(
     split = tr.split(dataset, schema, training, settings.seeds.split)
     t1 = time.perf_counter()
     faults.point("train")
+    # What logging the model will need is imported during the fit, which scikit-learn runs in
+    # its C code, off the GIL: with one OpenMP thread the other core is otherwise idle.
+    runtime.preimport("mlflow.sklearn", "skops.io", "matplotlib.figure")
     model = tr.fit(split.train, schema, training, settings.seeds.train)
     t2 = time.perf_counter()
     x_hold = tr.features(split.holdout, schema)

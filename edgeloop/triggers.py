@@ -8,10 +8,9 @@ server (embedded defaults) there is no deployment to call, so it runs as a subfl
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from edgeloop.config import Settings
+from edgeloop.config import Settings, configured_prefect_api_url
 
 #: Every deployment ``edgeloop deploy`` serves is named after the project: ``<flow>/<project>``.
 RETRAIN_FLOW = "retrain"
@@ -24,7 +23,7 @@ def deployment_name(settings: Settings, flow_name: str) -> str:
 
 def request_retrain(settings: Settings, reason: str, *, config: str) -> dict[str, Any]:
     """Start a retrain with ``reason``; returns how it was started and its run id or result."""
-    if os.environ.get("PREFECT_API_URL"):
+    if configured_prefect_api_url():
         started = _through_deployment(settings, reason)
         if started is not None:
             return started

@@ -58,12 +58,17 @@ def record_run(
 
 def flow_run_url() -> str:
     """The run's page on the Prefect server that shows it (the project-local one by default)."""
-    url = flow_run.ui_url or ""
-    # Without a configured UI URL (the embedded server) Prefect returns "None/flow-runs/...":
-    # point at the UI `prefect server start` serves by default on this project's home.
-    if (not url or not url.startswith("http")) and flow_run.id:
-        url = f"http://127.0.0.1:4200/runs/flow-run/{flow_run.id}"
-    return url
+    from prefect.settings import PREFECT_UI_URL
+
+    from edgeloop.runtime import LOCAL_UI_URL
+
+    if not flow_run.id:
+        return ""
+    # The UI's own route (`flow_run.ui_url` says /flow-runs/flow-run/, which the UI does not
+    # serve). Without a UI URL (the embedded server) point at the UI `prefect server start`
+    # serves by default on this project's home.
+    base = PREFECT_UI_URL.value() or LOCAL_UI_URL
+    return f"{base.rstrip('/')}/runs/flow-run/{flow_run.id}"
 
 
 def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:

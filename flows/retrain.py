@@ -107,15 +107,19 @@ def retrain(
     settings = load_settings(config)
     started = time.perf_counter()
     with retrain_lock(settings, wait=wait):
-        notes = recover(settings)
+        # Recovery runs beside the cache lookup and the data read (it touches neither: it
+        # closes orphan runs and finishes alias moves); it is done before the champion is
+        # loaded for the comparison or anything is registered.
+        recovering = recover.submit(settings)
         # The cache is asked before the data is loaded: a hit costs no read of the dataset.
         data_version = dataset_version(settings)
         key = cache_key(settings, data_version, max_rows)
         if not force:
             hit = find_cached(settings, key)
             if hit is not None:
-                return _cached(hit, data_version, key, notes)
+                return _cached(hit, data_version, key, recovering.result())
         loaded_version, dataset = load_dataset(settings)
+        notes = recovering.result()
         if loaded_version != data_version:  # an ingest versioned new data in between
             data_version, key = loaded_version, cache_key(settings, loaded_version, max_rows)
         trained = train(settings, dataset, max_rows)

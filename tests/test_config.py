@@ -266,3 +266,22 @@ def test_apply_env_overrides_with_explicit_env(tmp_path: Path, monkeypatch) -> N
     # The input settings are not changed.
     assert s.services.dvc_remote_url == "/file/remote"
     assert out.root == s.root and out.source == s.source
+
+
+def test_the_temporary_embedded_server_is_not_a_configured_service(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`edgeloop retrain` points PREFECT_API_URL at the server it started itself: that URL is
+    not configuration (the config hash, triggers and links must not see it)."""
+    from edgeloop.config import ENV_TEMPORARY_PREFECT_API_URL, configured_prefect_api_url
+
+    path = write(tmp_path, VALID)
+    before = load_settings(path)
+    monkeypatch.setenv(ENV_PREFECT_API_URL, "http://127.0.0.1:40123/api")
+    monkeypatch.setenv(ENV_TEMPORARY_PREFECT_API_URL, "http://127.0.0.1:40123/api")
+    s = load_settings(path)
+    assert s.services.prefect_api_url == "http://file-prefect:4200/api"  # the file's, as before
+    assert s.config_hash() == before.config_hash()
+    assert configured_prefect_api_url() == ""
+    monkeypatch.setenv(ENV_PREFECT_API_URL, "http://team-prefect:4200/api")  # a real one wins
+    assert configured_prefect_api_url() == "http://team-prefect:4200/api"

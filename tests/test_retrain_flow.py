@@ -291,3 +291,56 @@ def test_cli_cache_hit_answers_without_prefect(project: Path) -> None:
     forced = run_cli("retrain", "--force", "--json", cwd=project, env=no_prefect)
     assert forced.returncode == 3, forced.stderr[-2000:]
     assert "Prefect server at http://127.0.0.1:9/api is unreachable" in forced.stderr
+
+
+def _embedded_servers(project: Path) -> list:  # type: ignore[type-arg]
+    """Prefect server processes running on this project's Prefect home."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            server = "prefect.server.api.server:create_app" in " ".join(p.info["cmdline"] or [])
+            if server and p.environ().get("PREFECT_HOME", "").startswith(str(project)):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_cli_embedded_server_is_temporary_and_not_part_of_the_record(project: Path) -> None:
+    """The CLI boots the embedded Prefect server itself (first thing, on the other core): the
+    run links to the project's UI, the recorded config hash is the file's, and the server
+    stops with the command, even when the command is killed with SIGKILL."""
+    from edgeloop.tracking import configure
+
+    res = run_cli("retrain", "--reason", "cli", "--json", cwd=project)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout)
+    assert not _embedded_servers(project)
+    settings = load_settings(project / "edgeloop.yaml")
+    configure(settings)
+    import mlflow
+
+    tags = mlflow.get_run(out["run_id"]).data.tags
+    assert tags["prefect.flow_run_url"] == (
+        f"http://127.0.0.1:4200/runs/flow-run/{tags['prefect.flow_run_id']}"
+    )
+    assert tags["config_hash"] == settings.config_hash()
+    assert (project / ".edgeloop" / "logs" / "prefect-temporary-server.log").exists()
+
+    proc = _start_paused(project, "train")
+    try:
+        _wait_for_marker(proc, "EDGELOOP_FAULT: paused at train")
+        assert len(_embedded_servers(project)) == 1
+        proc.kill()  # the command only, not its process group: nothing runs its exit hooks
+    finally:
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _embedded_servers(project) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _embedded_servers(project)
+    for p in left:  # leave nothing running even when the check fails
+        p.kill()
+    assert not left, "the embedded Prefect server outlived its killed command"
