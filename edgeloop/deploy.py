@@ -182,6 +182,8 @@ def fork_flow_runs(modules: list[str]) -> Any:
 
     import prefect.flow_engine
 
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: Prefect's way
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["prefect.flow_engine", *modules])
     # Start it and wait for its imports now: the first click should not pay for them either.
