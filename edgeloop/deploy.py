@@ -8,11 +8,10 @@ config. The Prefect UI renders each flow's typed parameters as the Run form.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from edgeloop.config import Settings
+from edgeloop.config import Settings, configured_prefect_api_url
 from edgeloop.errors import EdgeloopError
 
 
@@ -79,7 +78,7 @@ FLOWS: tuple[FlowSpec, ...] = (
 
 def require_server(settings: Settings) -> str:
     """The Prefect API URL deployments are served against; an error if there is none."""
-    url = os.environ.get("PREFECT_API_URL") or settings.services.prefect_api_url
+    url = configured_prefect_api_url() or settings.services.prefect_api_url
     if not url:
         raise DeployError(
             "serving deployments needs a Prefect server: run 'edgeloop up' (starts one on "

@@ -185,7 +185,6 @@ class _TemporaryServer:
     def join(self) -> None:
         """Wait until the server answers (an error naming its log if it does not start)."""
         import time
-        import urllib.request
 
         from edgeloop.errors import EdgeloopError
 
@@ -194,12 +193,8 @@ class _TemporaryServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 break
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as resp,
-            ):
-                if resp.status == 200:
-                    return
+            if http_ok(f"{self.api_url}/health"):
+                return
             time.sleep(0.1)
         self.stop()
         raise EdgeloopError(
@@ -218,6 +213,17 @@ class _TemporaryServer:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within 2 s (a server's health probe)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def _die_with_parent() -> None:

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeloop.config import Settings
+from edgeloop.config import Settings, configured_prefect_api_url
 from edgeloop.errors import EdgeloopError
+from edgeloop.runtime import http_ok
 
 
 class UpError(EdgeloopError):
@@ -77,14 +78,6 @@ def check_port(host: str, port: int, what: str, option: str) -> None:
         )
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 @dataclass
 class Stack:
     """The running children, in start order (stopped in reverse)."""
@@ -134,7 +127,7 @@ class Stack:
         from edgeloop.tracking import is_embedded, tracking_uri
 
         bindir = Path(sys.executable).parent
-        external = os.environ.get("PREFECT_API_URL") or self.settings.services.prefect_api_url
+        external = configured_prefect_api_url() or self.settings.services.prefect_api_url
         start_mlflow = mlflow_ui and is_embedded(self.settings)
         # Check every port before starting anything: fail fast, leave nothing half-started.
         if not external:
@@ -155,7 +148,7 @@ class Stack:
             )  # fmt: skip
             api = f"http://{self.host}:{self.prefect_port}/api"
             self.urls["prefect"] = f"http://{self.host}:{self.prefect_port}"
-            self._wait(server, lambda: _http_ok(f"{api}/health"), timeout)
+            self._wait(server, lambda: http_ok(f"{api}/health"), timeout)
         if start_mlflow:
             mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             self._spawn(
@@ -183,7 +176,7 @@ class Stack:
             self._wait(runner, lambda: _deployments_ready(api, self.settings), timeout)
         if "mlflow" in self.urls:
             ui = self.children[[c.name for c in self.children].index("mlflow-ui")]
-            self._wait(ui, lambda: _http_ok(f"{self.urls['mlflow']}/health"), timeout)
+            self._wait(ui, lambda: http_ok(f"{self.urls['mlflow']}/health"), timeout)
 
     def stop(self) -> None:
         for child in reversed(self.children):
