@@ -198,14 +198,20 @@ def retrain(
         # First: the embedded Prefect server boots on the other core meanwhile (a cache hit
         # stops it at exit, unused).
         join_server = runtime.warm_up_prefect(settings)
+        # Then the fit, in its own process (the flow adopts it: edgeloop.fit_worker): it is
+        # the command's critical path. A cache hit stops it at exit, a second or two in.
+        from edgeloop import fit_worker
+
+        if fit_worker.start_early(settings, max_rows):
+            # Before this command starts any thread: they all inherit the lower priority.
+            runtime.yield_to_fit()
         # Unchanged inputs answer from MLflow at once, before Prefect and scikit-learn load.
         hit = None if force else _quick_cache_check(settings, max_rows)
         if hit is not None:
             result, code = hit.to_dict(), 0 if hit.gates.get("passed", True) else 1
             _print_retrain(result, as_json)
             sys.exit(code)
-        # A miss: the fit's imports go on while the server boots (the MLflow logging's are
-        # imported during the fit: see training.train_and_evaluate).
+        # A miss: the evaluation's imports go on here while the server boots.
         runtime.preimport(
             settings.training.estimator.rpartition(".")[0], "pipelines.train", "pipelines.evaluate"
         )

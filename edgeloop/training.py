@@ -27,6 +27,7 @@ from edgeloop.errors import EdgeloopError, GateError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from edgeloop.fit_worker import FitWorker
     from pipelines.evaluate import GateResult
     from pipelines.train import Split
 
@@ -256,9 +257,18 @@ class Trained:
 
 
 def train_and_evaluate(
-    settings: Settings, dataset: pd.DataFrame, *, max_rows: int = 0, champion: Any = None
+    settings: Settings,
+    dataset: pd.DataFrame,
+    *,
+    max_rows: int = 0,
+    champion: Any = None,
+    fitting: FitWorker | None = None,
 ) -> Trained:
-    """Split, fit, evaluate candidate and champion on the same holdout, check the gates."""
+    """Split, fit, evaluate candidate and champion on the same holdout, check the gates.
+
+    With ``fitting`` (a worker fitting on the same data version, see ``edgeloop.fit_worker``)
+    the model and its holdout predictions come from it; otherwise the fit runs here.
+    """
     from pipelines import evaluate as ev
     from pipelines import train as tr
 
@@ -270,14 +280,27 @@ def train_and_evaluate(
     split = tr.split(dataset, schema, training, settings.seeds.split)
     t1 = time.perf_counter()
     faults.point("train")
-    # What logging the model will need is imported during the fit, which scikit-learn runs in
-    # its C code, off the GIL: with one OpenMP thread the other core is otherwise idle.
+    # What logging the model will need is imported while the model fits (in its worker, or in
+    # scikit-learn's C code here, off the GIL).
     runtime.preimport("mlflow.sklearn", "skops.io", "matplotlib.figure")
-    model = tr.fit(split.train, schema, training, settings.seeds.train)
-    t2 = time.perf_counter()
     x_hold = tr.features(split.holdout, schema)
+    seconds = {"split_seconds": t1 - t0}
+    if fitting is None:
+        model = tr.fit(split.train, schema, training, settings.seeds.train)
+        seconds["fit_seconds"] = seconds["fit_wait_seconds"] = time.perf_counter() - t1
+        y_pred = model.predict(x_hold)
+    else:
+        fitted = fitting.result()
+        if len(fitted.holdout_predicted) != len(split.holdout):
+            raise EdgeloopError(
+                f"the fit worker predicted {len(fitted.holdout_predicted)} holdout rows, the"
+                f" retrain has {len(split.holdout)}: the data changed during the retrain"
+            )
+        model, y_pred = fitted.model, fitted.holdout_predicted
+        seconds["fit_seconds"] = fitted.fit_seconds
+        seconds["fit_wait_seconds"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
     y_true = tr.target(split.holdout, schema)
-    y_pred = model.predict(x_hold)
     metrics = ev.evaluate(y_true, y_pred, split.holdout, schema, list(training.slices))
     metrics["train_rows"] = float(len(split.train))
     champ = None
@@ -286,11 +309,8 @@ def train_and_evaluate(
             y_true, champion.predict(x_hold), split.holdout, schema, list(training.slices)
         )
     gates = ev.check_gates(metrics, champ, settings.gates)
-    t3 = time.perf_counter()
-    return Trained(
-        model, split, y_true, y_pred, metrics, champ, gates,
-        {"split_seconds": t1 - t0, "fit_seconds": t2 - t1, "evaluate_seconds": t3 - t2},
-    )  # fmt: skip
+    seconds["evaluate_seconds"] = time.perf_counter() - t2
+    return Trained(model, split, y_true, y_pred, metrics, champ, gates, seconds)
 
 
 def _trusted_types(model: Any) -> list[str]:

@@ -16,7 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from edgeloop import fit_worker
 from edgeloop.config import Settings, load_settings
+from edgeloop.fit_worker import FitWorker
 from edgeloop.registry import CHALLENGER, CHAMPION, Registry
 from edgeloop.training import (
     RetrainSummary,
@@ -48,11 +50,13 @@ def load_dataset(settings: Settings) -> tuple[str, Any]:
 
 
 @task(name="train-evaluate", cache_policy=NO_CACHE)
-def train(settings: Settings, dataset: Any, max_rows: int) -> Trained:
-    """Fit the candidate; evaluate it and the champion on the same fixed holdout."""
+def train(settings: Settings, dataset: Any, max_rows: int, fitting: FitWorker | None) -> Trained:
+    """The candidate (fitted by its worker); it and the champion evaluated on the fixed holdout."""
     reg = Registry(settings)
     champion = reg.load(CHAMPION) if CHAMPION in reg.aliases() else None
-    return train_and_evaluate(settings, dataset, max_rows=max_rows, champion=champion)
+    return train_and_evaluate(
+        settings, dataset, max_rows=max_rows, champion=champion, fitting=fitting
+    )
 
 
 @task(name="log-to-mlflow", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -118,11 +122,20 @@ def retrain(
             hit = find_cached(settings, key)
             if hit is not None:
                 return _cached(hit, data_version, key, recovering.result())
-        loaded_version, dataset = load_dataset(settings)
-        notes = recovering.result()
-        if loaded_version != data_version:  # an ingest versioned new data in between
-            data_version, key = loaded_version, cache_key(settings, loaded_version, max_rows)
-        trained = train(settings, dataset, max_rows)
+        # The fit starts now in its own process (or was started by the CLI for these inputs)
+        # and runs while the data is loaded here for the evaluation and the logging.
+        fitting: FitWorker | None = fit_worker.start(settings, data_version, key, max_rows)
+        try:
+            loaded_version, dataset = load_dataset(settings)
+            notes = recovering.result()
+            if loaded_version != data_version:  # an ingest versioned new data in between
+                data_version, key = loaded_version, cache_key(settings, loaded_version, max_rows)
+                fitting.cancel()
+                fitting = None  # the worker fits the older version: fit here instead
+            trained = train(settings, dataset, max_rows, fitting)
+        finally:
+            if fitting is not None:
+                fitting.cancel()
         run_id, model_uri = log_run(
             settings,
             trained,

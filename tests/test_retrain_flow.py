@@ -344,3 +344,69 @@ def test_cli_embedded_server_is_temporary_and_not_part_of_the_record(project: Pa
     for p in left:  # leave nothing running even when the check fails
         p.kill()
     assert not left, "the embedded Prefect server outlived its killed command"
+
+
+def _fit_workers(project: Path) -> list:  # type: ignore[type-arg]
+    """Fit worker processes of this project."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "edgeloop.fit_worker" in cmd and str(project) in cmd:
+            found.append(p)
+    return found
+
+
+def test_fit_worker_gives_the_in_process_model_and_its_errors(project: Path) -> None:
+    """The worker's model predicts what an in-process fit of the same inputs predicts; its
+    errors reach the retrain with their type and message; it leaves no file behind."""
+    from edgeloop.fit_worker import FitWorker
+    from edgeloop.training import cache_key, current_dataset, train_and_evaluate
+    from pipelines.train import TrainingError
+
+    settings = load_settings(project / "edgeloop.yaml")
+    version, dataset = current_dataset(settings)
+    here = train_and_evaluate(settings, dataset)
+    worker = FitWorker(settings, version, cache_key(settings, version, 0), 0)
+    there = train_and_evaluate(settings, dataset, fitting=worker)
+    assert (there.y_pred == here.y_pred).all()
+    assert there.metrics == here.metrics
+    assert not worker._dir.exists() and worker.process.returncode == 0
+
+    _set_config(project, "training:\n  params: {n_estimators: -3}\n")
+    bad = load_settings(project / "edgeloop.yaml")
+    worker = FitWorker(bad, version, cache_key(bad, version, 0), 0)
+    with pytest.raises(TrainingError, match=r"n_estimators.* Got -3"):
+        worker.result()
+    assert not worker._dir.exists()
+
+
+@pytest.mark.slow
+def test_cli_fit_starts_before_the_flow_and_dies_with_the_command(project: Path) -> None:
+    """``edgeloop retrain`` starts the fit worker before the Prefect server is up and the flow
+    adopts it (one fit per retrain); SIGKILL of the command stops the worker too."""
+    log = project / ".edgeloop" / "logs" / "fit-worker.log"
+    res = run_cli("retrain", "--reason", "cli", "--json", cwd=project)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert log.read_text().count("fitting data") == 1, log.read_text()
+    assert json.loads(res.stdout)["status"] == "registered"
+
+    # The worker pauses before its fit (EDGELOOP_FAULT reaches it); the command waits for it.
+    proc = _start_paused(project, "fit")
+    try:
+        deadline = time.monotonic() + 120
+        while "paused at fit" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            time.sleep(0.2)
+        assert len(_fit_workers(project)) == 1, log.read_text()
+        proc.kill()  # the command only: its exit hooks do not run
+    finally:
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while _fit_workers(project) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = _fit_workers(project)
+    for p in left:
+        p.kill()
+    assert not left, "the fit worker outlived its killed command"
