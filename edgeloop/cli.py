@@ -202,16 +202,18 @@ def retrain(
         # the command's critical path. A cache hit stops it at exit, a second or two in.
         from edgeloop import fit_worker
 
-        if fit_worker.start_early(settings, max_rows):
-            # Before this command starts any thread: they all inherit the lower priority.
-            runtime.yield_to_fit()
+        fitting = fit_worker.start_early(settings, max_rows)
         # Unchanged inputs answer from MLflow at once, before Prefect and scikit-learn load.
         hit = None if force else _quick_cache_check(settings, max_rows)
         if hit is not None:
             result, code = hit.to_dict(), 0 if hit.gates.get("passed", True) else 1
             _print_retrain(result, as_json)
             sys.exit(code)
-        # A miss: the evaluation's imports go on here while the server boots.
+        if fitting:
+            # A miss: the rest of this command yields the CPU to the fit. Before Prefect and
+            # the imports below start their threads, which inherit the lower priority.
+            runtime.yield_to_fit()
+        # The evaluation's imports go on here while the server boots.
         runtime.preimport(
             settings.training.estimator.rpartition(".")[0], "pipelines.train", "pipelines.evaluate"
         )
