@@ -54,8 +54,6 @@ class FitWorker:
     def __init__(self, settings: Settings, data_version: str, key: str, max_rows: int) -> None:
         import subprocess
 
-        from edgeloop.runtime import die_with_parent
-
         self.key, self.data_version = key, data_version
         work = settings.root / ".edgeloop" / "tmp"
         work.mkdir(parents=True, exist_ok=True)
@@ -65,6 +63,7 @@ class FitWorker:
             "max_rows": max_rows,
             "data_version": data_version,
             "key": key,
+            "parent": os.getpid(),
             "out": str(self._dir / "fitted.pickle"),
         }
         (self._dir / "request.json").write_text(json.dumps(request), encoding="utf-8")
@@ -72,10 +71,12 @@ class FitWorker:
         logs.mkdir(parents=True, exist_ok=True)
         self.log = logs / "fit-worker.log"
         with self.log.open("ab") as log:
+            # No preexec_fn: the flow starts this while Prefect's threads run, and code run
+            # between fork and exec can deadlock on a lock one of them held (the worker ties
+            # itself to this process first thing instead: main()).
             self.process: subprocess.Popen[bytes] = subprocess.Popen(
                 [sys.executable, "-m", "edgeloop.fit_worker", str(self._dir / "request.json")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )  # fmt: skip
 
     def result(self) -> Fitted:
@@ -177,6 +178,12 @@ def _fit(request: dict[str, Any]) -> Fitted:
 
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    if sys.platform == "linux":
+        from edgeloop.runtime import die_with_parent
+
+        die_with_parent()
+        if os.getppid() != request["parent"]:
+            return 1  # the retrain died before this process could tie itself to it
     out = Path(request["out"])
     print(
         f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()}: fitting data"
