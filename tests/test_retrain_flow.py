@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -308,16 +309,31 @@ def _embedded_servers(project: Path) -> list:  # type: ignore[type-arg]
     return found
 
 
+def _assert_gone(find: Callable[[], list], what: str) -> None:  # type: ignore[type-arg]
+    """Wait up to 30 s for the processes ``find`` lists to end; kill any left, and fail."""
+    deadline = time.monotonic() + 30
+    while find() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = find()
+    for p in left:  # leave nothing running even when the check fails
+        p.kill()
+    assert not left, f"{what} outlived its killed command"
+
+
 @pytest.mark.slow
-def test_cli_embedded_server_is_temporary_and_not_part_of_the_record(project: Path) -> None:
-    """The CLI boots the embedded Prefect server itself (first thing, on the other core): the
-    run links to the project's UI, the recorded config hash is the file's, and the server
-    stops with the command, even when the command is killed with SIGKILL."""
+def test_cli_embedded_server_and_fit_worker_live_and_die_with_the_command(project: Path) -> None:
+    """The CLI boots the embedded Prefect server itself (first thing, on the other core) and
+    starts the fit worker before the server is up; the flow adopts the worker (one fit per
+    retrain). The run links to the project's UI, the recorded config hash is the file's, and
+    server and worker stop with the command, even when it is killed with SIGKILL."""
     from edgeloop.tracking import configure
 
+    fit_log = project / ".edgeloop" / "logs" / "fit-worker.log"
     res = run_cli("retrain", "--reason", "cli", "--json", cwd=project)
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout)
+    assert out["status"] == "registered"
+    assert fit_log.read_text().count("fitting data") == 1, fit_log.read_text()
     assert not _embedded_servers(project)
     settings = load_settings(project / "edgeloop.yaml")
     configure(settings)
@@ -330,20 +346,23 @@ def test_cli_embedded_server_is_temporary_and_not_part_of_the_record(project: Pa
     assert tags["config_hash"] == settings.config_hash()
     assert (project / ".edgeloop" / "logs" / "prefect-temporary-server.log").exists()
 
-    proc = _start_paused(project, "train")
+    # The worker pauses before its fit (EDGELOOP_FAULT reaches it); the command waits for it.
+    proc = _start_paused(project, "fit")
     try:
-        _wait_for_marker(proc, "EDGELOOP_FAULT: paused at train")
+        deadline = time.monotonic() + 120
+        while "paused at fit" not in fit_log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            time.sleep(0.2)
+        assert len(_fit_workers(project)) == 1, fit_log.read_text()
+        deadline = time.monotonic() + 120
+        while not _embedded_servers(project) and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert len(_embedded_servers(project)) == 1
         proc.kill()  # the command only, not its process group: nothing runs its exit hooks
     finally:
         proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while _embedded_servers(project) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = _embedded_servers(project)
-    for p in left:  # leave nothing running even when the check fails
-        p.kill()
-    assert not left, "the embedded Prefect server outlived its killed command"
+    _assert_gone(lambda: _embedded_servers(project), "the embedded Prefect server")
+    _assert_gone(lambda: _fit_workers(project), "the fit worker")
 
 
 def _fit_workers(project: Path) -> list:  # type: ignore[type-arg]
@@ -380,33 +399,3 @@ def test_fit_worker_gives_the_in_process_model_and_its_errors(project: Path) -> 
     with pytest.raises(TrainingError, match=r"n_estimators.* Got -3"):
         worker.result()
     assert not worker._dir.exists()
-
-
-@pytest.mark.slow
-def test_cli_fit_starts_before_the_flow_and_dies_with_the_command(project: Path) -> None:
-    """``edgeloop retrain`` starts the fit worker before the Prefect server is up and the flow
-    adopts it (one fit per retrain); SIGKILL of the command stops the worker too."""
-    log = project / ".edgeloop" / "logs" / "fit-worker.log"
-    res = run_cli("retrain", "--reason", "cli", "--json", cwd=project)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert log.read_text().count("fitting data") == 1, log.read_text()
-    assert json.loads(res.stdout)["status"] == "registered"
-
-    # The worker pauses before its fit (EDGELOOP_FAULT reaches it); the command waits for it.
-    proc = _start_paused(project, "fit")
-    try:
-        deadline = time.monotonic() + 120
-        while "paused at fit" not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()[0][-2000:]
-            time.sleep(0.2)
-        assert len(_fit_workers(project)) == 1, log.read_text()
-        proc.kill()  # the command only: its exit hooks do not run
-    finally:
-        proc.wait(timeout=60)
-    deadline = time.monotonic() + 30
-    while _fit_workers(project) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = _fit_workers(project)
-    for p in left:
-        p.kill()
-    assert not left, "the fit worker outlived its killed command"
