@@ -10,7 +10,7 @@ on the other core, while the retrain loads the data, evaluates the champion and 
 Why early: ``edgeloop retrain`` starts it before the embedded Prefect server is up (the boot
 takes seconds), and the flow adopts it when its inputs match (the retrain's cache key: data
 version, config, training code, ``max_rows``); otherwise the flow starts one itself as soon as
-its cache lookup misses. The worker loads the same DVC version, splits with the same seed and
+its cache lookup misses, if the data is large enough to be worth it (``WORKER_FROM_BYTES``). The worker loads the same DVC version, splits with the same seed and
 fits with ``settings.seeds.train``: the model is the one an in-process fit gives.
 
     python -m edgeloop.fit_worker REQUEST.json   (run by edgeloop, not by hand)
@@ -113,14 +113,25 @@ class FitWorker:
 #: Workers started before the flow that will use them (by the CLI), by cache key.
 _STARTED: dict[str, FitWorker] = {}
 
+#: Below this much data (the size DVC records in ``data.dvc``) a flow fits in its own process:
+#: a fit of seconds loses little to the GIL, and a worker's start (2-3 s of imports and its
+#: own read) would cost more than it saves. ``edgeloop retrain`` starts one whatever the size,
+#: as it then starts while the Prefect server boots, which takes longer.
+WORKER_FROM_BYTES = 16 * 2**20
 
-def start(settings: Settings, data_version: str, key: str, max_rows: int) -> FitWorker:
-    """The worker for these inputs: the one already started for them, else a new one."""
+
+def start(settings: Settings, data_version: str, key: str, max_rows: int) -> FitWorker | None:
+    """The worker for these inputs: the one the CLI started for them, else a new one, or
+    None when the data is small enough to fit in the flow's process (``WORKER_FROM_BYTES``)."""
+    from edgeloop.versioning import read_pointer_size
+
     early = _STARTED.pop(key, None)
     if early is not None and early.process.poll() in (None, 0):
         return early
     if early is not None:
         early.cancel()
+    if read_pointer_size(settings.path("data").with_suffix(".dvc")) < WORKER_FROM_BYTES:
+        return None
     return FitWorker(settings, data_version, key, max_rows)
 
 

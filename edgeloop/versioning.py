@@ -204,10 +204,19 @@ class DataVersioner:
 
 def read_pointer_md5(pointer: Path) -> str | None:
     """``outs[0].md5`` of a ``.dvc`` file, or None if there is none."""
+    return _pointer_out(pointer).get("md5")
+
+
+def read_pointer_size(pointer: Path) -> int:
+    """``outs[0].size`` of a ``.dvc`` file (bytes of the data it names), 0 if there is none."""
+    return int(_pointer_out(pointer).get("size") or 0)
+
+
+def _pointer_out(pointer: Path) -> dict[str, Any]:
     import yaml
 
     if not pointer.exists():
-        return None
+        return {}
     data = yaml.safe_load(pointer.read_text(encoding="utf-8")) or {}
     outs = data.get("outs") or []
-    return outs[0].get("md5") if outs else None
+    return outs[0] if outs else {}

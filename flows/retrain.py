@@ -123,7 +123,8 @@ def retrain(
             if hit is not None:
                 return _cached(hit, data_version, key, recovering.result())
         # The fit starts now in its own process (or was started by the CLI for these inputs)
-        # and runs while the data is loaded here for the evaluation and the logging.
+        # and runs while the data is loaded here for the evaluation and the logging; small
+        # data is fitted here (fit_worker.WORKER_FROM_BYTES).
         fitting: FitWorker | None = fit_worker.start(settings, data_version, key, max_rows)
         try:
             loaded_version, dataset = load_dataset(settings)

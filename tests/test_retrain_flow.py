@@ -320,6 +320,25 @@ def _assert_gone(find: Callable[[], list], what: str) -> None:  # type: ignore[t
     assert not left, f"{what} outlived its killed command"
 
 
+def test_flow_fits_in_a_worker_from_a_data_size(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside the CLI the flow starts its own worker for data of ``WORKER_FROM_BYTES`` or more
+    (here lowered to 0), and fits small data in its own process."""
+    from edgeloop import fit_worker
+
+    log = project / ".edgeloop" / "logs" / "fit-worker.log"
+    small, failed = _retrain(project, reason="small data: in process")
+    assert not failed and small["status"] == "registered"
+    assert not log.exists()
+    monkeypatch.setattr(fit_worker, "WORKER_FROM_BYTES", 0)
+    large, failed = _retrain(project, reason="large data: worker", force=True)
+    assert not failed and large["status"] == "registered"
+    assert log.read_text().count("fitting data") == 1
+    assert large["metrics"] == small["metrics"]  # the same model either way
+    assert not list((project / ".edgeloop" / "tmp").iterdir())
+
+
 @pytest.mark.slow
 def test_cli_embedded_server_and_fit_worker_live_and_die_with_the_command(project: Path) -> None:
     """The CLI boots the embedded Prefect server itself (first thing, on the other core) and
