@@ -743,18 +743,15 @@ def _excluded_at(
     return np.fromiter((v in exclude for v in values), dtype=bool, count=len(rows))
 
 
-def _take(values: pd.Series, rows: np.ndarray) -> np.ndarray:
-    """``values.iloc[rows].to_numpy()``, without Arrow concatenating a chunked column first."""
+def _take(values: pd.Series, rows: np.ndarray) -> Any:
+    """``values.iloc[rows].array``, without Arrow concatenating a chunked column first, and
+    Arrow text kept as Arrow (no Python strings made, then converted back by the frame)."""
     if not _arrow_strings(values):
         return values.iloc[rows].to_numpy()
     import pandas as pd
     import pyarrow as pa
 
-    taken = _arrow_take(pa.array(values), rows)
-    out = taken.to_numpy(zero_copy_only=False)
-    if taken.null_count:
-        out[pd.isna(out)] = values.dtype.na_value  # pandas' missing value, as iloc gives
-    return out
+    return pd.array(_arrow_take(pa.array(values), rows), dtype=values.dtype)
 
 
 def _arrow_take(arr: Any, rows: np.ndarray) -> Any:
