@@ -43,7 +43,6 @@ class Fitted:
 
     model: Any
     holdout_predicted: np.ndarray
-    data_version: str
     fit_seconds: float
     predict_seconds: float
 
@@ -54,7 +53,6 @@ class FitWorker:
     def __init__(self, settings: Settings, data_version: str, key: str, max_rows: int) -> None:
         import subprocess
 
-        self.key, self.data_version = key, data_version
         work = settings.root / ".edgeloop" / "tmp"
         work.mkdir(parents=True, exist_ok=True)
         self._dir = Path(tempfile.mkdtemp(prefix="fit-", dir=work))
@@ -83,7 +81,7 @@ class FitWorker:
         """The fitted model; the worker's own error (same type and message) if it failed."""
         try:
             code = self.process.wait()
-            out = Path(self._dir / "fitted.pickle")
+            out = self._dir / "fitted.pickle"
             if not out.exists():
                 raise EdgeloopError(
                     f"the fit process exited with code {code} before it finished: see {self.log}"
@@ -184,7 +182,7 @@ def _fit(request: dict[str, Any]) -> Fitted:
     model = tr.fit(split.train, schema, training, settings.seeds.train)
     t1 = time.perf_counter()
     predicted = model.predict(tr.features(split.holdout, schema))
-    return Fitted(model, predicted, version, t1 - t0, time.perf_counter() - t1)
+    return Fitted(model, predicted, t1 - t0, time.perf_counter() - t1)
 
 
 def main(argv: list[str]) -> int:

@@ -131,8 +131,9 @@ def retrain(
             notes = recovering.result()
             if loaded_version != data_version:  # an ingest versioned new data in between
                 data_version, key = loaded_version, cache_key(settings, loaded_version, max_rows)
-                fitting.cancel()
-                fitting = None  # the worker fits the older version: fit here instead
+                if fitting is not None:
+                    fitting.cancel()
+                fitting = None  # a worker would fit the older version: fit here instead
             trained = train(settings, dataset, max_rows, fitting)
         finally:
             if fitting is not None:
