@@ -198,7 +198,7 @@ def phases(
             ids, head, exclude
         ),
         "_Clusters.assign: first step's rows (features read + nearest centre)": lambda: (
-            model.assign(features, head)
+            model.assign(head)
         ),
         "_fill: the whole walk (exclusion, clusters, caps)": lambda: ec._fill(
             order,

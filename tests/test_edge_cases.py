@@ -209,6 +209,26 @@ def test_combined_strategies_list_every_reason(
         assert rec.margin == pytest.approx(by_id.loc[rec.row_id, "margin"])
 
 
+@pytest.mark.parametrize("n_rules", [70, 140])
+def test_many_rules_keep_their_reasons_and_order(scores: pd.DataFrame, n_rules: int) -> None:
+    """Reasons are kept as bit sets of 62 per word and rule hits are counted in 8 bits up to
+    127 rules: with 70 and 140 rules each row still lists exactly the rules it matches, in the
+    rules file's order, and more hits still rank first."""
+    step = 0.55 / n_rules
+    many = [
+        Rule(f"r{i:03d}", "", (Condition("confidence", "<", 0.4 + i * step),))
+        for i in range(n_rules)
+    ]
+    out = select(scores, settings(min_confidence=0.0, min_margin=0.0), rules=many)
+    conf = scores.set_index("row_id")["confidence"]
+    for row_id, why in zip(out["row_id"], out["reasons"], strict=True):
+        expected = [f"rule:r{i:03d}" for i in range(n_rules) if conf[row_id] < 0.4 + i * step]
+        assert why.split(";") == expected
+    hits = [len(why.split(";")) for why in out["reasons"]]
+    assert hits == sorted(hits, reverse=True)
+    assert hits[0] == n_rules - 1  # r7 (confidence .40) matches every rule but the first
+
+
 def test_priority_order_rules_and_disagreement_first_then_lower_margin(
     scores: pd.DataFrame, features: pd.DataFrame, rules: list[Rule]
 ) -> None:
@@ -749,6 +769,17 @@ def test_text_equal_on_arrow_buffers_matches_arrow(
             )
             np.testing.assert_array_equal(ec._arrow_text_equal(arr, texts, None), expected)
             np.testing.assert_array_equal(ec._arrow_text_equal(arr, texts, rows), expected[rows])
+    # Fixed-width codes (every row as long as the value: compared as one run of bytes),
+    # with and without a missing value, in one block and across several.
+    for codes in (["A", "B", "C"], ["AB", "CB", "AC"]):
+        values = [codes[i] for i in rng.integers(0, 3, 40)]
+        for arr in (pa.array(values, type=typ), pa.array([*values, None], type=typ)):
+            for texts in ([codes[2]], [codes[0], codes[1]], ["A" * len(codes[0]) + "x"]):
+                expected = np.asarray(
+                    pc.is_in(arr, value_set=pa.array(texts, type=typ)).fill_null(False),
+                    dtype=bool,
+                )
+                np.testing.assert_array_equal(ec._arrow_text_equal(arr, texts, None), expected)
     empty = pa.array(["", None, ""], type=typ)  # no text bytes at all
     np.testing.assert_array_equal(ec._arrow_text_equal(empty, ["C"], None), [False] * 3)
     np.testing.assert_array_equal(ec._arrow_text_equal(empty, [""], None), [True, False, True])
