@@ -175,7 +175,7 @@ def phases(
     budget = settings.budget
     class_cap = int(np.ceil(budget * settings.max_class_share))
     cluster_cap = int(np.ceil(budget * settings.max_cluster_share))
-    ids = scores["row_id"]
+    ids = ec._Column(scores["row_id"])
 
     def fit() -> Any:
         return ec._fit_clusters(

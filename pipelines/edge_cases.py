@@ -391,12 +391,13 @@ def select(
     cluster_cap = (
         max(1, math.ceil(budget * settings.max_cluster_share)) if limited and clustering else budget
     )
+    ids = _Column(scores["row_id"])
     model = None
     if clustering and features is not None:
         model = _fit_clusters(
             features,
             np.flatnonzero(any_reason),
-            scores["row_id"],
+            ids,
             exclude,
             settings.n_clusters,
             settings.cluster_seed,
@@ -404,7 +405,7 @@ def select(
     chosen, clusters, chosen_ids = _fill(
         _Order(any_reason, n_rules, n_asked, margin, total),
         pred,
-        scores["row_id"],
+        ids,
         exclude,
         features,
         model,
@@ -436,7 +437,7 @@ def select(
     columns = {
         # Take the chosen rows first: converting whole id columns costs more than selecting.
         "row_id": chosen_ids,
-        "batch_id": _take(scores["batch_id"], chosen) if "batch_id" in scores else "",
+        "batch_id": _Column(scores["batch_id"]).output_at(chosen) if "batch_id" in scores else "",
         "predicted": pred[chosen],
         "confidence": conf[chosen],
         "margin": margin[chosen],
@@ -453,7 +454,7 @@ def select(
 def _fill(
     order: _Order,
     pred: np.ndarray,
-    ids: pd.Series,
+    ids: _Column,
     exclude: set[str] | frozenset[str],
     features: pd.DataFrame | None,
     model: _Clusters | None,
@@ -504,7 +505,7 @@ def _fill(
                 rows = rows[~_class_in(pred[rows], full, text_classes)]
         got = None
         if exclude:
-            got = _ids_at(ids, rows)
+            got = ids.at(rows)
             keep = np.flatnonzero(~_in_set(got, exclude))
             rows, got = rows[keep], _at(got, keep)
         if not capped:
@@ -533,10 +534,10 @@ def _fill(
         taken += len(rows)
     if not chosen:
         rows = np.empty(0, dtype=np.int64)
-        return rows, rows, _column(ids, _ids_at(ids, rows))
+        return rows, rows, ids.output_at(rows)
     rows = np.concatenate(chosen)
-    got = _concat(chosen_ids) if exclude else _ids_at(ids, rows)
-    return rows, np.concatenate(clusters), _column(ids, got)
+    got = ids.output(_concat(chosen_ids)) if exclude else ids.output_at(rows)
+    return rows, np.concatenate(clusters), got
 
 
 def _class_in(classes: np.ndarray, keys: list[Any], text: bool) -> np.ndarray:
@@ -649,7 +650,7 @@ class _Clusters:
 def _fit_clusters(
     features: pd.DataFrame,
     idx: np.ndarray,
-    ids: pd.Series,
+    ids: _Column,
     exclude: set[str] | frozenset[str],
     n_clusters: int,
     seed: int,
@@ -755,15 +756,13 @@ def _kmeans(z: np.ndarray, k: int, rng: np.random.Generator, max_iter: int = 10)
     return c
 
 
-def _excluded_at(
-    ids: pd.Series, rows: np.ndarray, exclude: set[str] | frozenset[str]
-) -> np.ndarray:
+def _excluded_at(ids: _Column, rows: np.ndarray, exclude: set[str] | frozenset[str]) -> np.ndarray:
     """Whether the ids at ``rows`` are in ``exclude``."""
-    return _in_set(_ids_at(ids, rows), exclude)
+    return _in_set(ids.at(rows), exclude)
 
 
 def _in_set(values: Any, exclude: set[str] | frozenset[str]) -> np.ndarray:
-    """Whether each of ``values`` (from ``_ids_at``) is in ``exclude``: a few thousand ids are
+    """Whether each of ``values`` (from ``_Column.at``) is in ``exclude``: a few thousand ids are
     looked up one by one in the set; Arrow's hash pays off only for many (it hashes the whole
     set first)."""
     import numpy as np
@@ -785,46 +784,59 @@ def _in_set(values: Any, exclude: set[str] | frozenset[str]) -> np.ndarray:
     return np.fromiter((v in exclude for v in items), dtype=bool, count=len(items))
 
 
-def _ids_at(values: pd.Series, rows: np.ndarray) -> Any:
-    """The values at ``rows``: Arrow text as a small Arrow array (no Python strings made, no
-    chunked column concatenated first), anything else as a NumPy array."""
-    if not _arrow_strings(values):
-        return values.iloc[rows].to_numpy()
-    import pyarrow as pa
+class _Column:
+    """A column read at a few rows at a time (ids, batch ids): Arrow text as small Arrow arrays
+    (no Python strings made, no chunked column concatenated first), anything else as NumPy.
+    Its Arrow view and chunk bounds are looked up once per selection, not once per read."""
 
-    return _arrow_take(pa.array(values), rows)
+    def __init__(self, values: pd.Series) -> None:
+        import numpy as np
+
+        self.values = values
+        self.arrow: Any = None
+        self.bounds: np.ndarray | None = None
+        if _arrow_strings(values):
+            import pyarrow as pa
+
+            self.arrow = pa.array(values)
+            if isinstance(self.arrow, pa.ChunkedArray) and self.arrow.num_chunks > 1:
+                self.bounds = np.cumsum([0, *(len(c) for c in self.arrow.chunks)])
+
+    def at(self, rows: np.ndarray) -> Any:
+        """The values at ``rows`` (Arrow or NumPy)."""
+        if self.arrow is None:
+            return self.values.iloc[rows].to_numpy()
+        return _arrow_take(self.arrow, rows, self.bounds)
+
+    def output(self, values: Any) -> Any:
+        """Values from ``at`` as an output column with the column's dtype."""
+        import numpy as np
+        import pandas as pd
+
+        return values if isinstance(values, np.ndarray) else pd.array(values, self.values.dtype)
+
+    def output_at(self, rows: np.ndarray) -> Any:
+        return self.output(self.at(rows))
 
 
 def _at(values: Any, positions: np.ndarray) -> Any:
-    """``values[positions]`` for a NumPy or an Arrow array (from ``_ids_at``)."""
+    """``values[positions]`` for a NumPy or an Arrow array (from ``_Column.at``)."""
     import numpy as np
 
     return values[positions] if isinstance(values, np.ndarray) else values.take(positions)
 
 
 def _concat(parts: list[Any]) -> Any:
-    """One array of ``_ids_at`` arrays."""
+    """One array of ``_Column.at`` arrays."""
     import numpy as np
     import pyarrow as pa
 
     return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else pa.concat_arrays(parts)
 
 
-def _column(like: pd.Series, values: Any) -> Any:
-    """Values from ``_ids_at`` as an output column with ``like``'s dtype."""
-    import numpy as np
-    import pandas as pd
-
-    return values if isinstance(values, np.ndarray) else pd.array(values, dtype=like.dtype)
-
-
-def _take(values: pd.Series, rows: np.ndarray) -> Any:
-    """``values.iloc[rows].array`` (see ``_ids_at``)."""
-    return _column(values, _ids_at(values, rows))
-
-
-def _arrow_take(arr: Any, rows: np.ndarray) -> Any:
-    """``arr.take(rows)`` for an Arrow array or chunked array, chunk by chunk.
+def _arrow_take(arr: Any, rows: np.ndarray, bounds: np.ndarray | None = None) -> Any:
+    """``arr.take(rows)`` for an Arrow array or chunked array, chunk by chunk (``bounds``: the
+    first row of each chunk and the length, when known already).
 
     Arrow's own take on a chunked array first concatenates the chunks, copying the whole
     column: ~5 ms for 1M ids (a Parquet read gives 8 chunks) to take a thousand of them.
@@ -836,7 +848,8 @@ def _arrow_take(arr: Any, rows: np.ndarray) -> Any:
         return arr.take(rows)
     if arr.num_chunks == 1:
         return arr.chunk(0).take(rows)
-    bounds = np.cumsum([0, *(len(c) for c in arr.chunks)])
+    if bounds is None:
+        bounds = np.cumsum([0, *(len(c) for c in arr.chunks)])
     which = np.searchsorted(bounds, rows, side="right") - 1
     order = np.argsort(which, kind="stable")  # grouped by chunk, in the rows' order within
     grouped, chunk_of = rows[order], which[order]
