@@ -116,7 +116,7 @@ def build(
     rules_path.write_text(DEMO_RULES, encoding="utf-8")
     known = [*schema.features, *SCORE_COLUMNS, *(f"p_{c}" for c in classes)]
     rules = load_rules(rules_path, known)
-    in_batch = rng.choice(scores["row_id"].to_numpy(), n_exclude // 2, replace=False)
+    in_batch = rng.choice(scores["row_id"].to_numpy(), min(n_exclude, rows) // 2, replace=False)
     earlier = [f"000001-0123456789ab-{i:07d}" for i in range(n_exclude - len(in_batch))]
     exclude = set(map(str, in_batch)) | set(earlier)
     return {
@@ -160,15 +160,7 @@ def phases(
     masks.update({f"rule:{k}": v for k, v in ec.rule_masks(cols, rules, n).items()})
 
     def candidates() -> Any:
-        any_reason = np.zeros(n, dtype=bool)
-        n_rules = np.zeros(n, dtype=np.int8)
-        asked = 0
-        for name, m in masks.items():
-            any_reason |= m
-            if name.startswith("rule:") or name == "disagreement":
-                n_rules += m
-                asked += 1
-        return ec._Order(any_reason, n_rules, asked, margin, int(np.count_nonzero(any_reason)))
+        return ec._candidates(masks, margin)
 
     order = candidates()
     idx = np.flatnonzero(order.flagged)
