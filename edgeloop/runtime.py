@@ -247,15 +247,17 @@ def _server_child() -> None:
     yield_to_fit()
 
 
-def die_with_parent() -> None:
-    """In a child (server, fit worker) before it starts: get SIGTERM when edgeloop dies (even
-    by SIGKILL, which no exit hook sees), so no child outlives its command. Linux sends it
-    when the thread that started the child ends: start children from the main thread."""
+def die_with_parent(sig: int | None = None) -> None:
+    """In a child (server, fit worker) before it starts: get ``sig`` (default SIGTERM) when
+    edgeloop dies (even by SIGKILL, which no exit hook sees), so no child outlives its command.
+    Linux sends it when the thread that started the child ends: start children from the main
+    thread."""
     import ctypes
     import signal
 
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM if sig is None else sig)  # PR_SET_PDEATHSIG
 
 
 #: Where links to flow runs point when Prefect runs embedded: the UI that

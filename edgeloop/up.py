@@ -2,12 +2,15 @@
 
 Each child runs in its own process group, so stopping it (Ctrl-C, SIGTERM, or a child that
 dies) takes its own children with it: ``mlflow ui`` spawns workers and ``prefect server start``
-spawns uvicorn, and neither may outlive ``edgeloop up``.
+spawns uvicorn, and neither may outlive ``edgeloop up``. Each child also gets a signal from the
+kernel when ``edgeloop up`` itself dies, even by SIGKILL (which runs no exit hook): SIGTERM, on
+which the server and the MLflow UI stop their own children as on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from edgeloop.config import Settings, configured_prefect_api_url
 from edgeloop.errors import EdgeloopError
-from edgeloop.runtime import http_ok
+from edgeloop.runtime import die_with_parent, http_ok
 
 
 class UpError(EdgeloopError):
@@ -93,7 +96,11 @@ class Stack:
     def logs(self) -> Path:
         return self.settings.root / ".edgeloop" / "logs"
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+    def _spawn(
+        self, name: str, argv: list[str], env: dict[str, str], on_orphan: int = signal.SIGTERM
+    ) -> Child:
+        """Start a child in its own process group; the kernel sends it ``on_orphan`` if ``up``
+        dies without stopping it."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
@@ -105,6 +112,12 @@ class Stack:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its own process group: stopped as a whole
+                # `up` starts no thread, so code between fork and exec is safe here.
+                preexec_fn=(
+                    functools.partial(die_with_parent, on_orphan)
+                    if sys.platform == "linux"
+                    else None
+                ),
             )
         child = Child(name, proc, log)
         self.children.append(child)
@@ -172,6 +185,10 @@ class Stack:
                 "deployments",
                 [sys.executable, "-m", "edgeloop.cli", "deploy", "--config", config],
                 deploy_env,
+                # On SIGTERM the runner pauses its schedules through the API; when `up` started
+                # the server, that server is dying too and the runner would retry for minutes.
+                # SIGKILL then: its forkserver and resource tracker exit when their pipe closes.
+                on_orphan=signal.SIGTERM if external else signal.SIGKILL,
             )
             self._wait(runner, lambda: _deployments_ready(api, self.settings), timeout)
         if "mlflow" in self.urls:

@@ -635,17 +635,20 @@ SAMPLE_PER_CLUSTER = 32
 _ARROW_LOOKUP_FROM = 20_000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: arrays and frames do not compare as a bool
 class _Clusters:
-    """k-means centres in standardised feature space, and how to standardise a row."""
+    """k-means centres in standardised feature space, the batch's numeric features they are
+    read from, and how to standardise a row."""
 
-    numeric: pd.DataFrame  # the batch's numeric features (a view: no copy of the batch)
+    # A column selection of the batch's frame: under pandas' copy-on-write a view, no copy.
+    # Made once per selection: pandas rebuilds a column selection on each `iloc[rows, cols]`.
+    numeric: pd.DataFrame
     mean: np.ndarray
     scale: np.ndarray
     centers: np.ndarray
 
     def assign(self, rows: np.ndarray) -> np.ndarray:
-        """The nearest centre of each row (positions in ``features``)."""
+        """The nearest centre of each row (positions in the batch)."""
         import numpy as np
 
         # Read the rows in batch order (kinder to the caches than priority order), then put
