@@ -829,6 +829,7 @@ class _Column:
         return values if isinstance(values, np.ndarray) else pd.array(values, self.values.dtype)
 
     def output_at(self, rows: np.ndarray) -> Any:
+        """The values at ``rows`` as an output column."""
         return self.output(self.at(rows))
 
 
@@ -842,9 +843,12 @@ def _at(values: Any, positions: np.ndarray) -> Any:
 def _concat(parts: list[Any]) -> Any:
     """One array of ``_Column.at`` arrays."""
     import numpy as np
+
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
     import pyarrow as pa
 
-    return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else pa.concat_arrays(parts)
+    return pa.concat_arrays(parts)
 
 
 def _arrow_take(arr: Any, rows: np.ndarray, bounds: np.ndarray | None = None) -> Any:
