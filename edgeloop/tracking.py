@@ -72,7 +72,17 @@ def ensure_experiment(settings: Settings, kind: str) -> str:
         if is_embedded(settings):
             # Without an explicit location MLflow writes to ./mlruns of whatever the cwd is.
             location = (artifact_root(settings) / name).as_uri()
-        return client.create_experiment(name, artifact_location=location)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException as exc:
+            # Created by another thread or process since the lookup (the retrain flow's
+            # recovery task and its cache lookup both ask, at once, on a new store): use it.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
     except mlflow.exceptions.MlflowException as exc:
         raise StoreError(f"MLflow store {tracking_uri(settings)} is not usable: {exc}") from None
     except Exception as exc:  # connection errors to a team server come in many types

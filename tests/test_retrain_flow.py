@@ -52,6 +52,33 @@ def _labeled_batch(project: Path, tmp_path: Path, seed: int) -> None:
     ingest([str(path)], config=str(project / "edgeloop.yaml"))
 
 
+def test_experiment_created_by_another_process_meanwhile_is_used(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain flow's recovery task and its cache lookup both ask for the training
+    experiment at once; on a new store both find none and both create it (CI saw the loser
+    fail the demo's first retrain). Here the other creator is forced between the lookup and
+    the creation, on the real store: the experiment it made is used."""
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.tracking import ensure_experiment, experiment_name
+
+    settings = load_settings(project / "edgeloop.yaml")
+    name = experiment_name(settings, "race")
+    lookup = MlflowClient.get_experiment_by_name
+    made: list[str] = []
+
+    def lookup_then_lose_the_race(self: MlflowClient, wanted: str):  # type: ignore[no-untyped-def]
+        found = lookup(self, wanted)
+        if found is None and not made:
+            made.append(MlflowClient().create_experiment(wanted))  # the other process
+        return found
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lookup_then_lose_the_race)
+    assert ensure_experiment(settings, "race") == made[0]
+    assert lookup(MlflowClient(), name).experiment_id == made[0]
+
+
 def test_first_retrain_registers_champion_with_lineage(project: Path) -> None:
     from mlflow.tracking import MlflowClient
 
