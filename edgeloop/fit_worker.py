@@ -10,8 +10,9 @@ on the other core, while the retrain loads the data, evaluates the champion and 
 Why early: ``edgeloop retrain`` starts it before the embedded Prefect server is up (the boot
 takes seconds), and the flow adopts it when its inputs match (the retrain's cache key: data
 version, config, training code, ``max_rows``); otherwise the flow starts one itself as soon as
-its cache lookup misses, if the data is large enough to be worth it (``WORKER_FROM_BYTES``). The worker loads the same DVC version, splits with the same seed and
-fits with ``settings.seeds.train``: the model is the one an in-process fit gives.
+its cache lookup misses, if the data is large enough to be worth it (``WORKER_FROM_BYTES``).
+The worker loads the same DVC version, splits with the same seed and fits with
+``settings.seeds.train``: the model is the one an in-process fit gives.
 
     python -m edgeloop.fit_worker REQUEST.json   (run by edgeloop, not by hand)
 """

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def assert_gone(find: Callable[[], list], what: str, timeout: float = 30) -> None:  # type: ignore[type-arg]
+    """Wait up to ``timeout`` s for the processes ``find`` lists to end; kill any left (nothing
+    stays running even when the check fails), and fail naming them."""
+    deadline = time.monotonic() + timeout
+    while find() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = find()
+    names = []
+    for p in left:
+        with contextlib.suppress(Exception):
+            names.append(" ".join(p.cmdline()))
+            p.kill()
+    assert not left, f"{what} outlived its killed command: {names}"
 
 
 def git_init(path: Path) -> None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from edgeloop.config import load_settings
 from edgeloop.errors import GateError
 from edgeloop.versioning import read_pointer_md5
-from tests.conftest import git_commit_all, production_batch, run_cli
+from tests.conftest import assert_gone, git_commit_all, production_batch, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -336,17 +335,6 @@ def _embedded_servers(project: Path) -> list:  # type: ignore[type-arg]
     return found
 
 
-def _assert_gone(find: Callable[[], list], what: str) -> None:  # type: ignore[type-arg]
-    """Wait up to 30 s for the processes ``find`` lists to end; kill any left, and fail."""
-    deadline = time.monotonic() + 30
-    while find() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = find()
-    for p in left:  # leave nothing running even when the check fails
-        p.kill()
-    assert not left, f"{what} outlived its killed command"
-
-
 def test_flow_fits_in_a_worker_from_a_data_size(
     project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,8 +395,8 @@ def test_cli_embedded_server_and_fit_worker_live_and_die_with_the_command(projec
         proc.kill()  # the command only, not its process group: nothing runs its exit hooks
     finally:
         proc.wait(timeout=60)
-    _assert_gone(lambda: _embedded_servers(project), "the embedded Prefect server")
-    _assert_gone(lambda: _fit_workers(project), "the fit worker")
+    assert_gone(lambda: _embedded_servers(project), "the embedded Prefect server")
+    assert_gone(lambda: _fit_workers(project), "the fit worker")
 
 
 def _fit_workers(project: Path) -> list:  # type: ignore[type-arg]
