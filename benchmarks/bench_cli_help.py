@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if "edgeloop.cli" in str(exc):
             print(
                 "hint: edgeloop/cli.py does not exist yet; measure a stand-in with"
-                " --edgeloop-cmd \"python -c 'import edgeloop.config'\"",
+                " --edgeloop-cmd \"python -c 'import edgeloop.core.config'\"",
                 file=sys.stderr,
             )
         return 2

@@ -1,6 +1,6 @@
 """What does edgeloop's drift monitoring cost on a 1M-row batch over the bare statistics?
 
-In one process: one seeded ``pipelines.synthetic.synthetic_frame`` draw split in two, the first
+In one process: one seeded ``edgeloop.demo.synthetic.synthetic_frame`` draw split in two, the first
 ``--reference-rows`` rows the training reference and the next ``--rows`` the batch (20 float
 features + ``region``), with seven features of the batch shifted so the drift paths run and the
 batch drifts (``f00``-``f04`` + half their reference standard deviation, ``f05`` x 1.5, ``region``: 30 %
@@ -60,9 +60,9 @@ import pandas as pd
 import scipy
 from scipy.stats import chi2_contingency, ks_2samp
 
-from edgeloop.config import MonitoringSettings
+from edgeloop.core.config import MonitoringSettings
+from edgeloop.demo.synthetic import REGION, synthetic_frame, synthetic_schema
 from pipelines.monitor import EPSILON, batch_report, build_reference, feature_drift
-from pipelines.synthetic import REGION, synthetic_frame, synthetic_schema
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 1.3

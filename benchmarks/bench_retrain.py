@@ -130,8 +130,8 @@ print(json.dumps({
 TRIVIAL_FLOW_SCRIPT = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from edgeloop import runtime
-from edgeloop.config import load_settings
+from edgeloop._internal import runtime
+from edgeloop.core.config import load_settings
 runtime.prepare(load_settings(sys.argv[1]))
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -159,12 +159,12 @@ print(json.dumps({"import_prefect": t1 - t0, "first_flow": t2 - t1, "second_flow
 
 CREATE_MLFLOW_STORE = r"""
 import sys
-from edgeloop import runtime
-from edgeloop.config import load_settings
+from edgeloop._internal import runtime
+from edgeloop.core.config import load_settings
 settings = load_settings(sys.argv[1])
 runtime.prepare(settings)
-from edgeloop.tracking import ensure_experiment
-from edgeloop.training import TRAINING_EXPERIMENT
+from edgeloop.tracking.store import ensure_experiment
+from edgeloop.models.training import TRAINING_EXPERIMENT
 ensure_experiment(settings, TRAINING_EXPERIMENT)
 """
 
@@ -319,8 +319,8 @@ def profile_top(prof: cProfile.Profile, top: int) -> tuple[list[dict[str, Any]],
 # ---------------------------------------------------------------------- steps
 def build_project(path: Path, source: Path, rows: int, seed: int) -> dict[str, float]:
     """The measured project, built in this process with ``init_project``."""
-    from edgeloop.project import init_project
-    from pipelines.synthetic import synthetic_frame
+    from edgeloop.demo.synthetic import synthetic_frame
+    from edgeloop.stack.init import init_project
 
     t_gen, frame = timed(lambda: synthetic_frame(rows, seed=seed, labeled=True))
     t_write, _ = timed(lambda: frame.to_parquet(source, index=False))
@@ -335,8 +335,8 @@ def build_project(path: Path, source: Path, rows: int, seed: int) -> dict[str, f
 def warm_up(env: dict[str, str], rows: int, seed: int) -> dict[str, float]:
     """Untimed in the comparison: fills the bytecode cache and the page cache on a small
     project (init, a first retrain on fresh stores, the baseline, the import lines)."""
-    from edgeloop.config import load_settings
-    from pipelines.synthetic import write_synthetic
+    from edgeloop.core.config import load_settings
+    from edgeloop.demo.synthetic import write_synthetic
 
     path = WORK / "warmup"
     source = WORK / f"warmup-{rows}.parquet"
@@ -393,7 +393,7 @@ def in_process(
     settings: Any, flow_run_ids: list[str], repeat: int, top: int, prof_path: Path
 ) -> dict[str, Any]:
     """Warm measurements in this process: cache hit, phases, MLflow logging, profile."""
-    from edgeloop import runtime
+    from edgeloop._internal import runtime
 
     runtime.prepare(settings)
     cfg = str(settings.source)
@@ -412,7 +412,7 @@ def in_process(
     # The cold CLI runs as the Prefect server saw them.
     from mlflow.tracking import MlflowClient
 
-    from edgeloop.tracking import configure
+    from edgeloop.tracking.store import configure
 
     configure(settings)
     client = MlflowClient()
@@ -422,16 +422,16 @@ def in_process(
         out["cli_full_prefect"] = [{"error": f"{type(exc).__name__}: {exc}"}]
 
     # What a cache hit does, step by step (the flow's tasks minus Prefect).
-    from edgeloop.registry import Registry
-    from edgeloop.store import DataStore
-    from edgeloop.training import (
+    from edgeloop.data.store import DataStore
+    from edgeloop.data.versioning import DataVersioner
+    from edgeloop.models.training import (
         cache_key,
         close_orphan_runs,
         find_cached,
         log_retrain,
         train_and_evaluate,
     )
-    from edgeloop.versioning import DataVersioner
+    from edgeloop.tracking.registry import Registry
 
     versioner = DataVersioner(settings)
     steps: dict[str, list[float]] = {}
@@ -496,7 +496,7 @@ def in_process(
 
 # ---------------------------------------------------------------------- main
 def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from edgeloop.config import load_settings
+    from edgeloop.core.config import load_settings
 
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "baseline_train.py").write_text(BASELINE_SCRIPT.lstrip(), encoding="utf-8")

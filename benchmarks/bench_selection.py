@@ -3,7 +3,7 @@
 In one process, on one seeded synthetic batch scored the way ``pipelines.score.score_frame``
 scores it (the real function, with a stand-in model returning seeded Dirichlet probabilities
 over 10 classes: ``row_id``, ``batch_id``, ``predicted``, ``confidence``, ``margin``, ``p_*``),
-written to Parquet and read back as ``edgeloop.annotation.surface`` reads it:
+written to Parquet and read back as ``edgeloop.batch.annotation.surface`` reads it:
 
 * ``select``: ``pipelines.edge_cases.select`` with every strategy on: low confidence, small
   margin, disagreement with a challenger's predictions, the demo's two failure-trigger rules on
@@ -57,9 +57,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgeloop.config import EdgeCaseSettings, SchemaSettings
+from edgeloop.core.config import EdgeCaseSettings, SchemaSettings
+from edgeloop.demo.data import DEMO_RULES
 from pipelines import edge_cases as ec
-from pipelines.demo_data import DEMO_RULES
 from pipelines.edge_cases import SCORE_COLUMNS, Rule, load_rules, select
 from pipelines.score import score_frame
 

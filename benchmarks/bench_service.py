@@ -200,13 +200,13 @@ def build_project(path: Path) -> dict[str, Any]:
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    from edgeloop.config import load_settings
-    from edgeloop.project import init_project
-    from edgeloop.registry import Registry
-    from edgeloop.tracking import ensure_experiment, tracking_uri
-    from edgeloop.training import _requirements, _trusted_types
+    from edgeloop.core.config import load_settings
+    from edgeloop.demo.synthetic import synthetic_frame
+    from edgeloop.models.training import _requirements, _trusted_types
+    from edgeloop.stack.init import init_project
+    from edgeloop.tracking.registry import Registry
+    from edgeloop.tracking.store import ensure_experiment, tracking_uri
     from pipelines import train as tr
-    from pipelines.synthetic import synthetic_frame
 
     t0 = time.perf_counter()
     if path.exists():
@@ -265,7 +265,7 @@ def build_project(path: Path) -> dict[str, Any]:
 
 def write_bodies(work: Path, schema: Any) -> dict[str, Any]:
     """Request bodies for both servers (same rows), one JSON file per (server, rows) pair."""
-    from pipelines.synthetic import synthetic_frame
+    from edgeloop.demo.synthetic import synthetic_frame
 
     frame = synthetic_frame(5000, seed=1, labeled=False)
     columns = list(schema.features)

@@ -40,9 +40,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgeloop.config import ValidationSettings
+from edgeloop.core.config import ValidationSettings
+from edgeloop.demo.synthetic import synthetic_frame, synthetic_schema
 from pipelines.profile import bootstrap_suite
-from pipelines.synthetic import synthetic_frame, synthetic_schema
 from pipelines.validate import (
     _gx_validator,
     decide,

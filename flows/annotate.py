@@ -11,9 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from edgeloop.annotation import LabelGateError, import_labels, labels_since_last_retrain, sla
-from edgeloop.config import Settings, load_settings
-from edgeloop.versioning import DataVersioner
+from edgeloop.batch.annotation import import_labels, labels_since_last_retrain, sla
+from edgeloop.core.config import Settings, load_settings
+from edgeloop.core.errors import LabelGateError
+from edgeloop.data.versioning import DataVersioner
 from flows.ingest import flow_run_url
 
 
@@ -35,8 +36,8 @@ def record_task(
     """One MLflow run per import in the data experiment: counts, SLA, the new data version."""
     import mlflow
 
-    from edgeloop.tracking import ensure_experiment
-    from edgeloop.versioning import git_info
+    from edgeloop.data.versioning import git_info
+    from edgeloop.tracking.store import ensure_experiment
 
     exp = ensure_experiment(settings, "data")
     with mlflow.start_run(experiment_id=exp, run_name=f"labels {result['source']}") as run:
@@ -90,7 +91,7 @@ def annotate_import(
         new = labels_since_last_retrain(settings)
         result["labels_since_retrain"] = new
         if new >= n:
-            from edgeloop.triggers import request_retrain
+            from flows._common import request_retrain
 
             # Through the retrain deployment when one is served, else as a subflow.
             started = request_retrain(

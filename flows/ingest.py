@@ -15,11 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from edgeloop.config import Settings, load_settings
-from edgeloop.errors import ValidationGateError
-from edgeloop.ingest import Assessment, BatchOutcome, assess, file_batch, log_run
-from edgeloop.store import DataStore
-from edgeloop.versioning import DataVersioner
+from edgeloop.core.config import Settings, load_settings
+from edgeloop.core.errors import ValidationGateError
+from edgeloop.data.ingest import Assessment, BatchOutcome, assess, file_batch, log_run
+from edgeloop.data.store import DataStore
+from edgeloop.data.versioning import DataVersioner
 from pipelines.validate import load_suite
 
 
@@ -60,7 +60,7 @@ def flow_run_url() -> str:
     """The run's page on the Prefect server that shows it (the project-local one by default)."""
     from prefect.settings import PREFECT_UI_URL
 
-    from edgeloop.runtime import LOCAL_UI_URL
+    from edgeloop._internal.runtime import LOCAL_UI_URL
 
     if not flow_run.id:
         return ""

@@ -1,6 +1,6 @@
 """Prefect flow: drift and confidence of newly scored batches, the dashboard, retrain on drift.
 
-Thin: each task wraps one step of ``edgeloop.monitoring`` / ``edgeloop.dashboard``. When a batch
+Thin: each task wraps one step of ``edgeloop.monitoring.monitor`` / ``edgeloop.monitoring.dashboard``. When a batch
 drifted (and retraining on drift is on), the flow emits the Prefect event
 ``edgeloop.drift.detected`` for automations and requests one retrain per run.
 """
@@ -20,10 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from edgeloop.config import Settings, load_settings
-from edgeloop.errors import EdgeloopError
-from edgeloop.monitoring import BatchMonitoring, MonitorSummary, monitor_batches
-from edgeloop.triggers import request_retrain
+from edgeloop.core.config import Settings, load_settings
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.monitoring.monitor import BatchMonitoring, MonitorSummary, monitor_batches
+from flows._common import request_retrain
 from flows.ingest import flow_run_url
 
 DRIFT_EVENT = "edgeloop.drift.detected"
@@ -40,7 +40,7 @@ def monitor_task(settings: Settings, batch_ids: list[str] | None) -> MonitorSumm
 @task(name="write-dashboard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def dashboard_task(settings: Settings, run_id: str) -> str:
     """The HTML dashboard over every monitored batch, logged to the newest run."""
-    from edgeloop.dashboard import write_dashboard
+    from edgeloop.monitoring.dashboard import write_dashboard
 
     return str(write_dashboard(settings, run_id=run_id))
 
@@ -53,7 +53,7 @@ def emit_task(settings: Settings, drifted: list[BatchMonitoring]) -> list[str]:
         event = emit_event(
             event=DRIFT_EVENT,
             resource={
-                "prefect.resource.id": f"edgeloop.project.{settings.project}",
+                "prefect.resource.id": f"edgeloop.stack.init.{settings.project}",
                 "prefect.resource.name": settings.project,
             },
             payload={

@@ -1,6 +1,6 @@
 """Prefect flow: retrain on the current dataset version, gate, register, move the alias.
 
-Thin: each task wraps one step of ``edgeloop.training`` / ``edgeloop.registry``. The flow
+Thin: each task wraps one step of ``edgeloop.models.training`` / ``edgeloop.tracking.registry``. The flow
 holds the one-retrain-at-a-time lock, skips work whose inputs did not change (cache), and ends
 Failed with the gate result when the candidate is rejected.
 """
@@ -16,14 +16,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from edgeloop import fit_worker
-from edgeloop.config import Settings, load_settings
-from edgeloop.fit_worker import FitWorker
-from edgeloop.registry import CHALLENGER, CHAMPION, Registry
-from edgeloop.training import (
+from edgeloop.core.config import Settings, load_settings
+from edgeloop.core.errors import TrainingGateError
+from edgeloop.models import fit_worker
+from edgeloop.models.fit_worker import FitWorker
+from edgeloop.models.training import (
     RetrainSummary,
     Trained,
-    TrainingGateError,
     cache_key,
     cached_summary,
     close_orphan_runs,
@@ -34,6 +33,7 @@ from edgeloop.training import (
     retrain_lock,
     train_and_evaluate,
 )
+from edgeloop.tracking.registry import CHALLENGER, CHAMPION, Registry
 from flows.ingest import flow_run_url
 
 

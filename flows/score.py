@@ -19,10 +19,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from edgeloop.config import Settings, load_settings
-from edgeloop.errors import EdgeloopError
-from edgeloop.registry import CHALLENGER, CHAMPION
-from edgeloop.shadow import score_batches
+from edgeloop.batch.scoring import score_batches
+from edgeloop.core.config import Settings, load_settings
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.tracking.registry import CHALLENGER, CHAMPION
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -38,9 +38,9 @@ def pending_task(settings: Settings, batch_ids: list[str] | None) -> list[str]:
     Only decides which batches get a task run: ``score_batches`` still checks each file itself,
     so a batch listed here needlessly costs one empty task run, never a second file.
     """
-    from edgeloop.registry import Registry
-    from edgeloop.shadow import scores_root
-    from edgeloop.store import DataStore
+    from edgeloop.batch.scoring import scores_root
+    from edgeloop.data.store import DataStore
+    from edgeloop.tracking.registry import Registry
 
     aliases = Registry(settings).aliases()
     if CHAMPION not in aliases:
@@ -75,7 +75,7 @@ def score_batch_task(settings: Settings, batch_id: str) -> list[dict[str, Any]]:
 @task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def version_task(settings: Settings) -> str:
     """``dvc add data`` + push after the queue grew."""
-    from edgeloop.versioning import DataVersioner
+    from edgeloop.data.versioning import DataVersioner
 
     return DataVersioner(settings).commit()
 
@@ -83,7 +83,7 @@ def version_task(settings: Settings) -> str:
 @task(name="surface-edge-cases", cache_policy=NO_CACHE)
 def surface_task(settings: Settings) -> list[dict[str, Any]]:
     """Queue the rows worth labeling from every newly scored batch."""
-    from edgeloop.annotation import surface
+    from edgeloop.batch.annotation import surface
 
     return surface(settings)
 

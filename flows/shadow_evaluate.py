@@ -8,8 +8,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from edgeloop.config import Settings, load_settings
-from edgeloop.shadow import ShadowReport, score_batches, shadow_evaluate
+from edgeloop.batch.scoring import ShadowReport, score_batches, shadow_evaluate
+from edgeloop.core.config import Settings, load_settings
 
 
 @task(name="score-batches", cache_policy=NO_CACHE)

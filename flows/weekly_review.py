@@ -10,8 +10,8 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from edgeloop.config import Settings, load_settings
-from edgeloop.review import Review, build_review, log_review, write_review
+from edgeloop.core.config import Settings, load_settings
+from edgeloop.reports.review import Review, build_review, log_review, write_review
 from flows.ingest import flow_run_url
 
 

@@ -28,20 +28,16 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.errors import RulesError
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from edgeloop.config import EdgeCaseSettings
+    from edgeloop.core.config import EdgeCaseSettings
 
 OPS = ("==", "!=", "<", "<=", ">", ">=", "in")
 SCORE_COLUMNS = ("predicted", "confidence", "margin")
-
-
-class RulesError(EdgeloopError):
-    """The failure-trigger rules file is invalid (names the file, the rule and the key)."""
 
 
 @dataclass(frozen=True)

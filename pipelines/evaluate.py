@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.config import GateSettings, SchemaSettings, SliceSettings
+from edgeloop.core.config import GateSettings, SchemaSettings, SliceSettings
 
 if TYPE_CHECKING:
     import numpy as np

@@ -13,17 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.config import SchemaSettings
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.config import SchemaSettings
+from edgeloop.core.errors import LabelFileError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ["row_id", "label", "labeled_at", "annotator", "source"]
-
-
-class LabelFileError(EdgeloopError):
-    """An export that cannot be read as labels (wrong format, empty)."""
 
 
 def _choice(annotation: dict[str, Any]) -> Any:

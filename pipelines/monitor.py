@@ -23,14 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.errors import MonitoringError
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
     from numpy.typing import ArrayLike, NDArray
 
-    from edgeloop.config import MonitoringSettings, SchemaSettings
+    from edgeloop.core.config import MonitoringSettings, SchemaSettings
 
     #: A column of values: a NumPy array, a pandas Series or a plain sequence.
     Values = NDArray[Any] | pd.Series | Sequence[Any]
@@ -40,10 +40,6 @@ EPSILON = 1e-4
 #: How missing values and categories the reference never had are named in reports.
 MISSING = "<missing>"
 UNSEEN = "<unseen>"
-
-
-class MonitoringError(EdgeloopError):
-    """A batch or reference that cannot be monitored (missing column, no reference rows)."""
 
 
 # ---------------------------------------------------------------------- reference profile

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.config import SchemaSettings
+from edgeloop.core.config import SchemaSettings
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.config import SchemaSettings
+from edgeloop.core.config import SchemaSettings
 
 if TYPE_CHECKING:
     import pandas as pd

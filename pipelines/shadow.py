@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.config import GateSettings, ShadowSettings
+from edgeloop.core.config import GateSettings, ShadowSettings
 
 if TYPE_CHECKING:
     import numpy as np

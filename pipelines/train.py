@@ -12,8 +12,8 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.config import SchemaSettings, TrainingSettings
-from edgeloop.errors import EdgeloopError
+from edgeloop.core.config import SchemaSettings, TrainingSettings
+from edgeloop.core.errors import TrainingError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
 ROW_ID = "row_id"
-
-
-class TrainingError(EdgeloopError):
-    """The data or the config cannot produce a model (too few rows, missing class, bad estimator)."""
 
 
 @dataclass(frozen=True)

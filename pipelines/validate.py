@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from edgeloop.config import SchemaSettings, ValidationSettings
-from edgeloop.errors import BatchReadError, SuiteError
+from edgeloop.core.config import SchemaSettings, ValidationSettings
+from edgeloop.core.errors import BatchReadError, SuiteError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -98,7 +98,7 @@ def production_batch(rows: int = 60, seed: int = 11):  # type: ignore[no-untyped
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
     """A user project made with ``init --data`` on a small CSV: git + DVC + embedded stores."""
-    from edgeloop.project import init_project
+    from edgeloop.stack.init import init_project
 
     root = tmp_path / "proj"
     root.mkdir()

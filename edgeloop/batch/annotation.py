@@ -1,0 +1,327 @@
+"""The annotation loop's stores: the edge-case queue, task exports, label imports, the SLA.
+
+Layout (under ``data/``, so DVC versions it with the dataset and nothing is lost)::
+
+    data/annotation/queue/<batch_id>.parquet   edge cases surfaced from a batch (with reasons)
+    data/labels/<seq>-<hash>.parquet           accepted labels of one import
+    data/labels/rejected/<seq>-<hash>/         the import file as received, bad rows, report.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.core.config import Settings
+from edgeloop.data.store import DataStore
+from edgeloop.tracking.registry import CHALLENGER, CHAMPION, Registry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def queue_dir(settings: Settings) -> Path:
+    return settings.path("data") / "annotation" / "queue"
+
+
+def labels_dir(settings: Settings) -> Path:
+    return settings.path("data") / "labels"
+
+
+def read_queue(settings: Settings) -> pd.DataFrame:
+    """Every edge case ever surfaced (one row per row id)."""
+    import pandas as pd
+
+    files = sorted(queue_dir(settings).glob("*.parquet"))
+    if not files:
+        return pd.DataFrame(columns=["row_id", "batch_id", "reasons", "surfaced_at", "predicted"])
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def read_labels(settings: Settings) -> pd.DataFrame:
+    """Every accepted label, oldest import first."""
+    import pandas as pd
+
+    files = sorted(labels_dir(settings).glob("*.parquet"))
+    if not files:
+        return pd.DataFrame(
+            columns=["row_id", "label", "labeled_at", "annotator", "source", "imported_at"]
+        )
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+# ---------------------------------------------------------------------- surfacing
+def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[str, Any]]:
+    """Select edge cases from every batch scored by the current champion and not yet surfaced."""
+    from edgeloop.batch.scoring import scores_root
+    from pipelines.edge_cases import SCORE_COLUMNS, load_rules, select
+
+    reg = Registry(settings)
+    aliases = reg.aliases()
+    if CHAMPION not in aliases:
+        return []
+    champ, chall = aliases[CHAMPION], aliases.get(CHALLENGER)
+    schema = settings.data_schema
+    data = DataStore(settings).load_dataset()
+    known = [*schema.features, *SCORE_COLUMNS, *(f"p_{c}" for c in schema.classes)]
+    rules = load_rules(settings.root / settings.edge_cases.rules_file, known)
+    queue = read_queue(settings)
+    # Already queued, or already labeled (audit labels, earlier annotations): never again.
+    exclude = set(queue["row_id"].astype(str)) | set(
+        data.loc[data[schema.target].notna(), "row_id"].astype(str)
+    )
+    done = {p.stem for p in queue_dir(settings).glob("*.parquet")}
+    out = []
+    import pandas as pd
+
+    for batch_dir in sorted(scores_root(settings).glob("*")):
+        batch = batch_dir.name
+        champ_file = batch_dir / f"champion-v{champ}.parquet"
+        if batch in done or not champ_file.exists():
+            continue
+        scores = pd.read_parquet(champ_file)
+        rows = (
+            data.set_index("row_id")
+            .loc[scores["row_id"], list(schema.features)]
+            .reset_index(drop=True)
+        )
+        chall_pred = None
+        chall_file = batch_dir / f"challenger-v{chall}.parquet" if chall else None
+        if chall_file is not None and chall_file.exists():
+            other = (
+                pd.read_parquet(chall_file).set_index("row_id").loc[scores["row_id"], "predicted"]
+            )
+            chall_pred = other.to_numpy()
+        picked = select(
+            scores,
+            settings.edge_cases,
+            features=rows,
+            challenger_predicted=chall_pred,
+            rules=rules,
+            exclude=exclude,
+        )
+        picked["surfaced_at"] = surfaced_at or now_iso()
+        picked["model_version"] = champ
+        queue_dir(settings).mkdir(parents=True, exist_ok=True)
+        picked.astype({"predicted": "str"}).to_parquet(
+            queue_dir(settings) / f"{batch}.parquet", index=False
+        )
+        exclude |= set(picked["row_id"].astype(str))
+        out.append({"batch_id": batch, "surfaced": len(picked), "candidates_scored": len(scores)})
+    return out
+
+
+# ---------------------------------------------------------------------- export
+def open_tasks(settings: Settings) -> pd.DataFrame:
+    """Queued edge cases without a label yet, with their features."""
+    queue = read_queue(settings)
+    labeled = set(read_labels(settings)["row_id"].astype(str))
+    open_ = queue[~queue["row_id"].astype(str).isin(labeled)]
+    data = DataStore(settings).load_dataset().set_index("row_id")
+    feats = data.loc[open_["row_id"], list(settings.data_schema.features)].reset_index(drop=True)
+    return open_.reset_index(drop=True).join(feats)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-safe Python value (NaN becomes null: NaN is not JSON)."""
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and v != v:
+        return None
+    return v
+
+
+def label_studio_tasks(tasks: pd.DataFrame, settings: Settings) -> list[dict[str, Any]]:
+    """Label Studio task-import JSON: data plus the champion's answer as a pre-annotation."""
+    a = settings.annotation
+    features = list(settings.data_schema.features)
+    out = []
+    for rec in tasks.to_dict(orient="records"):
+        data = {k: _plain(rec[k]) for k in features}
+        data.update(
+            row_id=str(rec["row_id"]),
+            batch_id=str(rec["batch_id"]),
+            reasons=str(rec["reasons"]),
+            surfaced_at=str(rec["surfaced_at"]),
+            # One readable line for a Text control in the labeling UI.
+            row=", ".join(f"{k}={_plain(rec[k])}" for k in features),
+        )
+        out.append(
+            {
+                "data": data,
+                "predictions": [
+                    {
+                        "model_version": f"champion v{rec.get('model_version', '')}",
+                        "score": float(rec["confidence"]),
+                        "result": [
+                            {
+                                "from_name": a.label_studio_from_name,
+                                "to_name": a.label_studio_to_name,
+                                "type": "choices",
+                                "value": {"choices": [str(rec["predicted"])]},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
+    return out
+
+
+def label_studio_config(settings: Settings) -> str:
+    """A labeling config matching the exported tasks (one Text control, one Choices)."""
+    a = settings.annotation
+    choices = "".join(f'<Choice value="{c}"/>' for c in settings.data_schema.classes)
+    return (
+        f'<View><Text name="{a.label_studio_to_name}" value="$row"/>'
+        f'<Text name="reasons" value="$reasons"/>'
+        f'<Choices name="{a.label_studio_from_name}" toName="{a.label_studio_to_name}" choice="single">{choices}</Choices></View>'
+    )
+
+
+def export_tasks(
+    settings: Settings, out_dir: Path, formats: tuple[str, ...] = ("json", "csv")
+) -> dict[str, Any]:
+    """Write open tasks as Label Studio JSON and/or CSV; returns the paths and the count."""
+    tasks = open_tasks(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    written: dict[str, Any] = {"tasks": len(tasks), "files": []}
+    if "json" in formats:
+        p = out_dir / f"tasks-{stamp}.json"
+        p.write_text(json.dumps(label_studio_tasks(tasks, settings), indent=1), encoding="utf-8")
+        (out_dir / "label_config.xml").write_text(label_studio_config(settings), encoding="utf-8")
+        written["files"].append(str(p))
+    if "csv" in formats:
+        p = out_dir / f"tasks-{stamp}.csv"
+        cols = ["row_id", "batch_id", "reasons", "surfaced_at", "predicted", "confidence", "margin"]
+        tasks[cols + list(settings.data_schema.features)].assign(label="").to_csv(p, index=False)
+        written["files"].append(str(p))
+    return written
+
+
+# ---------------------------------------------------------------------- import
+def import_labels(settings: Settings, path: Path) -> dict[str, Any]:
+    """Read, check (GX labels suite), store good labels, report bad ones; returns counts.
+
+    Does not version: the caller commits ``data/`` as a new DVC version afterwards.
+    """
+    from pipelines.labels import check_labels
+    from pipelines.labels import read_labels as read_export
+    from pipelines.validate import load_suite
+
+    raw = read_export(path)
+    suite = load_suite(settings.suite_path(settings.annotation.suite))
+    queued = read_queue(settings)["row_id"].astype(str).tolist()
+    check = check_labels(raw, settings.data_schema, suite, queued)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    seq = (
+        len(list(labels_dir(settings).glob("*.parquet")))
+        + len(list((labels_dir(settings) / "rejected").glob("*")))
+        + 1
+    )
+    name = f"{seq:06d}-{digest}"
+    stamp = now_iso()
+    result: dict[str, Any] = {
+        "source": path.name,
+        "rows": len(raw),
+        "accepted": len(check.good),
+        "rejected": len(check.bad),
+        "repeats_dropped": check.repeats_dropped,
+        "failed": check.failed,
+        "report": "",
+    }
+    if len(check.good):
+        good = check.good.assign(imported_at=stamp, label=check.good["label"].astype("str"))
+        good["labeled_at"] = good["labeled_at"].fillna(stamp).astype("str")
+        labels_dir(settings).mkdir(parents=True, exist_ok=True)
+        good.astype({"annotator": "str", "source": "str"}).to_parquet(
+            labels_dir(settings) / f"{name}.parquet", index=False
+        )
+    if len(check.bad):
+        rdir = labels_dir(settings) / "rejected" / name
+        rdir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, rdir / f"original{path.suffix}")
+        check.bad.astype("str").to_csv(rdir / "rejected.csv", index=False)
+        lines = [
+            f"# Rejected labels from `{path.name}`",
+            "",
+            f"{len(check.bad)} of {len(raw)} rows rejected.",
+            "",
+        ]
+        lines += ["| row_id | label | reason |", "|---|---|---|"]
+        lines += [f"| {r.row_id} | {r.label} | {r.reason} |" for r in check.bad.itertuples()][:200]
+        (rdir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        result["report"] = str((rdir / "report.md").relative_to(settings.root))
+    return result
+
+
+# ---------------------------------------------------------------------- SLA
+def sla(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+    """Open items, oldest open age, median/p90 time-to-label, share labeled within the SLA."""
+    import pandas as pd
+
+    now = now or datetime.now(UTC)
+    queue = read_queue(settings)
+    labels = read_labels(settings)
+    days = settings.annotation.sla_days
+    if queue.empty:
+        return {"queued": 0, "open": 0, "labeled": 0, "oldest_open_hours": None, "median_hours_to_label": None,
+                "p90_hours_to_label": None, "within_sla_share": None, "sla_days": days}  # fmt: skip
+    surfaced = pd.to_datetime(queue.set_index("row_id")["surfaced_at"], utc=True, format="ISO8601")
+    first = (
+        labels.sort_values("labeled_at").drop_duplicates("row_id").set_index("row_id")["labeled_at"]
+    )
+    labeled_at = pd.to_datetime(first, utc=True, format="ISO8601").reindex(surfaced.index)
+    hours = (labeled_at - surfaced).dt.total_seconds() / 3600
+    done = hours.dropna()
+    open_ages = (pd.Timestamp(now) - surfaced[labeled_at.isna()]).dt.total_seconds() / 3600
+    return {
+        "queued": len(surfaced),
+        "open": int(labeled_at.isna().sum()),
+        "labeled": len(done),
+        "oldest_open_hours": round(float(open_ages.max()), 2) if len(open_ages) else None,
+        "median_hours_to_label": round(float(done.median()), 2) if len(done) else None,
+        "p90_hours_to_label": round(float(done.quantile(0.9)), 2) if len(done) else None,
+        # Open items already older than the SLA count as misses too.
+        "within_sla_share": round(
+            float(
+                (done <= days * 24).sum() / max(len(done) + int((open_ages > days * 24).sum()), 1)
+            ),
+            4,
+        )
+        if len(done) or len(open_ages)
+        else None,
+        "sla_days": days,
+    }
+
+
+def labels_since_last_retrain(settings: Settings) -> int:
+    """Labels imported after the newest decided retrain started."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.tracking.store import ensure_experiment
+
+    labels = read_labels(settings)
+    if labels.empty:
+        return 0
+    exp = ensure_experiment(settings, "training")
+    runs = MlflowClient().search_runs(
+        [exp], order_by=["attributes.start_time DESC"], max_results=20
+    )
+    decided = [
+        r for r in runs if r.data.tags.get("edgeloop.decision") in ("registered", "rejected")
+    ]
+    if not decided:
+        return len(labels)
+    since = pd.Timestamp(decided[0].info.start_time, unit="ms", tz="UTC")
+    return int((pd.to_datetime(labels["imported_at"], utc=True, format="ISO8601") > since).sum())

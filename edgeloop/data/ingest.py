@@ -1,0 +1,197 @@
+"""Ingest steps between the validation stage and the stores (used by ``flows/ingest.py``).
+
+``assess`` decides what happens to one batch file (duplicate, unreadable, accepted, partial,
+quarantined); ``file_batch`` stores it; ``log_run`` records it in MLflow. The flow orchestrates.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.core.config import Settings
+from edgeloop.core.errors import BatchReadError
+from edgeloop.data.store import DataStore, LedgerEntry
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.validate import ValidationReport
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What ingest did with one file."""
+
+    source: str
+    sha256: str
+    status: str  # accepted | partial | quarantined | unreadable | duplicate
+    rows: int = 0
+    rows_accepted: int = 0
+    rows_quarantined: int = 0
+    reason: str = ""
+    batch_id: str = ""
+    duplicate_of: str = ""
+    data_version: str = ""
+    report_path: str = ""
+    mlflow_run_id: str = ""
+    expectations_evaluated: int = 0
+    expectations_failed: int = 0
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def needs_attention(self) -> bool:
+        """True when rows went to quarantine (now, or the first time this file was seen)."""
+        return (
+            self.rows_quarantined > 0
+            or self.status in ("quarantined", "unreadable")
+            or (self.status == "duplicate" and self.reason.startswith("already quarantined"))
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """A batch read and judged, not yet stored."""
+
+    path: Path
+    sha256: str
+    frame: pd.DataFrame | None
+    report: ValidationReport | None
+    duplicate: LedgerEntry | None = None
+    unreadable: str = ""
+
+
+def assess(path: str | Path, settings: Settings, store: DataStore, suite: dict) -> Assessment:
+    """Hash, dedupe, read and validate one file against ``suite`` under the row policy."""
+    from pipelines.validate import decide, file_sha256, normalize_batch, read_batch, validate_frame
+
+    p = Path(path)
+    try:
+        sha = file_sha256(p)
+    except OSError as exc:
+        raise BatchReadError(str(p), f"cannot read file ({exc.strerror or exc})") from None
+    earlier = store.find(sha)
+    if earlier is not None:
+        return Assessment(p, sha, None, None, duplicate=earlier)
+    try:
+        frame = read_batch(p)
+    except BatchReadError as exc:
+        return Assessment(p, sha, None, None, unreadable=exc.problem)
+    report = validate_frame(normalize_batch(frame, settings.data_schema), suite, batch=p.name)
+    return Assessment(p, sha, frame, decide(report, settings.validation))
+
+
+def file_batch(assessment: Assessment, store: DataStore) -> BatchOutcome:
+    """Store an assessed batch (accepted rows, quarantine) and append it to the ledger."""
+    a = assessment
+    if a.duplicate is not None:
+        d = a.duplicate
+        verb = (
+            "already quarantined"
+            if d.status in ("quarantined", "unreadable")
+            else "already ingested"
+        )
+        return BatchOutcome(
+            source=a.path.name,
+            sha256=a.sha256,
+            status="duplicate",
+            reason=f"{verb} as batch {d.batch_id} ({d.source}, {d.status}, {d.at}): no rows added",
+            duplicate_of=d.batch_id,
+        )
+    entry = store.record(a.path, a.sha256, a.frame, a.report, unreadable_reason=a.unreadable)
+    report_path = next((s for s in entry.stored if "quarantine" in s), "")
+    r = a.report
+    return BatchOutcome(
+        source=a.path.name,
+        sha256=a.sha256,
+        status=entry.status,
+        rows=entry.rows,
+        rows_accepted=entry.rows_accepted,
+        rows_quarantined=entry.rows_quarantined,
+        reason=entry.reason,
+        batch_id=entry.batch_id,
+        report_path=f"{report_path}/report.md" if report_path else "",
+        expectations_evaluated=r.evaluated if r else 0,
+        expectations_failed=len(r.failed) if r else 0,
+        failed=[f.describe() for f in r.failed] if r else [],
+    )
+
+
+def log_run(
+    settings: Settings,
+    outcome: BatchOutcome,
+    assessment: Assessment,
+    *,
+    data_version: str,
+    flow_run_id: str,
+    flow_run_url: str,
+) -> str:
+    """One MLflow run per batch in the data experiment: statistics, tags, the report."""
+    import mlflow
+
+    from edgeloop.tracking.store import ensure_experiment
+    from edgeloop.data.versioning import git_info
+
+    exp_id = ensure_experiment(settings, "data")
+    git = git_info(settings.root)
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"ingest {outcome.source}") as run:
+        mlflow.set_tags(
+            {
+                "edgeloop.kind": "ingest",
+                "edgeloop.decision": outcome.status,
+                "edgeloop.batch_id": outcome.batch_id or outcome.duplicate_of,
+                "edgeloop.source": outcome.source,
+                "dvc.data_version": data_version,
+                "git.commit": git.commit,
+                "git.dirty": str(git.dirty).lower(),
+                "prefect.flow_run_id": flow_run_id,
+                "prefect.flow_run_url": flow_run_url,
+                "mlflow.note.content": outcome.reason,
+            }
+        )
+        mlflow.log_params(
+            {
+                "sha256": outcome.sha256,
+                "suite": settings.validation.suite,
+                "row_policy": settings.validation.row_policy,
+                "max_bad_row_fraction": settings.validation.max_bad_row_fraction,
+                "config_hash": settings.config_hash(),
+            }
+        )
+        r = assessment.report
+        mlflow.log_metrics(
+            {
+                "rows": outcome.rows,
+                "rows_accepted": outcome.rows_accepted,
+                "rows_quarantined": outcome.rows_quarantined,
+                "expectations_evaluated": outcome.expectations_evaluated,
+                "expectations_failed": outcome.expectations_failed,
+                "success_percent": 100.0
+                * (1 - outcome.expectations_failed / outcome.expectations_evaluated)
+                if outcome.expectations_evaluated
+                else 0.0,
+            }
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            if r is not None:
+                (t / "validation_report.md").write_text(r.to_markdown(), encoding="utf-8")
+                (t / "validation_report.json").write_text(
+                    json.dumps(r.to_dict(), indent=2, default=str), encoding="utf-8"
+                )
+            (t / "outcome.json").write_text(
+                json.dumps(outcome.to_dict(), indent=2), encoding="utf-8"
+            )
+            mlflow.log_artifacts(str(t), artifact_path="validation")
+        pointer = settings.path("data").with_suffix(".dvc")
+        if pointer.exists():
+            mlflow.log_artifact(str(pointer), artifact_path="lineage")
+        return run.info.run_id

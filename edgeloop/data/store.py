@@ -1,0 +1,276 @@
+"""The data folder: the labeled dataset, accepted batches, quarantine and the ingest ledger.
+
+Layout of ``data/`` (all of it versioned by DVC as one directory, ``data.dvc`` at the root)::
+
+    data/reference/reference.parquet   labeled reference set (the first training data)
+    data/accepted/000007-<hash>.parquet accepted rows of batch #7 (row_id, batch_id, columns)
+    data/quarantine/000006-<hash>/     a quarantined batch: the original file untouched,
+                                       the quarantined rows, report.md and report.json
+    data/ledger.jsonl                  one line per batch ever seen, keyed by content hash
+
+Nothing is deleted or rewritten: every batch adds files, the ledger only grows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.core.config import Settings
+from edgeloop.core.errors import StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipelines.validate import ValidationReport
+
+ROW_ID = "row_id"
+BATCH_ID = "batch_id"
+REFERENCE_BATCH = "reference"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One batch as the ledger remembers it."""
+
+    seq: int
+    sha256: str
+    source: str
+    status: str  # accepted | partial | quarantined | unreadable
+    rows: int
+    rows_accepted: int
+    rows_quarantined: int
+    reason: str
+    at: str
+    stored: list[str]
+
+    @property
+    def batch_id(self) -> str:
+        return f"{self.seq:06d}-{self.sha256[:12]}"
+
+
+class DataStore:
+    """Reads and appends to the data folder of one project."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = settings.path("data")
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def ledger_path(self) -> Path:
+        return self.root / "ledger.jsonl"
+
+    @property
+    def reference_path(self) -> Path:
+        return self.root / "reference" / "reference.parquet"
+
+    @property
+    def accepted_dir(self) -> Path:
+        return self.root / "accepted"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    # ------------------------------------------------------------------ ledger
+    def ledger(self) -> list[LedgerEntry]:
+        """Every batch seen so far, in arrival order."""
+        if not self.ledger_path.exists():
+            return []
+        entries = []
+        for n, line in enumerate(self.ledger_path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(LedgerEntry(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise StoreError(
+                    f"{self.ledger_path}: line {n} is not a ledger entry ({exc})"
+                ) from None
+        return entries
+
+    def find(self, sha256: str) -> LedgerEntry | None:
+        """The earlier entry of a batch with this content hash, if any."""
+        return next((e for e in self.ledger() if e.sha256 == sha256), None)
+
+    def _append(self, entry: LedgerEntry) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self.ledger_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(asdict(entry), sort_keys=True) + "\n")
+
+    def next_seq(self) -> int:
+        entries = self.ledger()
+        return (entries[-1].seq + 1) if entries else 1
+
+    # ------------------------------------------------------------------ writes
+    def write_reference(self, frame: pd.DataFrame) -> Path:
+        """Store the labeled reference set (``row_id`` = ``ref-<position>``)."""
+        df = frame.reset_index(drop=True).copy()
+        df.insert(0, BATCH_ID, REFERENCE_BATCH)
+        df.insert(0, ROW_ID, [f"ref-{i:06d}" for i in range(len(df))])
+        self.reference_path.parent.mkdir(parents=True, exist_ok=True)
+        df.to_parquet(self.reference_path, index=False)
+        return self.reference_path
+
+    def record(
+        self,
+        source: Path,
+        sha256: str,
+        frame: pd.DataFrame | None,
+        report: ValidationReport | None,
+        *,
+        unreadable_reason: str = "",
+    ) -> LedgerEntry:
+        """File one batch: accepted rows to ``accepted/``; bad rows and the original to quarantine.
+
+        ``frame`` is the batch as read; ``report`` carries the decision. An unreadable file has
+        neither: it is copied to quarantine with the reason.
+        """
+        seq = self.next_seq()
+        batch_id = f"{seq:06d}-{sha256[:12]}"
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        stored: list[str] = []
+        if report is None or frame is None:
+            qdir = self._quarantine_original(batch_id, source)
+            (qdir / "report.md").write_text(
+                f"# Unreadable batch: `{source.name}`\n\n- **Decision:** quarantined\n"
+                f"- **Problem:** {unreadable_reason}\n",
+                encoding="utf-8",
+            )
+            stored.append(self._rel(qdir))
+            entry = LedgerEntry(
+                seq, sha256, source.name, "unreadable", 0, 0, 0, unreadable_reason, now, stored
+            )
+            self._append(entry)
+            return entry
+
+        bad = list(report.bad_rows)
+        good_mask = _mask(len(frame), bad, keep=True)
+        if report.rows_accepted:
+            rows = frame.reset_index(drop=True)[good_mask]
+            stored.append(self._rel(self._write_accepted(batch_id, rows)))
+        if bad:
+            qdir = self._quarantine_original(batch_id, source)
+            qrows = frame.reset_index(drop=True).iloc[bad].copy()
+            qrows.insert(0, "source_row", bad)
+            # Quarantined rows can have mixed types (that is often why they are here): keep text.
+            qrows.astype("str").to_csv(qdir / "rows.csv", index=False)
+            sample = qrows.head(self.settings.validation.report_examples).set_index("source_row")
+            (qdir / "report.md").write_text(report.to_markdown(sample), encoding="utf-8")
+            (qdir / "report.json").write_text(
+                json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8"
+            )
+            stored.append(self._rel(qdir))
+        entry = LedgerEntry(
+            seq,
+            sha256,
+            source.name,
+            report.decision,
+            report.rows,
+            report.rows_accepted,
+            report.rows_quarantined,
+            report.reason,
+            now,
+            stored,
+        )
+        self._append(entry)
+        return entry
+
+    def _write_accepted(self, batch_id: str, rows: pd.DataFrame) -> Path:
+        schema = self.settings.data_schema
+        df = rows.reset_index(drop=True).copy()
+        positions = rows.index.to_numpy()
+        df.insert(0, BATCH_ID, batch_id)
+        df.insert(0, ROW_ID, [f"{batch_id}-{int(p):06d}" for p in positions])
+        if schema.target not in df.columns:
+            df[schema.target] = None
+        self.accepted_dir.mkdir(parents=True, exist_ok=True)
+        path = self.accepted_dir / f"{batch_id}.parquet"
+        df.to_parquet(path, index=False)
+        return path
+
+    def _quarantine_original(self, batch_id: str, source: Path) -> Path:
+        qdir = self.quarantine_dir / batch_id
+        qdir.mkdir(parents=True, exist_ok=True)
+        # The original bytes, untouched: whatever the report says, nothing is lost.
+        shutil.copy2(source, qdir / f"original{source.suffix}")
+        return qdir
+
+    def _rel(self, p: Path) -> str:
+        return (
+            str(p.relative_to(self.settings.root))
+            if p.is_relative_to(self.settings.root)
+            else str(p)
+        )
+
+    # ------------------------------------------------------------------ reads
+    def load_dataset(self) -> pd.DataFrame:
+        """Reference plus every accepted batch, in arrival order, one row per ``row_id``."""
+        import pandas as pd
+
+        parts = []
+        if self.reference_path.exists():
+            parts.append(pd.read_parquet(self.reference_path))
+        if self.accepted_dir.exists():
+            parts += [pd.read_parquet(p) for p in sorted(self.accepted_dir.glob("*.parquet"))]
+        if not parts:
+            raise StoreError(f"{self.root}: no data yet (run 'edgeloop init')")
+        data = pd.concat(parts, ignore_index=True)
+        return self._with_labels(data)
+
+    def _with_labels(self, data: pd.DataFrame) -> pd.DataFrame:
+        """Fill the target from imported labels (``data/labels/``; the latest answer wins)."""
+        import pandas as pd
+
+        files = sorted((self.root / "labels").glob("*.parquet"))
+        if not files:
+            return data
+        labels = pd.concat([pd.read_parquet(f, columns=["row_id", "label"]) for f in files])
+        latest = labels.drop_duplicates("row_id", keep="last").set_index("row_id")["label"]
+        target = self.settings.data_schema.target
+        by_text = {str(c): c for c in self.settings.data_schema.classes}
+        found = data[ROW_ID].map(latest).map(lambda v: by_text.get(str(v), v) if pd.notna(v) else v)
+        out = data.copy()
+        has = found.notna()
+        out[target] = out[target].astype("object")
+        out.loc[has, target] = found[has]
+        out["label_source"] = "batch"
+        out.loc[has, "label_source"] = "annotation"
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for ``edgeloop status``."""
+        entries = self.ledger()
+        by: dict[str, int] = {}
+        for e in entries:
+            by[e.status] = by.get(e.status, 0) + 1
+        return {
+            "batches": len(entries),
+            "by_status": by,
+            "rows_accepted": sum(e.rows_accepted for e in entries),
+            "rows_quarantined": sum(e.rows_quarantined for e in entries),
+            "quarantined": [
+                {
+                    "batch_id": e.batch_id,
+                    "source": e.source,
+                    "status": e.status,
+                    "reason": e.reason,
+                    "path": next((s for s in e.stored if "quarantine" in s), ""),
+                }
+                for e in entries
+                if e.rows_quarantined or e.status in ("quarantined", "unreadable")
+            ],
+        }
+
+
+def _mask(n: int, positions: list[int], *, keep: bool) -> Any:
+    import numpy as np
+
+    mask = np.ones(n, dtype=bool)
+    mask[positions] = False
+    return mask if keep else ~mask

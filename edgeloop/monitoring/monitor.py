@@ -1,0 +1,481 @@
+"""Monitoring of scored batches: drift against the training reference, one MLflow run per batch.
+
+``monitor_batches`` finds accepted batches that have a champion score file
+(``scores/<batch_id>/champion-v<N>.parquet``, written by ``edgeloop.batch.scoring.score_batches``) and no
+finished monitoring run yet, compares each with the reference (``pipelines.monitor``) and logs
+one run per batch in ``<project>-monitoring``. Every metric is logged at the batch's ledger
+sequence number as its step, so MLflow charts them over time. The names are fixed (the weekly
+report reads them): see ``METRICS`` and ``TAGS``.
+
+Nothing heavy is imported at module load; MLflow and pandas are imported inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop.core.config import Settings
+from edgeloop.core.errors import MonitoringError
+from edgeloop.data.store import REFERENCE_BATCH
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from edgeloop.data.store import LedgerEntry
+    from pipelines.monitor import BatchReport, ReferenceProfile
+
+MONITORING_EXPERIMENT = "monitoring"
+KIND = "monitoring"
+
+#: Metric names other tools read (``psi.<feature>`` is added per feature).
+METRICS = (
+    "rows",
+    "labeled_rows",
+    "drift_share",
+    "n_drifted_features",
+    "prediction_psi",
+    "mean_confidence",
+    "low_confidence_share",
+    "champion_accuracy",  # only when the batch has labeled rows
+    "challenger_accuracy",  # ... and a challenger score file
+    "agreement",  # only when a challenger score file exists
+)
+TAGS = (
+    "edgeloop.batch_id",
+    "edgeloop.batch_index",
+    "edgeloop.drifted",
+    "edgeloop.drifted_features",
+    "edgeloop.champion_version",
+    "edgeloop.challenger_version",
+    "edgeloop.flow_run_id",
+    "edgeloop.flow_run_url",
+)
+#: Where the dashboard finds each batch's confidence histogram without downloading artifacts.
+HISTOGRAM_TAG = "edgeloop.confidence_histogram"
+#: The drifted-features tag is cut to this many characters (MLflow allows 8000).
+MAX_FEATURES_TAG = 500
+
+
+@dataclass(frozen=True)
+class BatchMonitoring:
+    """What the monitor found for one batch and where it logged it."""
+
+    batch_id: str
+    seq: int
+    run_id: str
+    rows: int
+    labeled_rows: int
+    n_features: int
+    n_drifted: int
+    drift_share: float
+    drifted: bool
+    drifted_features: list[str]
+    prediction_psi: float
+    mean_confidence: float | None
+    low_confidence_share: float | None
+    champion_version: str
+    challenger_version: str
+    champion_accuracy: float | None = None
+    challenger_accuracy: float | None = None
+    agreement: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MonitorSummary:
+    """One call of ``monitor_batches``: the batches monitored now and those left alone."""
+
+    experiment_id: str
+    monitored: list[BatchMonitoring] = field(default_factory=list)
+    #: Batches that already had a finished monitoring run (skipped).
+    already_monitored: list[str] = field(default_factory=list)
+    #: Accepted batches without a champion score file yet (run ``edgeloop score``).
+    not_scored: list[str] = field(default_factory=list)
+    reference_rows: int = 0
+
+    @property
+    def drifted(self) -> list[BatchMonitoring]:
+        return [b for b in self.monitored if b.drifted]
+
+    @property
+    def latest_run_id(self) -> str:
+        """The run logged last in this call ('' when nothing was monitored)."""
+        return self.monitored[-1].run_id if self.monitored else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment_id": self.experiment_id,
+            "monitored": [b.to_dict() for b in self.monitored],
+            "drifted": [b.batch_id for b in self.drifted],
+            "already_monitored": list(self.already_monitored),
+            "not_scored": list(self.not_scored),
+            "reference_rows": self.reference_rows,
+        }
+
+
+# ---------------------------------------------------------------------- history
+def monitoring_history(settings: Settings) -> list[dict[str, Any]]:
+    """Every batch's latest finished monitoring run, oldest batch first (by ledger sequence).
+
+    Each entry: ``batch_id``, ``seq``, ``run_id``, ``start_time`` (ms), ``metrics`` (last
+    values), ``tags``. Failed or interrupted runs are left out: their batch is monitored again.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.tracking.store import ensure_experiment
+
+    exp = ensure_experiment(settings, MONITORING_EXPERIMENT)
+    client = MlflowClient()
+    latest: dict[str, Any] = {}
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [exp],
+            filter_string=f"tags.`edgeloop.kind` = '{KIND}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1000,
+            page_token=token,
+        )
+        for run in page:
+            batch = run.data.tags.get("edgeloop.batch_id", "")
+            if batch:
+                latest[batch] = run  # ascending start time: the last one wins
+        token = page.token
+        if not token:
+            break
+    out = []
+    for batch, run in latest.items():
+        index = run.data.tags.get("edgeloop.batch_index", "")
+        out.append(
+            {
+                "batch_id": batch,
+                "seq": int(index) if index.isdigit() else 0,
+                "run_id": run.info.run_id,
+                "start_time": run.info.start_time,
+                "metrics": dict(run.data.metrics),
+                "tags": dict(run.data.tags),
+            }
+        )
+    return sorted(out, key=lambda e: (e["seq"], e["start_time"]))
+
+
+# ---------------------------------------------------------------------- the monitor
+def monitor_batches(
+    settings: Settings,
+    batch_ids: list[str] | None = None,
+    *,
+    flow_run_id: str = "",
+    flow_run_url: str = "",
+) -> MonitorSummary:
+    """Monitor every scored, not yet monitored accepted batch (or only ``batch_ids``).
+
+    Idempotent: a batch with a finished monitoring run is skipped, so a repeated call logs
+    nothing twice. Batches logged earlier under the same ``flow_run_id`` (a retried task) are
+    reported again from their runs, so a retry returns what the first attempt found.
+    """
+    from edgeloop.batch.scoring import scores_root
+    from edgeloop.data.store import DataStore
+    from edgeloop.tracking.registry import CHALLENGER, CHAMPION, Registry
+    from edgeloop.tracking.store import configure, ensure_experiment
+
+    configure(settings)
+    exp = ensure_experiment(settings, MONITORING_EXPERIMENT)
+    store = DataStore(settings)
+    accepted = [e for e in store.ledger() if e.rows_accepted > 0]
+    if batch_ids:
+        known = {e.batch_id for e in accepted}
+        unknown = [b for b in batch_ids if b not in known]
+        if unknown:
+            shown = ", ".join(sorted(known)[-10:]) or "none yet"
+            raise MonitoringError(
+                f"no accepted batch {', '.join(unknown)} in {store.ledger_path} "
+                f"(accepted batches, latest 10: {shown})"
+            )
+        accepted = [e for e in accepted if e.batch_id in set(batch_ids)]
+    history = {h["batch_id"]: h for h in monitoring_history(settings)}
+    root = scores_root(settings)
+    todo: list[LedgerEntry] = []
+    results: dict[str, BatchMonitoring] = {}
+    skipped: list[str] = []
+    not_scored: list[str] = []
+    for entry in accepted:
+        h = history.get(entry.batch_id)
+        if h is not None and flow_run_id and h["tags"].get("edgeloop.flow_run_id") == flow_run_id:
+            # Logged by this same flow run before a task retry: report it again (so its drift
+            # still counts for the retrain decision), log nothing twice.
+            results[entry.batch_id] = _from_history(settings, entry, h)
+        elif h is not None:
+            skipped.append(entry.batch_id)
+        elif _score_files(root / entry.batch_id, CHAMPION):
+            todo.append(entry)
+        else:
+            not_scored.append(entry.batch_id)
+    if not todo:
+        # Nothing new: the dataset is not even loaded, so a scheduled run with no work is cheap.
+        return MonitorSummary(exp, list(results.values()), skipped, not_scored)
+
+    data = store.load_dataset()
+    reference = data[data["batch_id"] == REFERENCE_BATCH]
+    if reference.empty:
+        raise MonitoringError(
+            f"no reference rows (batch_id '{REFERENCE_BATCH}') in {store.root}: drift needs the"
+            " training reference (run 'edgeloop init')"
+        )
+    profile = _profile(settings, reference)
+    positions = data.groupby("batch_id", sort=False).indices
+    aliases = Registry(settings).aliases()
+    for entry in todo:
+        batch_dir = root / entry.batch_id
+        champ_v, champ_file = _pick(_score_files(batch_dir, CHAMPION), aliases.get(CHAMPION))
+        # A challenger file of the champion's own version (scored before a promotion) is the
+        # same model: comparing it with itself says nothing.
+        chall_v, chall_file = _pick(
+            {v: p for v, p in _score_files(batch_dir, CHALLENGER).items() if v != champ_v},
+            aliases.get(CHALLENGER),
+        )
+        if champ_file is None:
+            continue  # removed since it was listed
+        rows = data.iloc[positions.get(entry.batch_id, [])]
+        report = _report(settings, profile, rows, entry.batch_id, champ_file, chall_file)
+        run_id = _log_run(
+            settings,
+            exp,
+            entry,
+            report,
+            champion_version=champ_v,
+            challenger_version=chall_v,
+            flow_run_id=flow_run_id,
+            flow_run_url=flow_run_url,
+        )
+        results[entry.batch_id] = _result(entry, run_id, report, champ_v, chall_v)
+    # Ledger order: the last one is the newest batch.
+    monitored = [results[e.batch_id] for e in accepted if e.batch_id in results]
+    return MonitorSummary(exp, monitored, skipped, not_scored, reference_rows=len(reference))
+
+
+def _profile(settings: Settings, reference: pd.DataFrame) -> ReferenceProfile:
+    from pipelines.monitor import build_reference
+
+    # Built once per call and shared by every batch of it. Seeded with seeds.split: the sample
+    # of the reference the KS test sees is the same on every run and machine.
+    return build_reference(
+        reference, settings.data_schema, settings.monitoring, seed=settings.seeds.split
+    )
+
+
+def _score_files(batch_dir: Path, alias: str) -> dict[str, Path]:
+    """``version -> file`` of one alias's score files for a batch."""
+    out = {}
+    for path in batch_dir.glob(f"{alias}-v*.parquet"):
+        version = path.stem.removeprefix(f"{alias}-v")
+        if version.isdigit():
+            out[version] = path
+    return out
+
+
+def _pick(files: dict[str, Path], preferred: str | None) -> tuple[str, Path | None]:
+    """The current alias holder's file if the batch has one, else the newest version's."""
+    if not files:
+        return "", None
+    version = preferred if preferred in files else max(files, key=int)
+    return version, files[version]
+
+
+def _report(
+    settings: Settings,
+    profile: ReferenceProfile,
+    rows: pd.DataFrame,
+    batch_id: str,
+    champion_file: Path,
+    challenger_file: Path | None,
+) -> BatchReport:
+    """Align the score files with the batch's rows by row id, then compute the report."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.monitor import batch_report
+
+    champ = pd.read_parquet(champion_file, columns=["row_id", "predicted", "confidence"])
+    pos = pd.Index(champ["row_id"]).get_indexer(rows["row_id"])
+    if (pos < 0).any():
+        # Rows the champion did not score (a file from an older dataset state) are left out.
+        rows, pos = rows[pos >= 0], pos[pos >= 0]
+    if len(pos) != len(champ) or (pos != np.arange(len(pos))).any():
+        champ = champ.iloc[pos]
+    challenger = None
+    if challenger_file is not None:
+        chall = pd.read_parquet(challenger_file, columns=["row_id", "predicted"])
+        # Rows the challenger did not score come back as NaN: left out of the agreement.
+        challenger = chall.set_index("row_id")["predicted"].reindex(rows["row_id"]).to_numpy()
+    return batch_report(
+        profile,
+        rows,
+        champ["predicted"].to_numpy(),
+        champ["confidence"].to_numpy(),
+        settings.monitoring,
+        min_confidence=settings.edge_cases.min_confidence,
+        challenger_predicted=challenger,
+        labels=rows[settings.data_schema.target],
+        batch_id=batch_id,
+    )
+
+
+def metric_key(feature: str) -> str:
+    """``psi.<feature>`` with characters MLflow refuses in a metric name replaced by ``_``."""
+    return "psi." + re.sub(r"[^\w.\- ]", "_", feature)
+
+
+def _metrics(report: BatchReport) -> dict[str, float]:
+    out: dict[str, float] = {
+        "rows": report.rows,
+        "labeled_rows": report.labeled_rows,
+        "drift_share": report.drift_share,
+        "n_drifted_features": report.n_drifted,
+        "prediction_psi": report.prediction.psi,
+        "mean_confidence": report.confidence.mean,
+        "low_confidence_share": report.confidence.low_share,
+    }
+    for name in ("champion_accuracy", "challenger_accuracy", "agreement"):
+        value = getattr(report, name)
+        if value is not None:
+            out[name] = value
+    for f in report.features:
+        out[metric_key(f.feature)] = f.psi
+    # NaN (an empty batch, an all-missing column) is not a measurement: leave it out.
+    return {k: float(v) for k, v in out.items() if v == v}
+
+
+def _features_tag(names: list[str]) -> str:
+    text = ",".join(names)
+    if len(text) <= MAX_FEATURES_TAG:
+        return text
+    kept: list[str] = []
+    for name in names:
+        if len(",".join([*kept, name])) > MAX_FEATURES_TAG - 20:
+            break
+        kept.append(name)
+    return ",".join(kept) + f",... (+{len(names) - len(kept)} more)"
+
+
+def _features_csv(report: BatchReport) -> str:
+    import pandas as pd
+
+    table = pd.DataFrame([f.to_dict() for f in report.features])
+    table["unseen"] = table["unseen"].map(lambda u: ";".join(u))
+    return table.sort_values("psi", ascending=False).to_csv(index=False)
+
+
+def _log_run(
+    settings: Settings,
+    experiment_id: str,
+    entry: LedgerEntry,
+    report: BatchReport,
+    *,
+    champion_version: str,
+    challenger_version: str,
+    flow_run_id: str,
+    flow_run_url: str,
+) -> str:
+    """One MLflow run for the batch: metrics at step = ledger sequence, tags, the drift table."""
+    import mlflow
+
+    m = settings.monitoring
+    drifted = [f.feature for f in report.drifted_features]
+    note = (
+        f"{'DRIFT' if report.drifted else 'no drift'}: {report.n_drifted} of "
+        f"{len(report.features)} features drifted (share {report.drift_share:.2f}, threshold "
+        f"{m.drift_share_threshold})" + (f": {', '.join(drifted[:10])}" if drifted else "")
+    )
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-{entry.batch_id}") as run:
+        mlflow.set_tags(
+            {
+                "edgeloop.kind": KIND,
+                "edgeloop.batch_id": entry.batch_id,
+                "edgeloop.batch_index": str(entry.seq),
+                "edgeloop.source": entry.source,
+                "edgeloop.drifted": str(report.drifted).lower(),
+                "edgeloop.drifted_features": _features_tag(drifted),
+                "edgeloop.champion_version": champion_version,
+                "edgeloop.challenger_version": challenger_version,
+                "edgeloop.flow_run_id": flow_run_id,
+                "edgeloop.flow_run_url": flow_run_url,
+                HISTOGRAM_TAG: json.dumps(list(report.confidence.counts)),
+                "mlflow.note.content": note,
+            }
+        )
+        mlflow.log_params(
+            {
+                "psi_bins": m.psi_bins,
+                "psi_threshold": m.psi_threshold,
+                "p_value": m.p_value,
+                "drift_share_threshold": m.drift_share_threshold,
+                "reference_sample": m.reference_sample,
+                "min_confidence": settings.edge_cases.min_confidence,
+                "config_hash": settings.config_hash(),
+            }
+        )
+        # step = the batch's ledger sequence number: the MLflow UI charts batches in order.
+        mlflow.log_metrics(_metrics(report), step=entry.seq)
+        mlflow.log_text(_features_csv(report), "drift/features.csv")
+        mlflow.log_dict(report.to_dict(), "drift/report.json")
+        return run.info.run_id
+
+
+def _result(
+    entry: LedgerEntry, run_id: str, report: BatchReport, champ_v: str, chall_v: str
+) -> BatchMonitoring:
+    def finite(v: float) -> float | None:
+        return v if v == v else None
+
+    return BatchMonitoring(
+        batch_id=entry.batch_id,
+        seq=entry.seq,
+        run_id=run_id,
+        rows=report.rows,
+        labeled_rows=report.labeled_rows,
+        n_features=len(report.features),
+        n_drifted=report.n_drifted,
+        drift_share=report.drift_share,
+        drifted=report.drifted,
+        drifted_features=[f.feature for f in report.drifted_features],
+        prediction_psi=report.prediction.psi,
+        mean_confidence=finite(report.confidence.mean),
+        low_confidence_share=finite(report.confidence.low_share),
+        champion_version=champ_v,
+        challenger_version=chall_v,
+        champion_accuracy=report.champion_accuracy,
+        challenger_accuracy=report.challenger_accuracy,
+        agreement=report.agreement,
+    )
+
+
+def _from_history(settings: Settings, entry: LedgerEntry, h: dict[str, Any]) -> BatchMonitoring:
+    """A batch's result read back from its MLflow run (the drifted-features tag may be cut)."""
+    m, t = h["metrics"], h["tags"]
+    names = t.get("edgeloop.drifted_features", "").split(",")
+    return BatchMonitoring(
+        batch_id=entry.batch_id,
+        seq=entry.seq,
+        run_id=h["run_id"],
+        rows=int(m.get("rows", 0)),
+        labeled_rows=int(m.get("labeled_rows", 0)),
+        n_features=len(settings.data_schema.features),
+        n_drifted=int(m.get("n_drifted_features", 0)),
+        drift_share=m.get("drift_share", 0.0),
+        drifted=t.get("edgeloop.drifted") == "true",
+        drifted_features=[n for n in names if n and not n.startswith("...")],
+        prediction_psi=m.get("prediction_psi", float("nan")),
+        mean_confidence=m.get("mean_confidence"),
+        low_confidence_share=m.get("low_confidence_share"),
+        champion_version=t.get("edgeloop.champion_version", ""),
+        challenger_version=t.get("edgeloop.challenger_version", ""),
+        champion_accuracy=m.get("champion_accuracy"),
+        challenger_accuracy=m.get("challenger_accuracy"),
+        agreement=m.get("agreement"),
+    )

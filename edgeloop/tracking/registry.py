@@ -1,0 +1,269 @@
+"""The MLflow Model Registry, with an alias history MLflow does not keep.
+
+Aliases used: ``champion`` (serves), ``challenger`` (candidate in silent mode),
+``previous-champion`` (for rollback). Every alias move is recorded as a small MLflow run in the
+``<project>-registry`` experiment (who, when, why, from which version to which), so the history
+lives in the same store as the registry, also on a team server.
+
+Registration is ordered so that a crash at any point leaves the previous champion serving:
+the new version is created with ``edgeloop.reports.status=pending``; only then is the alias moved (one
+atomic MLflow call); then the version is marked ``ready`` and the move recorded. A version left
+``pending`` by a killed process never holds an alias and is marked ``abandoned`` by the next
+retrain; an alias moved without its history record is reconciled (recorded) the same way.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from edgeloop._internal import faults
+from edgeloop.core.config import Settings
+from edgeloop.core.errors import RegistryError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PREVIOUS = "previous-champion"
+REGISTRY_EXPERIMENT = "registry"
+
+
+def actor() -> str:
+    """Who moved an alias: ``$EDGELOOP_ACTOR``, else user@host."""
+    return os.environ.get("EDGELOOP_ACTOR") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    """One alias move."""
+
+    alias: str
+    version: str
+    previous: str
+    actor: str
+    reason: str
+    at: str
+    run_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Registry:
+    """Registered versions and aliases of the project's model."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mlflow.tracking import MlflowClient
+
+        from edgeloop.tracking.store import configure
+
+        configure(settings)
+        self.settings = settings
+        self.name = settings.model_name
+        self.client = MlflowClient()
+
+    # ------------------------------------------------------------------ reads
+    def aliases(self) -> dict[str, str]:
+        """alias -> version (read from the registered model: search results omit aliases)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            rm = self.client.get_registered_model(self.name)
+        except MlflowException:
+            return {}
+        return {a: str(v) for a, v in (rm.aliases or {}).items()}
+
+    def resolve(self, ref: str | None) -> str:
+        """``champion`` / ``NAME@alias`` / ``@alias`` / ``3`` / ``v3`` -> version number."""
+        ref = (ref or CHAMPION).strip()
+        if "@" in ref:
+            name, _, alias = ref.partition("@")
+            if name and name != self.name:
+                raise RegistryError(f"model {name!r} is not this project's model ({self.name!r})")
+            ref = alias
+        ref = ref.removeprefix("v")
+        if ref.isdigit():
+            self.version(ref)  # raises if unknown
+            return ref
+        aliases = self.aliases()
+        if ref not in aliases:
+            known = ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())) or "none yet"
+            raise RegistryError(f"no model holds alias {ref!r} in {self.name} (aliases: {known})")
+        return aliases[ref]
+
+    def version(self, version: str) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(self.name, str(version))
+        except MlflowException:
+            raise RegistryError(f"{self.name} has no version {version}") from None
+
+    def model_uri(self, alias_or_version: str) -> str:
+        v = alias_or_version
+        return f"models:/{self.name}/{v}" if str(v).isdigit() else f"models:/{self.name}@{v}"
+
+    def load(self, alias_or_version: str) -> Any:
+        """The scikit-learn model of an alias or version."""
+        import mlflow.sklearn
+
+        return mlflow.sklearn.load_model(self.model_uri(alias_or_version))
+
+    # ------------------------------------------------------------------ history
+    def _history_experiment(self) -> str:
+        from edgeloop.tracking.store import ensure_experiment
+
+        return ensure_experiment(self.settings, REGISTRY_EXPERIMENT)
+
+    def history(self, alias: str | None = None) -> list[AliasEvent]:
+        """Every recorded alias move, oldest first."""
+        exp = self._history_experiment()
+        flt = f"tags.`edgeloop.model` = '{self.name}'"
+        if alias:
+            flt += f" and tags.`edgeloop.alias` = '{alias}'"
+        runs = self.client.search_runs(
+            [exp], filter_string=flt, order_by=["attributes.start_time ASC"], max_results=5000
+        )
+        return [
+            AliasEvent(
+                alias=r.data.tags.get("edgeloop.alias", ""),
+                version=r.data.tags.get("edgeloop.version", ""),
+                previous=r.data.tags.get("edgeloop.previous", ""),
+                actor=r.data.tags.get("edgeloop.actor", ""),
+                reason=r.data.tags.get("edgeloop.reason", ""),
+                at=r.data.tags.get("edgeloop.at", ""),
+                run_id=r.info.run_id,
+            )
+            for r in runs
+        ]
+
+    def _record(self, alias: str, version: str, previous: str, reason: str) -> AliasEvent:
+        exp = self._history_experiment()
+        ev = AliasEvent(
+            alias,
+            version,
+            previous,
+            actor(),
+            reason,
+            datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        run = self.client.create_run(
+            exp,
+            run_name=f"{alias} -> v{version or '(removed)'}",
+            tags={
+                "edgeloop.kind": "alias-move",
+                "edgeloop.model": self.name,
+                "edgeloop.alias": alias,
+                "edgeloop.version": version,
+                "edgeloop.previous": previous,
+                "edgeloop.actor": ev.actor,
+                "edgeloop.reason": reason,
+                "edgeloop.at": ev.at,
+                "mlflow.note.content": reason,
+            },
+        )
+        self.client.set_terminated(run.info.run_id)
+        return AliasEvent(**{**ev.to_dict(), "run_id": run.info.run_id})
+
+    # ------------------------------------------------------------------ writes
+    def move_alias(self, alias: str, version: str, reason: str) -> AliasEvent:
+        """Point ``alias`` at ``version`` (one atomic call), then record who/when/why."""
+        previous = self.aliases().get(alias, "")
+        self.client.set_registered_model_alias(self.name, alias, str(version))
+        faults.point("after-alias")
+        return self._record(alias, str(version), previous, reason)
+
+    def remove_alias(self, alias: str, reason: str) -> AliasEvent | None:
+        previous = self.aliases().get(alias)
+        if previous is None:
+            return None
+        self.client.delete_registered_model_alias(self.name, alias)
+        return self._record(alias, "", previous, reason)
+
+    def register(
+        self, model_uri: str, run_id: str, alias: str, reason: str
+    ) -> tuple[str, AliasEvent]:
+        """Create a version from a logged model and give it ``alias``; crash-safe (see module)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            self.client.create_registered_model(
+                self.name, description="Registered by edgeloop retrain"
+            )
+        # A logged model's URI is ``models:/<model_id>``; a tracking server (unlike the embedded
+        # SQLite store) refuses to register it unless the model id is passed too.
+        model_id = (
+            model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        )
+        mv = self.client.create_model_version(
+            self.name,
+            source=model_uri,
+            run_id=run_id,
+            tags={"edgeloop.status": "pending"},
+            model_id=model_id,
+        )
+        version = str(mv.version)
+        _wait_ready(self.client, self.name, version)
+        faults.point("register")
+        try:
+            event = self.move_alias(alias, version, reason)
+        except Exception:
+            # Nothing points at it yet: mark it so it is never mistaken for a usable model.
+            self.client.set_model_version_tag(self.name, version, "edgeloop.status", "abandoned")
+            raise
+        self.client.set_model_version_tag(self.name, version, "edgeloop.status", "ready")
+        return version, event
+
+    def recover(self) -> list[str]:
+        """After a crash: mark pending versions abandoned, record unrecorded alias moves."""
+        from mlflow.exceptions import MlflowException
+
+        notes: list[str] = []
+        try:
+            versions = self.client.search_model_versions(f"name = '{self.name}'")
+        except MlflowException:
+            return notes
+        aliases = self.aliases()
+        held = set(aliases.values())
+        for mv in versions:
+            if (mv.tags or {}).get("edgeloop.status") == "pending":
+                if str(mv.version) in held:
+                    self.client.set_model_version_tag(
+                        self.name, mv.version, "edgeloop.status", "ready"
+                    )
+                else:
+                    self.client.set_model_version_tag(
+                        self.name, mv.version, "edgeloop.status", "abandoned"
+                    )
+                    notes.append(
+                        f"v{mv.version} was left pending by an interrupted run: marked abandoned"
+                    )
+        last: dict[str, str] = {}
+        for ev in self.history():
+            last[ev.alias] = ev.version
+        for alias, version in aliases.items():
+            if last.get(alias) != version:
+                self._record(
+                    alias,
+                    version,
+                    last.get(alias, ""),
+                    "reconciled: alias moved by an interrupted run",
+                )
+                notes.append(f"{alias} -> v{version} had no history record: recorded")
+        return notes
+
+
+def _wait_ready(client: Any, name: str, version: str, timeout: float = 60.0) -> None:
+    """File and SQL stores register synchronously; a server may take a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mv = client.get_model_version(name, version)
+        if str(mv.status) in ("READY", "ModelVersionStatus.READY") or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
