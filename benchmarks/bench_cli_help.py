@@ -18,21 +18,16 @@ Writes ``benchmarks/results/cli_help.json``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+from _harness import ROOT, add_output, arguments, medians, stamp, write_results
+
 GOAL_RATIO = 0.1
 
 #: The venv's bin folder, not resolved: sys.executable may be a symlink to a base interpreter.
@@ -69,20 +64,16 @@ def run(repeat: int, edgeloop_cmd: list[str], bytecode: str) -> dict:
         for _ in range(repeat):
             for name, cmd in commands.items():
                 times[name].append(time_command(cmd, env))
-    medians = {name: statistics.median(ts) for name, ts in times.items()}
-    ratio = medians["edgeloop_help"] / medians["imports"]
+    med = medians(times)
+    ratio = med["edgeloop_help"] / med["imports"]
     return {
-        "benchmark": "cli_help",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **stamp("cli_help"),
         "repeat": repeat,
         "commands": {name: shlex.join(cmd) for name, cmd in commands.items()},
         "stand_in": edgeloop_cmd != EDGELOOP_CMD,
         "bytecode": bytecode,
         "times_s": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
-        "median_s": {name: round(m, 4) for name, m in medians.items()},
+        "median_s": {name: round(m, 4) for name, m in med.items()},
         "ratio": round(ratio, 4),
         "goal_ratio": GOAL_RATIO,
         "goal_met": ratio <= GOAL_RATIO,
@@ -109,7 +100,7 @@ def print_table(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--repeat", type=int, default=5, help="timed runs of each command")
     parser.add_argument(
         "--edgeloop-cmd",
@@ -122,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         help="cached: children reuse .pyc from a private temp folder (default);"
         " inherit: run with the caller's environment unchanged",
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "cli_help.json")
-    parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
+    add_output(parser, "cli_help.json", "the goal is missed")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -140,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         return 2
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 1 if args.check and not result["goal_met"] else 0
 

@@ -22,7 +22,6 @@ Writes ``benchmarks/results/deploy.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -36,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+from _harness import RESULTS, load_average, write_results
+
 BIN = Path(sys.executable).parent
 GOAL_SECONDS = 3.0
 
@@ -151,12 +150,11 @@ def main() -> None:
         "benchmark": "deploy",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg": [round(x, 2) for x in os.getloadavg()]},
+                    "load_avg": load_average()},
         "goal_click_to_running_s": GOAL_SECONDS,
         "arms": arms,
     }  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "deploy.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS / "deploy.json", result)
     for arm in arms:
         verdict = "meets" if arm["median_click_to_running_s"] <= GOAL_SECONDS else "misses"
         print(

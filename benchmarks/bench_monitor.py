@@ -38,33 +38,32 @@ Writes ``benchmarks/results/monitor.json``.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import io
-import json
-import os
-import platform
-import pstats
 import resource
-import statistics
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy
+from _harness import (
+    Timings,
+    add_output,
+    arguments,
+    load_average,
+    medians,
+    peak_memory,
+    profile,
+    stamp,
+    write_results,
+)
 from scipy.stats import chi2_contingency, ks_2samp
 
 from edgeloop.core.config import MonitoringSettings
 from edgeloop.demo.synthetic import REGION, synthetic_frame, synthetic_schema
 from pipelines.monitor import EPSILON, batch_report, build_reference, feature_drift
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 1.3
 
 
@@ -142,52 +141,6 @@ def bare_drift(ref: dict[str, Any], batch: pd.DataFrame, s: MonitoringSettings) 
     return out
 
 
-# ---------------------------------------------------------------------- measuring
-class Timings:
-    """Wall and CPU seconds per named arm."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, list[float]] = {}
-        self.cpu: dict[str, list[float]] = {}
-
-    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        out = fn()
-        self.wall.setdefault(name, []).append(time.perf_counter() - wall0)
-        self.cpu.setdefault(name, []).append(time.process_time() - cpu0)
-        return out
-
-
-def peak_memory(fn: Callable[[], Any]) -> float:
-    """Peak MB tracemalloc saw above the baseline during one call."""
-    gc.collect()
-    tracemalloc.start()
-    base, _ = tracemalloc.get_traced_memory()
-    tracemalloc.reset_peak()
-    out = fn()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del out
-    return round((peak - base) / 1e6, 1)
-
-
-def profile(fn: Callable[[], Any], top: int) -> tuple[list[dict[str, Any]], str]:
-    prof = cProfile.Profile()
-    prof.enable()
-    fn()
-    prof.disable()
-    stats = pstats.Stats(prof)
-    rows = []
-    for (file, line, func), (_cc, ncalls, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        short = file.split("site-packages/")[-1].replace(str(Path.cwd()) + "/", "")
-        rows.append({"function": f"{short}:{line}({func})", "calls": ncalls,
-                     "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4)})  # fmt: skip
-    rows.sort(key=lambda r: r["tottime_s"], reverse=True)
-    text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
-    return rows[:top], text.getvalue()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = MonitoringSettings()
     data = build(args)
@@ -238,25 +191,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     assert flags_edgeloop == warm["bare"], (flags_edgeloop, warm["bare"])
     report = warm["batch_report"]
     timings = Timings()
-    names = list(arms)
-    for i in range(args.repeat):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            timings(name, arms[name])
-    wall = {k: statistics.median(v) for k, v in timings.wall.items()}
-    cpu = {k: statistics.median(v) for k, v in timings.cpu.items()}
+    timings.rounds(arms, args.repeat)
+    wall, cpu = medians(timings.wall), medians(timings.cpu)
     memory = {name: peak_memory(fn) for name, fn in arms.items()}
-    top, text = profile(arm_batch_report, args.profile_top)
+    top, text, _total = profile(arm_batch_report, args.profile_top)
     ratio = wall["batch_report"] / wall["bare"]
     return {
-        "benchmark": "monitor",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "scipy": scipy.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        **stamp("monitor", numpy=np.__version__, pandas=pd.__version__, scipy=scipy.__version__),
+        "load_average": load_average(),
         "rows": len(batch),
         "reference_rows": n_ref,
         "reference_sample": len(sample_idx),
@@ -293,20 +235,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = arguments(__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--reference-rows", type=int, default=500_000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile-top", type=int, default=12)
-    ap.add_argument("--out", type=Path, default=RESULTS / "monitor.json")
-    ap.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
+    add_output(ap, "monitor.json", "the goal is missed")
     args = ap.parse_args(argv)
 
     result = run(args)
     text = result.pop("_profile_text")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
 
     w, c, mem = result["median_wall_s"], result["median_cpu_s"], result["memory"]
     print(

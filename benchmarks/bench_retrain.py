@@ -38,24 +38,31 @@ import contextlib
 import cProfile
 import json
 import os
-import platform
 import pstats
 import re
 import resource
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+from _harness import (
+    ROOT,
+    add_output,
+    arguments,
+    git,
+    new_repo,
+    stamp,
+    timed,
+    write_results,
+)
+
 #: Everything this benchmark writes besides its JSON (git-ignored).
 WORK = Path(__file__).resolve().parent / ".work" / "retrain"
 #: The venv's bin folder, not resolved: sys.executable may be a symlink to a base interpreter.
@@ -74,7 +81,6 @@ RETRAIN_IMPORTS = (
 )
 #: Profile entries worth listing: our code and the libraries it drives.
 PROFILE_PATHS = re.compile(r"/(edgeloop|pipelines|flows|mlflow|dvc|dvc_data|skops)/")
-PROJECT_GITIGNORE = "/.prefect/\n/.dvcstore/\n/incoming/\n/mlflow/\n/.edgeloop/\n"
 
 # A user's script: nothing from edgeloop. The holdout replicates pipelines.train.holdout_mask
 # (checked against it in the parent), the model pipelines.train.build_pipeline.
@@ -164,23 +170,12 @@ from edgeloop.core.config import load_settings
 settings = load_settings(sys.argv[1])
 runtime.prepare(settings)
 from edgeloop.tracking.store import ensure_experiment
-from edgeloop.models.training import TRAINING_EXPERIMENT
+from edgeloop.core.keys import TRAINING_EXPERIMENT
 ensure_experiment(settings, TRAINING_EXPERIMENT)
 """
 
 
 # ---------------------------------------------------------------------- helpers
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """(wall seconds, result) of one call."""
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-def median(xs: list[float]) -> float:
-    return statistics.median(xs)
-
-
 def children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
@@ -209,20 +204,6 @@ def last_json(stdout: str) -> dict[str, Any]:
         raise RuntimeError(f"no JSON in output: {stdout[-500:]!r}")
     obj, _ = json.JSONDecoder().raw_decode(stdout[start:])
     return obj
-
-
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
-
-
-def new_repo(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    git(path, "init", "-q")
-    git(path, "config", "user.name", "edgeloop bench")
-    git(path, "config", "user.email", "bench@example.invalid")
-    (path / ".gitignore").write_text(PROJECT_GITIGNORE, encoding="utf-8")
 
 
 def set_estimator(config: Path) -> None:
@@ -424,13 +405,8 @@ def in_process(
     # What a cache hit does, step by step (the flow's tasks minus Prefect).
     from edgeloop.data.store import DataStore
     from edgeloop.data.versioning import DataVersioner
-    from edgeloop.models.training import (
-        cache_key,
-        close_orphan_runs,
-        find_cached,
-        log_retrain,
-        train_and_evaluate,
-    )
+    from edgeloop.models.cache import cache_key, close_orphan_runs, find_cached
+    from edgeloop.models.training import log_retrain, train_and_evaluate
     from edgeloop.tracking.registry import Registry
 
     versioner = DataVersioner(settings)
@@ -720,11 +696,7 @@ def summarize(
         "cached_warm_over_full_warm": GOAL_CACHE,
     }
     result = {
-        "benchmark": "retrain",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **stamp("retrain"),
         "load_average_at_end": os.getloadavg()[0],
         "rows": args.rows,
         "seed": args.seed,
@@ -761,6 +733,12 @@ def summarize(
     return rounded(result), warm["profile_text"]
 
 
+def print_seconds(title: str, seconds: dict[str, float]) -> None:
+    print(title)
+    for k, v in seconds.items():
+        print(f"  {k:<66} {v:8.2f}")
+
+
 def print_table(result: dict[str, Any], profile_text: str) -> None:
     med, cpu = result["median_s"], result["cpu_median_s"]
     print()
@@ -777,23 +755,17 @@ def print_table(result: dict[str, Any], profile_text: str) -> None:
         print(
             f"{name:<26} {len(ts):>4} {m:>9.2f} {min(ts):>8.2f} {max(ts):>8.2f} {cpu[name]:>8.2f}"
         )
-    print("\nbaseline script phases (median s):")
-    for k, v in result["baseline_phases_s"].items():
-        print(f"  {k:<66} {v:8.2f}")
-    print("edgeloop cold CLI phases (median s):")
-    for k, v in result["edgeloop_cli_phases_s"].items():
-        print(f"  {k:<66} {v:8.2f}")
+    print_seconds("\nbaseline script phases (median s):", result["baseline_phases_s"])
+    print_seconds("edgeloop cold CLI phases (median s):", result["edgeloop_cli_phases_s"])
     r = result["everything_but_model_work_s"]
     print(
-        f"everything but split+fit+evaluate: baseline {statistics.median(r['baseline']):.2f} s,"
-        f" edgeloop CLI {statistics.median(r['edgeloop_cli']):.2f} s"
+        f"everything but split+fit+evaluate: baseline {median(r['baseline']):.2f} s,"
+        f" edgeloop CLI {median(r['edgeloop_cli']):.2f} s"
     )
-    print("components measured on their own (s):")
-    for k, v in result["components_s"].items():
-        print(f"  {k:<66} {v:8.2f}")
+    print_seconds("components measured on their own (s):", result["components_s"])
     ip = result["in_process"]
     print(
-        f"in-process (warm): cache hit median {statistics.median(ip['cached_s']):.2f} s,"
+        f"in-process (warm): cache hit median {median(ip['cached_s']):.2f} s,"
         f" forced full retrain {ip['full_forced_s']:.2f} s; cache-hit steps: "
         + ", ".join(f"{k} {v:.3f}" for k, v in ip["steps_median_s"].items())
     )
@@ -806,7 +778,7 @@ def print_table(result: dict[str, Any], profile_text: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -826,18 +798,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bytecode", choices=("cached", "inherit"), default="cached")
     parser.add_argument("--top", type=int, default=30, help="profile entries to list")
     parser.add_argument("--keep", action="store_true", help="keep the projects and Parquet files")
-    parser.add_argument("--out", type=Path, default=RESULTS / "retrain.json")
     parser.add_argument(
         "--profile-out", type=Path, default=WORK / "retrain.prof", help="cProfile stats file"
     )
-    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    add_output(parser, "retrain.json", "a goal is missed")
     args = parser.parse_args(argv)
     if min(args.repeat, args.full_repeat) < 1 or args.rows < 1000:
         parser.error("--repeat and --full-repeat must be at least 1, --rows at least 1000")
     result, profile_text = run(args)
     print_table(result, profile_text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     print(f"wrote {args.out} and {args.profile_out}")
     return 1 if args.check and not all(result["goals_met"].values()) else 0
 

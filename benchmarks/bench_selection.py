@@ -37,33 +37,33 @@ Writes ``benchmarks/results/selection.json``.
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
-import io
-import json
-import os
-import platform
-import pstats
-import statistics
 import sys
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import _harness
 import numpy as np
 import pandas as pd
+from _harness import (
+    Timings,
+    add_output,
+    arguments,
+    load_average,
+    medians,
+    stamp,
+    write_results,
+)
 
 from edgeloop.core.config import EdgeCaseSettings, SchemaSettings
+from edgeloop.data.readers import load_rules
 from edgeloop.demo.data import DEMO_RULES
 from pipelines import edge_cases as ec
-from pipelines.edge_cases import SCORE_COLUMNS, Rule, load_rules, select
+from pipelines.edge_cases import SCORE_COLUMNS, Rule, select
 from pipelines.score import score_frame
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_SECONDS = 0.5
 GOAL_RATIO = 2.0
 BATCH = "000042-5eedf00dcafe"
@@ -208,55 +208,19 @@ def phases(
     for name, fn in steps.items():
         timings = Timings()
         fn()
-        for _ in range(repeat):
-            timings(name, fn)
+        timings.rounds({name: fn}, repeat)
+        wall, cpu = medians(timings.wall), medians(timings.cpu)
         out[name] = {
-            "median_s": round(statistics.median(timings.wall[name]), 4),
-            "median_cpu_s": round(statistics.median(timings.cpu[name]), 4),
+            "median_s": round(wall[name], 4),
+            "median_cpu_s": round(cpu[name], 4),
             "peak_mb": peak_memory(fn)["peak_mb"],
         }
     return out
 
 
-class Timings:
-    """Wall and CPU seconds per named arm."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, list[float]] = {}
-        self.cpu: dict[str, list[float]] = {}
-
-    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        out = fn()
-        self.wall.setdefault(name, []).append(time.perf_counter() - wall0)
-        self.cpu.setdefault(name, []).append(time.process_time() - cpu0)
-        return out
-
-
 def profile(fn: Callable[[], Any], top: int) -> tuple[list[dict[str, Any]], str]:
-    prof = cProfile.Profile()
-    prof.enable()
-    fn()
-    prof.disable()
-    stats = pstats.Stats(prof)
-    total = stats.total_tt  # type: ignore[attr-defined]
-    rows = []
-    for (file, line, func), (_cc, ncalls, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        short = file.split("site-packages/")[-1].replace(str(Path.cwd()) + "/", "")
-        rows.append(
-            {
-                "function": f"{short}:{line}({func})",
-                "calls": ncalls,
-                "tottime_s": tt,
-                "cumtime_s": ct,
-            }
-        )
-    rows.sort(key=lambda r: r["tottime_s"], reverse=True)
-    text = io.StringIO()
-    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
-    for r in rows:
-        r["tottime_s"], r["cumtime_s"] = round(r["tottime_s"], 4), round(r["cumtime_s"], 4)
-    return [{"total_s": round(total, 4)}, *rows[:top]], text.getvalue()
+    rows, text, total = _harness.profile(fn, top)
+    return [{"total_s": round(total, 4)}, *rows], text
 
 
 def peak_memory(fn: Callable[[], Any]) -> dict[str, float]:
@@ -264,23 +228,15 @@ def peak_memory(fn: Callable[[], Any]) -> dict[str, float]:
     import pyarrow as pa
 
     pool = pa.default_memory_pool()
-    gc.collect()
     arrow_before = pool.max_memory() or 0
-    tracemalloc.start()
-    base, _ = tracemalloc.get_traced_memory()
-    tracemalloc.reset_peak()
-    out = fn()
-    _current, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del out
     return {
-        "peak_mb": round((peak - base) / 1e6, 1),
+        "peak_mb": _harness.peak_memory(fn),
         "arrow_pool_peak_growth_mb": round(((pool.max_memory() or 0) - arrow_before) / 1e6, 1),
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = load_average()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         data = build(
@@ -357,12 +313,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         np.sort(conf[warm["bare_topk"]]), np.sort(conf[warm["argpartition_only"]])
     )
     timings = Timings()
-    names = list(arms)
-    for i in range(args.repeat):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            timings(name, arms[name])
-    wall = {k_: statistics.median(v) for k_, v in timings.wall.items()}
-    cpu = {k_: statistics.median(v) for k_, v in timings.cpu.items()}
+    timings.rounds(arms, args.repeat)
+    wall, cpu = medians(timings.wall), medians(timings.cpu)
 
     # select with a growing exclusion set (surface() passes every queued id and every labeled
     # row id of the whole dataset): only the walked ids are looked up, one hash probe each.
@@ -372,13 +324,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bigger = in_batch | {f"000001-0123456789ab-{i:07d}" for i in range(size - len(in_batch))}
         t_ex = Timings()
         full(settings, bigger)
-        for _ in range(3):
-            t_ex("select", lambda b=bigger: full(settings, b))
+        t_ex.rounds({"select": lambda b=bigger: full(settings, b)}, 3)
         scaling.append(
             {
                 "exclude_ids": len(bigger),
-                "select_median_s": round(statistics.median(t_ex.wall["select"]), 4),
-                "select_median_cpu_s": round(statistics.median(t_ex.cpu["select"]), 4),
+                "select_median_s": round(medians(t_ex.wall)["select"], 4),
+                "select_median_cpu_s": round(medians(t_ex.cpu)["select"], 4),
             }
         )
 
@@ -414,16 +365,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     reasons = out["reasons"].str.split(";").explode().value_counts().to_dict()
-    load_after = [round(x, 2) for x in os.getloadavg()]
+    load_after = load_average()
     return {
-        "benchmark": "selection",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **stamp("selection", numpy=np.__version__, pandas=pd.__version__),
         "command": "python benchmarks/bench_selection.py " + " ".join(sys.argv[1:]),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
         "load_average_before": load_before,
         "load_average_after": load_after,
         "rows": args.rows,
@@ -489,7 +434,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = arguments(__doc__)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--budget", type=int, default=1000)
@@ -509,14 +454,12 @@ def main(argv: list[str] | None = None) -> int:
         default=[50_000, 200_000, 1_000_000],
         help="exclusion-set sizes to time select with (comma-separated)",
     )
-    ap.add_argument("--out", type=Path, default=RESULTS / "selection.json")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    add_output(ap, "selection.json", "a goal is missed")
     args = ap.parse_args(argv)
 
     result = run(args)
     text = result.pop("_profile_text")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
 
     w = result["median_wall_s"]
     c = result["median_cpu_s"]

@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -46,12 +45,19 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+from _harness import (
+    add_output,
+    arguments,
+    git,
+    load_average,
+    new_repo,
+    stamp,
+    write_results,
+)
+
 WORK = Path(__file__).resolve().parent / ".work"
 #: The venv's bin folder, not resolved: sys.executable may be a symlink to a base interpreter.
 BIN = Path(sys.executable).parent
@@ -61,7 +67,6 @@ N_ESTIMATORS = 20
 TRAIN_ROWS = 20_000
 GOAL_THROUGHPUT = 3.0
 GOAL_SHADOW_P99 = 1.10
-PROJECT_GITIGNORE = "/.prefect/\n/.dvcstore/\n/incoming/\n/mlflow/\n/.edgeloop/\n"
 
 #: name -> (rows per request, connections, requests, warm-up requests, time cap in seconds)
 CASES: dict[str, tuple[int, int, int, int, float]] = {
@@ -157,14 +162,6 @@ print(json.dumps({
 
 
 # ---------------------------------------------------------------------- helpers
-def git(cwd: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True)
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -209,13 +206,7 @@ def build_project(path: Path) -> dict[str, Any]:
     from pipelines import train as tr
 
     t0 = time.perf_counter()
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    git(path, "init", "-q")
-    git(path, "config", "user.name", "edgeloop bench")
-    git(path, "config", "user.email", "bench@example.invalid")
-    (path / ".gitignore").write_text(PROJECT_GITIGNORE, encoding="utf-8")
+    new_repo(path)
     source = path.parent / "service-source.csv"
     synthetic_frame(TRAIN_ROWS, seed=0).to_csv(source, index=False)
     init_project(path, data=source, target=TARGET)
@@ -452,7 +443,7 @@ def run_case(
         "max_seconds": cap,
         "client": client,
     }
-    before = load()
+    before = load_average()
     proc = subprocess.run(
         [sys.executable, "-c", CLIENT_SCRIPT, json.dumps(cfg)],
         capture_output=True,
@@ -468,7 +459,7 @@ def run_case(
             f"{server.kind} {case}: {out['errors']} non-200 answers (first {out['first_error_status']})"
         )
     out["loadavg_before"] = before
-    out["loadavg_after"] = load()
+    out["loadavg_after"] = load_average()
     return out
 
 
@@ -554,7 +545,7 @@ def compare(summary: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = WORK / "service"
     WORK.mkdir(parents=True, exist_ok=True)
-    started = load()
+    started = load_average()
     print(f"load average at start: {started}", flush=True)
     built = build_project(work)
     print(f"project built: {built['setup_s']}", flush=True)
@@ -577,7 +568,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         elif phase == "edgeloop_off":
             registry.remove_alias("challenger", "bench: shadow off")
         server = Server(kind, work, free_port(), env, WORK / f"service-{i}-{phase}.log")
-        record: dict[str, Any] = {"phase": phase, "loadavg_start": load(), "cases": {}}
+        record: dict[str, Any] = {"phase": phase, "loadavg_start": load_average(), "cases": {}}
         try:
             record["ready_s"], ready = server.wait_ready()
             record["ready_s"] = round(record["ready_s"], 2)
@@ -613,18 +604,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 record["service_metrics"] = edgeloop_metrics(server)
         finally:
             server.stop()
-        record["loadavg_end"] = load()
+        record["loadavg_end"] = load_average()
         phases.append(record)
 
     summary = {p: {c: summarise(results[p][c], CASES[c][0]) for c in CASES} for p in PHASES}
 
     ratios, goals = compare(summary)
     return {
-        "benchmark": "service",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **stamp("service"),
         "versions": versions(),
         "client": args.client,
         "rounds": args.rounds,
@@ -655,7 +642,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "setup_s": built["setup_s"],
         "loadavg_start": started,
-        "loadavg_end": load(),
+        "loadavg_end": load_average(),
         "phases": phases,
         "summary": summary,
         "ratios": ratios,
@@ -692,7 +679,7 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the three phases")
     parser.add_argument(
         "--client",
@@ -703,9 +690,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply every case's request counts"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "service.json")
     parser.add_argument("--keep", action="store_true", help="keep the project under .work/")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    add_output(parser, "service.json", "a goal is missed")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.scale <= 0:
         parser.error("--rounds must be >= 1 and --scale > 0")
@@ -718,8 +704,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(WORK / "service", ignore_errors=True)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     return 1 if args.check and not all(g["met"] for g in result["goals"].values()) else 0
 

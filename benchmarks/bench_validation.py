@@ -24,34 +24,28 @@ edgeloop call to ``benchmarks/results/validation.prof`` and prints its top entri
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
-import json
-import os
-import platform
 import pstats
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _harness import Timings, add_output, arguments, rotation, stamp, timed, write_results
+
 from edgeloop.core.config import ValidationSettings
+from edgeloop.data.readers import read_batch
 from edgeloop.demo.synthetic import synthetic_frame, synthetic_schema
 from pipelines.profile import bootstrap_suite
 from pipelines.validate import (
     _gx_validator,
     decide,
     normalize_batch,
-    read_batch,
     validate_frame,
 )
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOAL_RATIO = 1.30
 #: Timings that process the whole batch (the others are fixed costs): rows/s is shown for these.
 SCANS = ("raw_complete", "raw_boolean_only", "edgeloop", "read_batch")
@@ -72,32 +66,6 @@ def raw_gx_validation(suite: dict[str, Any]) -> Any:
     return context.validation_definitions.add(
         gx.ValidationDefinition(name="raw", data=batch_def, suite=gx_suite)
     )
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """(wall seconds, result) of one call."""
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
-
-
-class Timings:
-    """Wall and CPU seconds per named step; CPU time is less disturbed by other processes."""
-
-    def __init__(self) -> None:
-        self.wall: dict[str, list[float]] = {}
-        self.cpu: dict[str, list[float]] = {}
-
-    def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        out = fn()
-        self.wall.setdefault(name, []).append(time.perf_counter() - wall0)
-        self.cpu.setdefault(name, []).append(time.process_time() - cpu0)
-        return out
-
-    @staticmethod
-    def medians(series: dict[str, list[float]]) -> dict[str, float]:
-        return {k: statistics.median(v) for k, v in series.items()}
 
 
 def corrupt(df: Any, n: int, seed: int) -> Any:
@@ -158,7 +126,7 @@ def run(rows: int, repeat: int, seed: int, labeled: bool, bad_rows: int) -> tupl
     report = None
     for i in range(repeat):
         # Rotate the order each round so no arm always runs right after another.
-        for name in names[i % len(names) :] + names[: i % len(names)]:
+        for name in rotation(names, i):
             out = timings(name, arms[name])
             report = out if name == "edgeloop" else report
         # Part of "edgeloop", timed apart to show what building a context per call costs.
@@ -171,11 +139,7 @@ def run(rows: int, repeat: int, seed: int, labeled: bool, bad_rows: int) -> tupl
     ratio = wall["edgeloop"] / wall["raw_complete"]
     cpu_ratio = cpu["edgeloop"] / cpu["raw_complete"]
     result = {
-        "benchmark": "validation",
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        **stamp("validation"),
         "rows": rows,
         "columns": len(batch.columns),
         "labeled": labeled,
@@ -241,7 +205,7 @@ def profile(fn: Callable[[], Any], out: Path, top: int = 25) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = arguments(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="timed rounds of each arm")
     parser.add_argument("--seed", type=int, default=0)
@@ -251,16 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bad-rows", type=int, default=0, help="corrupt this many rows after bootstrapping"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS / "validation.json")
     parser.add_argument("--profile", action="store_true", help="also cProfile one edgeloop call")
-    parser.add_argument("--check", action="store_true", help="exit 1 when the goal is missed")
+    add_output(parser, "validation.json", "the goal is missed")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.rows < 1:
         parser.error("--repeat and --rows must be at least 1")
     result, edgeloop = run(args.rows, args.repeat, args.seed, not args.unlabeled, args.bad_rows)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     if args.profile:
         prof_path = args.out.with_suffix(".prof")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -12,10 +13,13 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from edgeloop.batch.annotation import import_labels, labels_since_last_retrain, sla
+from edgeloop.core import keys
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import LabelGateError
-from edgeloop.data.versioning import DataVersioner
-from flows.ingest import flow_run_url
+from edgeloop.data.versioning import DataVersioner, git_info
+from edgeloop.tracking.store import ensure_experiment
+from flows._common import flow_run_url, version_data
+from flows.retrain import request_retrain
 
 
 @task(name="import-labels", cache_policy=NO_CACHE)
@@ -24,31 +28,21 @@ def import_task(settings: Settings, path: str) -> dict[str, Any]:
     return import_labels(settings, Path(path))
 
 
-@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def version_task(settings: Settings) -> str:
-    return DataVersioner(settings).commit()
-
-
 @task(name="record-labels", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def record_task(
     settings: Settings, result: dict[str, Any], version: str, backlog: dict[str, Any]
 ) -> str:
     """One MLflow run per import in the data experiment: counts, SLA, the new data version."""
-    import mlflow
-
-    from edgeloop.data.versioning import git_info
-    from edgeloop.tracking.store import ensure_experiment
-
-    exp = ensure_experiment(settings, "data")
+    exp = ensure_experiment(settings, keys.DATA_EXPERIMENT)
     with mlflow.start_run(experiment_id=exp, run_name=f"labels {result['source']}") as run:
         mlflow.set_tags(
             {
-                "edgeloop.kind": "labels",
-                "dvc.data_version": version,
-                "git.commit": git_info(settings.root).commit,
-                "prefect.flow_run_id": str(flow_run.id or ""),
-                "prefect.flow_run_url": flow_run_url(),
-                "mlflow.note.content": f"{result['accepted']} labeled edge cases added, {result['rejected']} rejected",
+                keys.TAG_KIND: keys.KIND_LABELS,
+                keys.TAG_DATA_VERSION: version,
+                keys.TAG_GIT_COMMIT: git_info(settings.root).commit,
+                keys.TAG_FLOW_RUN_ID: str(flow_run.id or ""),
+                keys.TAG_FLOW_RUN_URL: flow_run_url(),
+                keys.TAG_NOTE: f"{result['accepted']} labeled edge cases added, {result['rejected']} rejected",
             }
         )
         mlflow.log_metrics(
@@ -64,7 +58,8 @@ def record_task(
             }
         )
         mlflow.log_dict(result, "labels/import.json")
-        return run.info.run_id
+        run_id: str = run.info.run_id
+        return run_id
 
 
 @flow(name="annotate-import")
@@ -82,7 +77,7 @@ def annotate_import(
     result = import_task(settings, path)
     version = DataVersioner(settings).version() or ""
     if result["accepted"]:
-        version = version_task(settings)
+        version = version_data(settings)
     backlog = sla(settings)
     result["data_version"], result["sla"] = version, backlog
     result["mlflow_run_id"] = record_task(settings, result, version, backlog)
@@ -91,8 +86,6 @@ def annotate_import(
         new = labels_since_last_retrain(settings)
         result["labels_since_retrain"] = new
         if new >= n:
-            from flows._common import request_retrain
-
             # Through the retrain deployment when one is served, else as a subflow.
             started = request_retrain(
                 settings, f"label volume: {new} new labels since the last retrain", config=config

@@ -18,13 +18,14 @@ from prefect.states import Failed
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import ValidationGateError
 from edgeloop.data.ingest import Assessment, BatchOutcome, assess, file_batch, log_run
+from edgeloop.data.readers import load_suite
 from edgeloop.data.store import DataStore
 from edgeloop.data.versioning import DataVersioner
-from pipelines.validate import load_suite
+from flows._common import flow_run_url, version_data
 
 
 @task(name="validate-batch", cache_policy=NO_CACHE)
-def validate_batch(path: str, settings: Settings, suite: dict) -> Assessment:
+def validate_batch(path: str, settings: Settings, suite: dict[str, Any]) -> Assessment:
     """Read the file and run the suite (real GX); no store is touched."""
     return assess(path, settings, DataStore(settings), suite)
 
@@ -33,12 +34,6 @@ def validate_batch(path: str, settings: Settings, suite: dict) -> Assessment:
 def store_batch(assessment: Assessment, settings: Settings) -> BatchOutcome:
     """Accepted rows to the dataset, the rest (and the original) to quarantine, ledger entry."""
     return file_batch(assessment, DataStore(settings))
-
-
-@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def version_data(settings: Settings) -> str:
-    """``dvc add data`` + push: the new dataset version (md5)."""
-    return DataVersioner(settings).commit()
 
 
 @task(name="record-in-mlflow", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -54,21 +49,6 @@ def record_run(
         flow_run_id=str(flow_run.id or ""),
         flow_run_url=flow_run_url(),
     )
-
-
-def flow_run_url() -> str:
-    """The run's page on the Prefect server that shows it (the project-local one by default)."""
-    from prefect.settings import PREFECT_UI_URL
-
-    from edgeloop._internal.runtime import LOCAL_UI_URL
-
-    if not flow_run.id:
-        return ""
-    # The UI's own route (`flow_run.ui_url` says /flow-runs/flow-run/, which the UI does not
-    # serve). Without a UI URL (the embedded server) point at the UI `prefect server start`
-    # serves by default on this project's home.
-    base = PREFECT_UI_URL.value() or LOCAL_UI_URL
-    return f"{base.rstrip('/')}/runs/flow-run/{flow_run.id}"
 
 
 def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:

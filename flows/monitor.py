@@ -22,9 +22,10 @@ from prefect.runtime import flow_run
 
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import EdgeloopError
+from edgeloop.monitoring.dashboard import write_dashboard
 from edgeloop.monitoring.monitor import BatchMonitoring, MonitorSummary, monitor_batches
-from flows._common import request_retrain
-from flows.ingest import flow_run_url
+from flows._common import flow_run_url
+from flows.retrain import request_retrain
 
 DRIFT_EVENT = "edgeloop.drift.detected"
 
@@ -40,8 +41,6 @@ def monitor_task(settings: Settings, batch_ids: list[str] | None) -> MonitorSumm
 @task(name="write-dashboard", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def dashboard_task(settings: Settings, run_id: str) -> str:
     """The HTML dashboard over every monitored batch, logged to the newest run."""
-    from edgeloop.monitoring.dashboard import write_dashboard
-
     return str(write_dashboard(settings, run_id=run_id))
 
 
@@ -53,7 +52,7 @@ def emit_task(settings: Settings, drifted: list[BatchMonitoring]) -> list[str]:
         event = emit_event(
             event=DRIFT_EVENT,
             resource={
-                "prefect.resource.id": f"edgeloop.stack.init.{settings.project}",
+                "prefect.resource.id": f"edgeloop.project.{settings.project}",
                 "prefect.resource.name": settings.project,
             },
             payload={

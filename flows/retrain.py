@@ -8,33 +8,38 @@ Failed with the gate result when the candidate is rejected.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from edgeloop.core.config import Settings, load_settings
-from edgeloop.core.errors import TrainingGateError
+from edgeloop.core import keys
+from edgeloop.core.config import Settings, configured_prefect_api_url, load_settings
+from edgeloop.core.errors import GateError, TrainingGateError
+from edgeloop.core.keys import CHALLENGER, CHAMPION
 from edgeloop.models import fit_worker
-from edgeloop.models.fit_worker import FitWorker
-from edgeloop.models.training import (
+from edgeloop.models.cache import (
     RetrainSummary,
-    Trained,
     cache_key,
     cached_summary,
     close_orphan_runs,
     current_dataset,
     dataset_version,
     find_cached,
-    log_retrain,
     retrain_lock,
-    train_and_evaluate,
 )
-from edgeloop.tracking.registry import CHALLENGER, CHAMPION, Registry
-from flows.ingest import flow_run_url
+from edgeloop.models.fit_worker import FitWorker
+from edgeloop.models.training import Trained, log_retrain, train_and_evaluate
+from edgeloop.tracking.registry import Registry
+from flows._common import flow_run_url
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 
 @task(name="recover-registry", cache_policy=NO_CACHE)
@@ -71,8 +76,8 @@ def register(settings: Settings, model_uri: str, run_id: str, reason: str) -> tu
     reg = Registry(settings)
     alias = CHALLENGER if CHAMPION in reg.aliases() else CHAMPION
     version, _ = reg.register(model_uri, run_id, alias, reason)
-    reg.client.set_tag(run_id, "edgeloop.registered_version", version)
-    reg.client.set_tag(run_id, "edgeloop.decision", "registered")
+    reg.client.set_tag(run_id, keys.TAG_REGISTERED_VERSION, version)
+    reg.client.set_tag(run_id, keys.TAG_DECISION, "registered")
     return version, alias
 
 
@@ -162,7 +167,7 @@ def retrain(
             notes=notes,
         )
         if not trained.gates.passed:
-            Registry(settings).client.set_tag(run_id, "edgeloop.decision", "rejected")
+            Registry(settings).client.set_tag(run_id, keys.TAG_DECISION, "rejected")
             summary.message = f"rejected: {trained.gates.summary()}"
             summary.timings["total_seconds"] = time.perf_counter() - started
             _artifacts(summary)
@@ -184,3 +189,36 @@ def _cached(hit: Any, data_version: str, key: str, notes: list[str]) -> Any:
             message=summary.message, data=TrainingGateError(summary.message, summary.to_dict())
         )
     return summary.to_dict()
+
+
+def request_retrain(settings: Settings, reason: str, *, config: str) -> dict[str, Any]:
+    """Start a retrain with ``reason``; returns how it was started and its run id or result."""
+    if configured_prefect_api_url():
+        started = _through_deployment(settings, reason)
+        if started is not None:
+            return started
+    try:
+        result = retrain(reason=reason, wait=True, config=config)
+    except GateError as exc:
+        result = exc.result
+    return {"mode": "subflow", "reason": reason, "result": result}
+
+
+def _through_deployment(settings: Settings, reason: str) -> dict[str, Any] | None:
+    name = keys.deployment_name(settings.project, keys.RETRAIN_FLOW)
+    try:
+        # timeout=0: create the run and return; the served deployment picks it up.
+        # Called from sync code, run_deployment returns the FlowRun, not a coroutine.
+        run = cast(
+            "FlowRun",
+            run_deployment(name, parameters={"reason": reason, "wait": True}, timeout=0),
+        )
+    except ObjectNotFound:
+        return None  # a server without our deployments: fall back to a subflow
+    return {
+        "mode": "deployment",
+        "deployment": name,
+        "reason": reason,
+        "flow_run_id": str(run.id),
+        "flow_run_name": run.name,
+    }

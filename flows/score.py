@@ -11,7 +11,7 @@ tasks to a local Dask cluster or to an existing scheduler instead.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_table_artifact
@@ -19,13 +19,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from edgeloop.batch.annotation import surface
 from edgeloop.batch.scoring import score_batches
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import EdgeloopError
-from edgeloop.tracking.registry import CHALLENGER, CHAMPION
+from edgeloop.core.keys import CHALLENGER, CHAMPION
+from edgeloop.core.layout import Layout
+from edgeloop.data.store import DataStore
+from edgeloop.tracking.registry import Registry
+from flows._common import version_data
 
 if TYPE_CHECKING:
+    from prefect.futures import PrefectFuture
     from prefect.task_runners import TaskRunner
+    from prefect_dask.task_runners import DaskTaskRunner
 
 #: Aliases in the order ``score_batches`` writes them (its return value is alias-major).
 ALIASES = (CHAMPION, CHALLENGER)
@@ -38,10 +45,6 @@ def pending_task(settings: Settings, batch_ids: list[str] | None) -> list[str]:
     Only decides which batches get a task run: ``score_batches`` still checks each file itself,
     so a batch listed here needlessly costs one empty task run, never a second file.
     """
-    from edgeloop.batch.scoring import scores_root
-    from edgeloop.data.store import DataStore
-    from edgeloop.tracking.registry import Registry
-
     aliases = Registry(settings).aliases()
     if CHAMPION not in aliases:
         return []
@@ -52,12 +55,8 @@ def pending_task(settings: Settings, batch_ids: list[str] | None) -> list[str]:
         wanted = set(batch_ids)
         batches = [b for b in batches if b in wanted]
     versions = [(a, aliases[a]) for a in ALIASES if a in aliases]
-    root = scores_root(settings)
-    return [
-        b
-        for b in batches
-        if any(not (root / b / f"{a}-v{v}.parquet").exists() for a, v in versions)
-    ]
+    layout = Layout.of(settings)
+    return [b for b in batches if any(not layout.score_file(b, a, v).exists() for a, v in versions)]
 
 
 @task(name="score-batch", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
@@ -72,23 +71,13 @@ def score_batch_task(settings: Settings, batch_id: str) -> list[dict[str, Any]]:
         return score_batches(settings, [batch_id])
 
 
-@task(name="version-data", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def version_task(settings: Settings) -> str:
-    """``dvc add data`` + push after the queue grew."""
-    from edgeloop.data.versioning import DataVersioner
-
-    return DataVersioner(settings).commit()
-
-
 @task(name="surface-edge-cases", cache_policy=NO_CACHE)
 def surface_task(settings: Settings) -> list[dict[str, Any]]:
     """Queue the rows worth labeling from every newly scored batch."""
-    from edgeloop.batch.annotation import surface
-
     return surface(settings)
 
 
-def dask_task_runner(address: str = "", workers: int = 0, api_url: str = "") -> TaskRunner[Any]:
+def dask_task_runner(address: str = "", workers: int = 0, api_url: str = "") -> DaskTaskRunner:
     """A Dask task runner on the scheduler at ``address``, or on a local cluster of ``workers``.
 
     The local cluster runs one single-threaded worker process per worker, not threads: loading
@@ -105,7 +94,8 @@ def dask_task_runner(address: str = "", workers: int = 0, api_url: str = "") -> 
     if workers < 0:
         raise EdgeloopError(f"dask_workers must be >= 1, got {workers}")
     try:
-        from prefect_dask import DaskTaskRunner
+        # lazy: prefect-dask (with distributed) is the optional `dask` extra
+        from prefect_dask.task_runners import DaskTaskRunner
     except ImportError:
         raise EdgeloopError(
             "the Dask task runner needs the 'dask' extra: uv sync --extra dask "
@@ -131,7 +121,12 @@ def _alias_major(per_batch: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 # One worker thread: mapped batches run one at a time, in order, as the single task did before.
-@flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=1))
+# (The cast: `flow` wants a TaskRunner[PrefectFuture], and Prefect's runner generics are
+# invariant, so no concrete runner type matches it.)
+@flow(
+    name="score",
+    task_runner=cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=1)),
+)
 def score(
     batch_ids: list[str] | None = None,
     config: str = "edgeloop.yaml",
@@ -159,8 +154,12 @@ def score(
         per_batch: list[list[dict[str, Any]]] = []
         if batches:  # no cluster to start (or connect to) for nothing
             with runner:
-                futures = runner.map(
-                    score_batch_task, {"settings": unmapped(settings), "batch_id": batches}
+                # prefect-dask annotates the result one future too deep.
+                futures = cast(
+                    "list[PrefectFuture[list[dict[str, Any]]]]",
+                    runner.map(
+                        score_batch_task, {"settings": unmapped(settings), "batch_id": batches}
+                    ),
                 )
                 per_batch = [f.result() for f in futures]
     else:
@@ -171,7 +170,7 @@ def score(
     surfaced = surface_task(settings)
     if surfaced:
         # The queue lives in data/: version it, so data.dvc keeps describing data/.
-        version_task(settings)
+        version_data(settings)
         create_table_artifact(
             key="edge-cases", table=surfaced, description="edge cases queued for annotation"
         )

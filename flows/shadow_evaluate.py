@@ -8,7 +8,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from edgeloop.batch.scoring import ShadowReport, score_batches, shadow_evaluate
+from edgeloop.batch.scoring import score_batches
+from edgeloop.batch.shadow import ShadowReport, shadow_evaluate
 from edgeloop.core.config import Settings, load_settings
 
 

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.reports.review import Review, build_review, log_review, write_review
-from flows.ingest import flow_run_url
+from flows._common import flow_run_url
 
 
 @task(name="build-review", cache_policy=NO_CACHE)

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 from edgeloop.core.config import GateSettings, SchemaSettings, SliceSettings
-
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
 
 
 def slice_mask(df: pd.DataFrame, sl: SliceSettings) -> np.ndarray:
@@ -22,7 +27,8 @@ def slice_mask(df: pd.DataFrame, sl: SliceSettings) -> np.ndarray:
     col = df[sl.column]
     if sl.op == "in":
         values = sl.value if isinstance(sl.value, list) else [sl.value]
-        return col.isin(values).to_numpy()
+        inside: np.ndarray = col.isin(values).to_numpy()
+        return inside
     ops = {
         "==": col.__eq__,
         "!=": col.__ne__,
@@ -31,12 +37,11 @@ def slice_mask(df: pd.DataFrame, sl: SliceSettings) -> np.ndarray:
         ">": col.__gt__,
         ">=": col.__ge__,
     }
-    return ops[sl.op](sl.value).fillna(False).to_numpy(dtype=bool)
+    mask: np.ndarray = ops[sl.op](sl.value).fillna(False).to_numpy(dtype=bool)
+    return mask
 
 
 def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[Any]) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
     if len(y_true) == 0:
         return {"accuracy": math.nan, "macro_f1": math.nan, "weighted_f1": math.nan}
     return {
@@ -58,8 +63,6 @@ def evaluate(
     slices: list[SliceSettings],
 ) -> dict[str, float]:
     """Overall, per-class and per-slice metrics with fixed keys (NaN when a slice is empty)."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     classes = list(schema.classes)
     out = {**_scores(y_true, y_pred, classes), "rows": float(len(y_true))}
     p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
@@ -162,11 +165,12 @@ def check_gates(
 
 def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list[Any], title: str) -> Any:
     """A matplotlib confusion-matrix figure (Agg backend; no display needed)."""
+    # lazy: matplotlib costs ~1 s and only this figure needs it; selecting the Agg backend at
+    # import time would impose it on every importer of this module.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     ConfusionMatrixDisplay.from_predictions(

@@ -1,6 +1,7 @@
-"""Label intake: read annotators' exports (Label Studio JSON or CSV), check them with GX.
+"""Label intake: parse annotators' exports (Label Studio JSON or CSV), check them with GX.
 
-``read_labels`` turns an export into rows ``row_id, label, labeled_at, annotator, source``;
+``labels_from_csv`` and ``labels_from_json`` turn an export already read by
+``edgeloop.data.readers.read_labels`` into rows ``row_id, label, labeled_at, annotator, source``;
 ``labels_suite`` is the GX suite written to ``expectations/labels.json``; ``check_labels``
 validates with real GX (label in the class set, id queued, one answer per id) and splits good
 rows from bad ones, each bad row with its reasons.
@@ -11,13 +12,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from edgeloop.core.config import SchemaSettings
 from edgeloop.core.errors import LabelFileError
-
-if TYPE_CHECKING:
-    import pandas as pd
+from pipelines.validate import validate_frame
 
 COLUMNS = ["row_id", "label", "labeled_at", "annotator", "source"]
 
@@ -30,37 +32,27 @@ def _choice(annotation: dict[str, Any]) -> Any:
     return None
 
 
-def read_labels(path: Path) -> pd.DataFrame:
-    """Label Studio's JSON export (tasks with ``annotations``) or a CSV (``row_id,label``)."""
-    import pandas as pd
+def labels_from_csv(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Rows of a CSV export (``row_id,label``) read from ``path`` (it names the file in errors)."""
+    missing = [c for c in ("row_id", "label") if c not in df.columns]
+    if missing:
+        raise LabelFileError(f"{path}: CSV lacks column(s) {missing} (needs row_id,label)")
+    if df.empty:
+        raise LabelFileError(f"{path}: empty export (no label rows)")
+    # A sheet handed back half done: rows left blank are unanswered, not wrong.
+    df = df[df["label"].notna() & (df["label"].astype("str").str.strip() != "")]
+    if df.empty:
+        raise LabelFileError(f"{path}: no row has a label yet")
+    out = df.reindex(columns=COLUMNS)
+    out["source"] = out["source"].fillna(path.name)
+    return out
 
-    if not path.is_file():
-        raise LabelFileError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        try:
-            df = pd.read_csv(path, dtype={"row_id": "str", "label": "str"})
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise LabelFileError(f"{path}: not a readable CSV ({type(exc).__name__})") from None
-        missing = [c for c in ("row_id", "label") if c not in df.columns]
-        if missing:
-            raise LabelFileError(f"{path}: CSV lacks column(s) {missing} (needs row_id,label)")
-        if df.empty:
-            raise LabelFileError(f"{path}: empty export (no label rows)")
-        # A sheet handed back half done: rows left blank are unanswered, not wrong.
-        df = df[df["label"].notna() & (df["label"].astype("str").str.strip() != "")]
-        if df.empty:
-            raise LabelFileError(f"{path}: no row has a label yet")
-        out = df.reindex(columns=COLUMNS)
-        out["source"] = out["source"].fillna(path.name)
-        return out
-    if suffix != ".json":
-        raise LabelFileError(
-            f"{path}: unsupported format {suffix!r}; expected .json (Label Studio) or .csv"
-        )
+
+def labels_from_json(text: str, path: Path) -> pd.DataFrame:
+    """Rows of Label Studio's JSON export (tasks with ``annotations``), the text of ``path``."""
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise LabelFileError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(tasks, list):
         raise LabelFileError(
@@ -159,10 +151,6 @@ def check_labels(
     labels: pd.DataFrame, schema: SchemaSettings, suite: dict[str, Any], queued_ids: list[str]
 ) -> LabelCheck:
     """Validate with GX; every row failing any row-level expectation is bad, with its reasons."""
-    import numpy as np
-
-    from pipelines.validate import validate_frame
-
     frame = labels.copy()
     frame["label"] = coerce_labels(frame["label"], schema)
     before = len(frame)

@@ -14,12 +14,11 @@ then edits (it is plain JSON under ``expectations/``):
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import pandas as pd
 
 from edgeloop.core.config import SchemaSettings
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 #: pandas dtype names a numeric feature may arrive as (CSV gives int64/float64, Parquet may
 #: give narrower or nullable ones).
@@ -49,8 +48,6 @@ def bootstrap_suite(
     max_categories: int = 100,
 ) -> dict[str, Any]:
     """Build a suite (as a JSON-ready dict) that ``df`` passes and that catches common breakage."""
-    import pandas as pd
-
     missing = [c for c in schema.columns if c not in df.columns]
     if missing:
         raise ValueError(f"reference data lacks configured columns {missing}")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from edgeloop.core.config import SchemaSettings
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 ROW_ID = "row_id"
 BATCH_ID = "batch_id"
@@ -16,9 +16,6 @@ BATCH_ID = "batch_id"
 def score_frame(model: Any, frame: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
     """``row_id``, ``batch_id``, ``predicted``, ``confidence`` (top-1 probability), ``margin``
     (top-1 minus top-2) and ``p_<class>`` per class, in the schema's class order."""
-    import numpy as np
-    import pandas as pd
-
     x = frame[list(schema.features)]
     proba = np.asarray(model.predict_proba(x), dtype=np.float64)
     model_classes = [str(c) for c in getattr(model, "classes_", schema.classes)]

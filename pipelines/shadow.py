@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.metrics import f1_score
 
 from edgeloop.core.config import GateSettings, ShadowSettings
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,6 @@ class ShadowComparison:
 
 
 def _metric(y: np.ndarray, p: np.ndarray, metric: str, classes: list[Any]) -> float:
-    from sklearn.metrics import f1_score
-
     if len(y) == 0:
         return math.nan
     if metric == "accuracy":
@@ -60,15 +59,11 @@ def _as_label(v: Any) -> str:
 
 
 def _as_labels(values: Any) -> np.ndarray:
-    import numpy as np
-
     return np.array([_as_label(v) for v in np.asarray(values, dtype=object)], dtype=str)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts ``b`` and ``c``."""
-    from scipy.stats import binomtest
-
     if b + c == 0:
         return 1.0
     return float(binomtest(b, b + c, 0.5).pvalue)
@@ -85,8 +80,6 @@ def compare(
     slice_masks: dict[str, np.ndarray] | None = None,
 ) -> ShadowComparison:
     """Paired comparison on the same rows (inputs are not modified)."""
-    import numpy as np
-
     # Compare labels as text: predictions read back from Parquet may be object or float typed.
     y, a, b = (_as_labels(v) for v in (y_true, champion_pred, challenger_pred))
     classes = [_as_label(c) for c in classes]

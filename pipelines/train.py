@@ -10,15 +10,17 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import is_classifier
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder
 
 from edgeloop.core.config import SchemaSettings, TrainingSettings
 from edgeloop.core.errors import TrainingError
-
-if TYPE_CHECKING:
-    import numpy as np
-    import pandas as pd
-    from sklearn.pipeline import Pipeline
 
 ROW_ID = "row_id"
 
@@ -47,12 +49,10 @@ def holdout_mask(row_ids: pd.Series, fraction: float, seed: int) -> np.ndarray:
 
 def row_hash(row_ids: pd.Series, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) per row id, fixed for a seed (vectorised: ~0.1 s per 1M)."""
-    import numpy as np
-    import pandas as pd
-
     key = f"edgeloop{seed:08d}"[-16:]
     hashed = pd.util.hash_pandas_object(row_ids.astype("str"), index=False, hash_key=key)
-    return hashed.to_numpy(dtype=np.uint64) / float(2**64)
+    uniform: np.ndarray = hashed.to_numpy(dtype=np.uint64) / float(2**64)
+    return uniform
 
 
 def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int) -> Split:
@@ -96,7 +96,7 @@ def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, 
     return Split(train=train, holdout=holdout)
 
 
-def estimator_class(path: str) -> type:
+def estimator_class(path: str) -> type[Any]:
     """Import ``package.module.Class``; errors name the key ``training.estimator``."""
     module_name, _, cls_name = path.rpartition(".")
     if not module_name:
@@ -142,8 +142,6 @@ def make_estimator(training: TrainingSettings, seed: int) -> Any:
             validate()
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"training.params for {training.estimator}: {exc}") from None
-    from sklearn.base import is_classifier
-
     if not is_classifier(est):
         # predict_proba alone is not enough: a mixture model has it, over its own clusters.
         raise TrainingError(
@@ -154,10 +152,6 @@ def make_estimator(training: TrainingSettings, seed: int) -> Any:
 
 def build_pipeline(schema: SchemaSettings, training: TrainingSettings, seed: int) -> Pipeline:
     """One-hot encode the categoricals, pass numerics through, then the estimator."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
-
     pre = ColumnTransformer(
         [("categorical", OneHotEncoder(handle_unknown="ignore"), list(schema.categorical))],
         remainder="passthrough",
@@ -173,12 +167,10 @@ def features(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
 
 def target(df: pd.DataFrame, schema: SchemaSettings) -> np.ndarray:
     """Labels as the classes' own type (a labeled column read back may be float)."""
-    import numpy as np
-
     y = df[schema.target]
     if all(isinstance(c, int) for c in schema.classes):
         try:
-            values = y.astype("float64").to_numpy()
+            values: np.ndarray = y.astype("float64").to_numpy()
         except (TypeError, ValueError):
             raise TrainingError(
                 f"column {schema.target!r} has non-numeric labels; classes are integers"
@@ -189,7 +181,8 @@ def target(df: pd.DataFrame, schema: SchemaSettings) -> np.ndarray:
                 f"column {schema.target!r} has fractional labels {bad}; classes are integers"
             )
         return values.astype("int64")
-    return np.asarray(y.astype("str"))
+    texts: np.ndarray = np.asarray(y.astype("str"))
+    return texts
 
 
 def fit(

@@ -1,8 +1,8 @@
-"""Validation stage: read a batch, check it against a Great Expectations suite, decide.
+"""Validation stage: check a batch against a Great Expectations suite, decide.
 
-Plain functions, no orchestration. ``read_batch`` turns a file into a DataFrame or raises an
-error naming the file and the problem; ``validate_frame`` runs the suite with real GX and
-returns a ``ValidationReport``; ``decide`` applies the row policy and says which rows go where.
+Plain functions, no orchestration, no file I/O (``edgeloop.data.readers`` reads batches and
+suites). ``validate_frame`` runs the suite with real GX and returns a ``ValidationReport``;
+``decide`` applies the row policy and says which rows go where.
 
 Row policy (``validation.row_policy`` in the config):
 
@@ -17,77 +17,21 @@ whole batch: no row of a batch with the wrong shape can be trusted.
 
 from __future__ import annotations
 
-import hashlib
+import importlib.util
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+import pandas as pd
 
 from edgeloop.core.config import SchemaSettings, ValidationSettings
-from edgeloop.core.errors import BatchReadError, SuiteError
+from edgeloop.core.errors import SuiteError
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-READABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 Decision = Literal["accepted", "partial", "quarantined"]
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a batch file: the key of the ingest ledger."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_batch(path: str | Path) -> pd.DataFrame:
-    """Read a CSV or Parquet batch; raise ``BatchReadError`` naming the file and the problem."""
-    import pandas as pd
-
-    p = Path(path)
-    if not p.exists():
-        raise BatchReadError(str(p), "file not found")
-    if not p.is_file():
-        raise BatchReadError(str(p), "not a file")
-    suffix = p.suffix.lower()
-    if suffix not in READABLE_SUFFIXES:
-        raise BatchReadError(
-            str(p),
-            f"unsupported extension {suffix or '(none)'!r}; expected one of {READABLE_SUFFIXES}",
-        )
-    if p.stat().st_size == 0:
-        raise BatchReadError(str(p), "file is empty (0 bytes)")
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(p, encoding="utf-8")
-        else:
-            df = pd.read_parquet(p)
-    except pd.errors.EmptyDataError:
-        raise BatchReadError(str(p), "file has no header and no rows") from None
-    except pd.errors.ParserError as exc:
-        raise BatchReadError(str(p), f"malformed CSV: {str(exc).strip()}") from None
-    except UnicodeDecodeError as exc:
-        raise BatchReadError(
-            str(p), f"not UTF-8 text at byte {exc.start}: is this really a CSV file?"
-        ) from None
-    except Exception as exc:  # pyarrow raises several types for truncated or foreign files
-        raise BatchReadError(
-            str(p), f"unreadable {suffix[1:]} file ({type(exc).__name__}: {exc})"
-        ) from None
-    if len(df) == 0:
-        raise BatchReadError(str(p), f"file has a header ({len(df.columns)} columns) but no rows")
-    if suffix == ".csv" and not df.index.equals(pd.RangeIndex(len(df))):
-        # pandas silently turns the first column into an index when the first data row has
-        # one field more than the header, shifting every value one column left.
-        raise BatchReadError(str(p), "malformed CSV: data rows have more fields than the header")
-    return df
+#: pandas' ``to_markdown`` needs the optional tabulate package (looked up, not imported).
+_TABULATE = importlib.util.find_spec("tabulate") is not None
 
 
 def normalize_batch(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
@@ -107,35 +51,15 @@ def normalize_batch(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
 # --------------------------------------------------------------------------- suites
 
 
-def load_suite(path: str | Path) -> dict[str, Any]:
-    """Load a suite JSON file (``{"name": ..., "expectations": [{"type", "kwargs"}]}``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise SuiteError(f"{p}: expectation suite not found (run 'edgeloop init')")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SuiteError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
-        raise SuiteError(f"{p}: a suite needs a 'name' and a list of 'expectations'")
-    for i, exp in enumerate(data["expectations"]):
-        if not isinstance(exp, dict) or "type" not in exp:
-            raise SuiteError(f"{p}: expectations[{i}] needs a 'type'")
-    data.setdefault("name", p.stem)
-    # GX assigns ids itself; ids copied from elsewhere only cause conflicts.
-    data.pop("id", None)
-    for exp in data["expectations"]:
-        exp.pop("id", None)
-    return data
-
-
 def _gx_validator(suite: dict[str, Any]) -> Any:
     """An ephemeral GX context with one pandas asset and the suite attached."""
+    # lazy: GX costs ~6 s to import and only this function needs it, not the users of
+    # ValidationReport and decide.
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     # Progress bars flood stderr in a CLI and in Prefect logs.
-    context.variables.progress_bars = {"globally": False}
+    context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]  # GX takes the mapping
     try:
         gx_suite = context.suites.add(gx.ExpectationSuite(**suite))
     except Exception as exc:
@@ -295,18 +219,10 @@ class ValidationReport:
                 "",
                 "Row numbers count data rows from 0 in file order (CSV line = row + 2).",
                 "",
-                sample.to_markdown() if _has_tabulate() else "```\n" + sample.to_string() + "\n```",
+                sample.to_markdown() if _TABULATE else "```\n" + sample.to_string() + "\n```",
                 "",
             ]
         return "\n".join(lines)
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _raised(info: Any) -> str | None:
@@ -440,6 +356,4 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
 def _with(
     report: ValidationReport, decision: Decision, reason: str, bad: Sequence[int]
 ) -> ValidationReport:
-    from dataclasses import replace
-
     return replace(report, decision=decision, reason=reason, bad_rows=tuple(bad))

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -95,19 +96,72 @@ def production_batch(rows: int = 60, seed: int = 11):  # type: ignore[no-untyped
     return small_reference(rows, seed).drop(columns=["label"])
 
 
+def small_schema():  # type: ignore[no-untyped-def]
+    """The schema of ``small_reference``."""
+    from edgeloop.core.config import SchemaSettings
+
+    return SchemaSettings(
+        features=["age", "income", "score", "region"],
+        categorical=["region"],
+        target="label",
+        classes=[0, 1, 2],
+    )
+
+
+def shop_reference(seed: int = 0, rows: int = 200):  # type: ignore[no-untyped-def]
+    """A small labeled table for the validation suites: 3 numeric features, ``color``, 3 classes."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "x1": rng.integers(0, 10, rows),  # observed 0..9
+            "x2": rng.normal(5.0, 2.0, rows).round(3),
+            "x3": rng.integers(100, 200, rows),  # observed ~100..199
+            "color": pd.array(rng.choice(["red", "green", "blue"], rows), dtype="str"),
+            "label": rng.integers(0, 3, rows),
+        }
+    )
+
+
+def edit_config(root: Path, **sections: Any) -> None:
+    """Update the project's ``edgeloop.yaml``: a dict updates that section, another value
+    replaces the key."""
+    import yaml
+
+    cfg = root / "edgeloop.yaml"
+    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(name, {}).update(values)
+        else:
+            data[name] = values
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def new_project(base: Path, name: str = "proj", reference: Any = None, **sections: Any) -> Path:
+    """A user project made with ``init --data`` on a small CSV (``reference``, by default
+    ``small_reference()``) in ``base / name``: git + DVC + embedded stores; ``sections`` go
+    into its config (``edit_config``) before the first commit."""
+    from edgeloop.stack.init import init_project
+
+    root = base / name
+    root.mkdir()
+    git_init(root)
+    src = base / "reference.csv"
+    (small_reference() if reference is None else reference).to_csv(src, index=False)
+    init_project(root, data=src, target="label")
+    if sections:
+        edit_config(root, **sections)
+    git_commit_all(root, "init")
+    return root
+
+
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
     """A user project made with ``init --data`` on a small CSV: git + DVC + embedded stores."""
-    from edgeloop.stack.init import init_project
-
-    root = tmp_path / "proj"
-    root.mkdir()
-    git_init(root)
-    src = tmp_path / "reference.csv"
-    small_reference().to_csv(src, index=False)
-    init_project(root, data=src, target="label")
-    git_commit_all(root, "init")
-    return root
+    return new_project(tmp_path)
 
 
 def run_cli(

@@ -6,12 +6,26 @@ any ``import prefect``: the CLI calls it at the start of each command, never at 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
+import importlib
+import importlib.util
+import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from edgeloop.core.config import Settings
+from edgeloop.core.config import ENV_TEMPORARY_PREFECT_API_URL, Settings
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.layout import Layout
 
 
 def prepare(settings: Settings, *, quiet: bool = True) -> None:
@@ -54,7 +68,6 @@ class _HideExpected:
     them once, cleanly; the traceback stays in the Prefect run's log in the UI."""
 
     def filter(self, record: object) -> bool:
-        from edgeloop.core.errors import EdgeloopError
 
         exc = getattr(record, "exc_info", None)
         if exc and (isinstance(exc[1], EdgeloopError) or api_unreachable(exc[1])):
@@ -93,7 +106,6 @@ def api_unreachable(exc: BaseException | None) -> bool:
 
 def quiet_expected_errors() -> None:
     """Install the filter on the console handlers Prefect configured (call after importing it)."""
-    import logging
 
     for handler in logging.getLogger().handlers:
         if type(handler).__name__ == "PrefectConsoleHandler":
@@ -113,14 +125,11 @@ def warm_up_prefect(settings: Settings) -> Callable[[], None]:
     (tests, the demo) Prefect's own temporary server is booted in a thread instead.
     ``join`` must be called before any flow runs: it waits until the server answers.
     """
-    import sys
 
     if os.environ.get("PREFECT_API_URL"):
         return lambda: None
     if "prefect" not in sys.modules:
         return _TemporaryServer(settings).join
-
-    import threading
 
     def boot() -> None:
         # A failure here is left to the flow's own start, which reports it with context.
@@ -138,13 +147,6 @@ class _TemporaryServer:
     """Prefect's temporary local server (``SubprocessASGIServer``), started by edgeloop."""
 
     def __init__(self, settings: Settings) -> None:
-        import atexit
-        import importlib.util
-        import socket
-        import subprocess
-        import sys
-
-        from edgeloop.core.config import ENV_TEMPORARY_PREFECT_API_URL
 
         spec = importlib.util.find_spec("prefect")  # finds the package without importing it
         if spec is None or not spec.submodule_search_locations:
@@ -153,7 +155,7 @@ class _TemporaryServer:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.api_url = f"http://127.0.0.1:{port}/api"
-        logs = settings.root / ".edgeloop" / "logs"
+        logs = Layout.of(settings).logs
         logs.mkdir(parents=True, exist_ok=True)
         self._log = (logs / "prefect-temporary-server.log").open("ab")
         # The switches Prefect's own temporary server runs with: no UI, ephemeral mode.
@@ -184,9 +186,6 @@ class _TemporaryServer:
 
     def join(self) -> None:
         """Wait until the server answers (an error naming its log if it does not start)."""
-        import time
-
-        from edgeloop.core.errors import EdgeloopError
 
         timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120))
         deadline = time.monotonic() + timeout
@@ -203,7 +202,6 @@ class _TemporaryServer:
         )
 
     def stop(self) -> None:
-        import subprocess
 
         if self.process.poll() is None:
             self.process.terminate()
@@ -217,7 +215,6 @@ class _TemporaryServer:
 
 def http_ok(url: str) -> bool:
     """Whether ``url`` answers 200 within 2 s (a server's health probe)."""
-    import urllib.request
 
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
@@ -252,8 +249,6 @@ def die_with_parent(sig: int | None = None) -> None:
     edgeloop dies (even by SIGKILL, which no exit hook sees), so no child outlives its command.
     Linux sends it when the thread that started the child ends: start children from the main
     thread."""
-    import ctypes
-    import signal
 
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -272,8 +267,6 @@ def preimport(*modules: str) -> None:
     server, SQLite queries, reading Parquet, scikit-learn's fit. Importing the same module in
     the main thread meanwhile just waits for this one (Python's per-module import lock).
     """
-    import importlib
-    import threading
 
     def run() -> None:
         for name in modules:

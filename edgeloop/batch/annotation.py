@@ -14,14 +14,22 @@ import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from edgeloop.core import keys
 from edgeloop.core.config import Settings
+from edgeloop.core.keys import CHALLENGER, CHAMPION
+from edgeloop.core.layout import Layout
+from edgeloop.data.readers import load_rules, load_suite
+from edgeloop.data.readers import read_labels as read_export
 from edgeloop.data.store import DataStore
-from edgeloop.tracking.registry import CHALLENGER, CHAMPION, Registry
-
-if TYPE_CHECKING:
-    import pandas as pd
+from edgeloop.tracking.registry import Registry
+from edgeloop.tracking.store import ensure_experiment
+from pipelines.edge_cases import SCORE_COLUMNS, select
+from pipelines.labels import check_labels
 
 
 def now_iso() -> str:
@@ -38,8 +46,6 @@ def labels_dir(settings: Settings) -> Path:
 
 def read_queue(settings: Settings) -> pd.DataFrame:
     """Every edge case ever surfaced (one row per row id)."""
-    import pandas as pd
-
     files = sorted(queue_dir(settings).glob("*.parquet"))
     if not files:
         return pd.DataFrame(columns=["row_id", "batch_id", "reasons", "surfaced_at", "predicted"])
@@ -48,8 +54,6 @@ def read_queue(settings: Settings) -> pd.DataFrame:
 
 def read_labels(settings: Settings) -> pd.DataFrame:
     """Every accepted label, oldest import first."""
-    import pandas as pd
-
     files = sorted(labels_dir(settings).glob("*.parquet"))
     if not files:
         return pd.DataFrame(
@@ -61,9 +65,6 @@ def read_labels(settings: Settings) -> pd.DataFrame:
 # ---------------------------------------------------------------------- surfacing
 def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[str, Any]]:
     """Select edge cases from every batch scored by the current champion and not yet surfaced."""
-    from edgeloop.batch.scoring import scores_root
-    from pipelines.edge_cases import SCORE_COLUMNS, load_rules, select
-
     reg = Registry(settings)
     aliases = reg.aliases()
     if CHAMPION not in aliases:
@@ -80,11 +81,10 @@ def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[
     )
     done = {p.stem for p in queue_dir(settings).glob("*.parquet")}
     out = []
-    import pandas as pd
-
-    for batch_dir in sorted(scores_root(settings).glob("*")):
+    layout = Layout.of(settings)
+    for batch_dir in sorted(layout.scores.glob("*")):
         batch = batch_dir.name
-        champ_file = batch_dir / f"champion-v{champ}.parquet"
+        champ_file = layout.score_file(batch, CHAMPION, champ)
         if batch in done or not champ_file.exists():
             continue
         scores = pd.read_parquet(champ_file)
@@ -94,7 +94,7 @@ def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[
             .reset_index(drop=True)
         )
         chall_pred = None
-        chall_file = batch_dir / f"challenger-v{chall}.parquet" if chall else None
+        chall_file = layout.score_file(batch, CHALLENGER, chall) if chall else None
         if chall_file is not None and chall_file.exists():
             other = (
                 pd.read_parquet(chall_file).set_index("row_id").loc[scores["row_id"], "predicted"]
@@ -214,10 +214,6 @@ def import_labels(settings: Settings, path: Path) -> dict[str, Any]:
 
     Does not version: the caller commits ``data/`` as a new DVC version afterwards.
     """
-    from pipelines.labels import check_labels
-    from pipelines.labels import read_labels as read_export
-    from pipelines.validate import load_suite
-
     raw = read_export(path)
     suite = load_suite(settings.suite_path(settings.annotation.suite))
     queued = read_queue(settings)["row_id"].astype(str).tolist()
@@ -267,8 +263,6 @@ def import_labels(settings: Settings, path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------- SLA
 def sla(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     """Open items, oldest open age, median/p90 time-to-label, share labeled within the SLA."""
-    import pandas as pd
-
     now = now or datetime.now(UTC)
     queue = read_queue(settings)
     labels = read_labels(settings)
@@ -306,21 +300,14 @@ def sla(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
 
 def labels_since_last_retrain(settings: Settings) -> int:
     """Labels imported after the newest decided retrain started."""
-    import pandas as pd
-    from mlflow.tracking import MlflowClient
-
-    from edgeloop.tracking.store import ensure_experiment
-
     labels = read_labels(settings)
     if labels.empty:
         return 0
-    exp = ensure_experiment(settings, "training")
+    exp = ensure_experiment(settings, keys.TRAINING_EXPERIMENT)
     runs = MlflowClient().search_runs(
         [exp], order_by=["attributes.start_time DESC"], max_results=20
     )
-    decided = [
-        r for r in runs if r.data.tags.get("edgeloop.decision") in ("registered", "rejected")
-    ]
+    decided = [r for r in runs if r.data.tags.get(keys.TAG_DECISION) in ("registered", "rejected")]
     if not decided:
         return len(labels)
     since = pd.Timestamp(decided[0].info.start_time, unit="ms", tz="UTC")

@@ -18,17 +18,24 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+from edgeloop.batch.annotation import (
+    label_studio_config,
+    label_studio_tasks,
+    open_tasks,
+    read_labels,
+)
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import EdgeloopError, LabelStudioError
 
 if TYPE_CHECKING:
     from label_studio_sdk.client import LabelStudio
+    from label_studio_sdk.types.import_api_request import ImportApiRequest
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 URL_ENV = "LABEL_STUDIO_URL"
@@ -45,6 +52,7 @@ def server_url() -> str:
 def connect(timeout: float = 60.0) -> LabelStudio:
     """An SDK client for ``$LABEL_STUDIO_URL`` with ``$LABEL_STUDIO_API_KEY``."""
     try:
+        # lazy: label-studio-sdk is the optional `labelstudio` extra; without it, a clear error
         from label_studio_sdk.client import LabelStudio
     except ImportError:
         raise EdgeloopError(
@@ -59,12 +67,13 @@ def connect(timeout: float = 60.0) -> LabelStudio:
     url = server_url()
     with _errors(url, "connect"):
         # An expired personal access token fails here already (the SDK decodes it).
-        return LabelStudio(base_url=url, api_key=key, timeout=timeout)
+        return LabelStudio(base_url=url, api_key=key, timeout=timeout)  # type: ignore[no-untyped-call]
 
 
 @contextmanager
 def _errors(url: str, doing: str) -> Iterator[None]:
     """Turn transport and API failures into one clear LabelStudioError."""
+    # lazy: the SDK (optional `labelstudio` extra) and httpx, its transport; connect() ran first
     import httpx
     from label_studio_sdk.core.api_error import ApiError
 
@@ -109,14 +118,13 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
 def find_project(client: LabelStudio, title: str) -> Any | None:
     """The project titled exactly ``title`` (the lowest id if several), or None."""
     # The title filter is "contains, case-insensitive" where supported: match exactly here.
-    found = [p for p in client.projects.list(title=title, page_size=PAGE_SIZE) if p.title == title]
+    projects: Iterable[Any] = client.projects.list(title=title, page_size=PAGE_SIZE)
+    found = [p for p in projects if p.title == title]
     return min(found, key=lambda p: p.id) if found else None
 
 
 def ensure_project(client: LabelStudio, settings: Settings) -> tuple[int, bool]:
     """Create the project or bring its labeling config up to date; (id, created)."""
-    from edgeloop.batch.annotation import label_studio_config
-
     config = label_studio_config(settings)
     project = find_project(client, settings.project)
     if project is None:
@@ -126,7 +134,8 @@ def ensure_project(client: LabelStudio, settings: Settings) -> tuple[int, bool]:
             description="Edge cases surfaced by edgeloop; each task carries the champion's "
             "answer as a prediction.",
         )
-        return int(created.id), True
+        # The server always assigns an id; the SDK types it as optional.
+        return int(cast(int, created.id)), True
     if _norm(_get(project, "label_config") or "") != _norm(config):
         client.projects.update(id=project.id, label_config=config)
     return int(project.id), False
@@ -139,7 +148,10 @@ def _norm(xml: str) -> str:
 def existing_row_ids(client: LabelStudio, project_id: int) -> set[str]:
     """``data.row_id`` of every task already in the project."""
     ids: set[str] = set()
-    for task in client.tasks.list(project=project_id, fields="task_only", page_size=PAGE_SIZE):
+    tasks: Iterable[Any] = client.tasks.list(
+        project=project_id, fields="task_only", page_size=PAGE_SIZE
+    )
+    for task in tasks:
         row_id = (_get(task, "data") or {}).get("row_id")
         if row_id is not None:
             ids.add(str(row_id))
@@ -155,8 +167,6 @@ def push_tasks(settings: Settings) -> dict[str, Any]:
 
     Returns ``{"tasks": <imported now>, "project_id": ..., "url": ...}``.
     """
-    from edgeloop.batch.annotation import label_studio_tasks, open_tasks
-
     client = connect()
     url = server_url()
     with _errors(url, f"set up project {settings.project!r}"):
@@ -172,7 +182,10 @@ def push_tasks(settings: Settings) -> dict[str, Any]:
     for start in range(0, len(tasks), IMPORT_CHUNK):
         chunk = tasks[start : start + IMPORT_CHUNK]
         with _errors(url, f"import {len(chunk)} task(s) into project {project_id}"):
-            client.projects.import_tasks(id=project_id, request=chunk)
+            # The SDK sends plain task dicts as it sends its own request models.
+            client.projects.import_tasks(
+                id=project_id, request=cast("list[ImportApiRequest]", chunk)
+            )
         imported += len(chunk)
     return {"tasks": imported, "project_id": project_id, "url": project_url(project_id)}
 
@@ -209,8 +222,6 @@ def pull_annotations(settings: Settings, out_dir: Path | None = None) -> Path:
     import it with ``flows.annotate.annotate_import``. Rows already labeled in edgeloop are left
     out, so pulling again does not import the same answers twice.
     """
-    from edgeloop.batch.annotation import read_labels
-
     client = connect()
     url = server_url()
     with _errors(url, f"find project {settings.project!r}"):

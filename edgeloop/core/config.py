@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -120,7 +120,9 @@ class TrainingSettings(_Frozen):
 
     estimator: str = "sklearn.ensemble.RandomForestClassifier"
     params: dict[str, int | float | str | bool | None] = Field(
-        default_factory=lambda: {"n_estimators": 200, "n_jobs": -1}
+        default_factory=lambda: dict[str, int | float | str | bool | None](
+            n_estimators=200, n_jobs=-1
+        )
     )
     #: Share of labeled rows held out for evaluation. Membership is a hash of the row id and
     #: ``seeds.split``: a row never moves between train and holdout as the dataset grows.
@@ -187,7 +189,7 @@ class ShadowSettings(_Frozen):
 
 
 class EdgeCaseSettings(_Frozen):
-    """Which scored rows go to annotators (see ``pipelines/edge_cases.py``)."""
+    """Which scored rows go to annotators (see ``pipelines/edge_cases/``)."""
 
     #: Flag rows whose top-1 probability is below this (0 turns the strategy off).
     min_confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6
@@ -368,7 +370,7 @@ class Settings(_Frozen):
         """The JSON file of a named expectation suite."""
         return self.path("expectations") / f"{name or self.validation.suite}.json"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The settings as they would be written to the file."""
         return self.model_dump(mode="json", by_alias=True, exclude={"root", "source"})
 
@@ -393,7 +395,7 @@ def _format_error(exc: ValidationError, source: Path) -> str:
     return "\n".join(lines)
 
 
-def settings_from_dict(data: dict, *, root: Path, source: Path) -> Settings:
+def settings_from_dict(data: dict[str, Any], *, root: Path, source: Path) -> Settings:
     """Build settings from parsed YAML; errors name the key and ``source``."""
     if not isinstance(data, dict):
         raise ConfigError(

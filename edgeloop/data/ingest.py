@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import mlflow
+
+from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import BatchReadError
+from edgeloop.data.readers import file_sha256, read_batch
 from edgeloop.data.store import DataStore, LedgerEntry
+from edgeloop.data.versioning import git_info
+from edgeloop.tracking.store import ensure_experiment
+from pipelines.validate import ValidationReport, decide, normalize_batch, validate_frame
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from pipelines.validate import ValidationReport
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,6 @@ class BatchOutcome:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -69,10 +72,10 @@ class Assessment:
     unreadable: str = ""
 
 
-def assess(path: str | Path, settings: Settings, store: DataStore, suite: dict) -> Assessment:
+def assess(
+    path: str | Path, settings: Settings, store: DataStore, suite: dict[str, Any]
+) -> Assessment:
     """Hash, dedupe, read and validate one file against ``suite`` under the row policy."""
-    from pipelines.validate import decide, file_sha256, normalize_batch, read_batch, validate_frame
-
     p = Path(path)
     try:
         sha = file_sha256(p)
@@ -135,26 +138,21 @@ def log_run(
     flow_run_url: str,
 ) -> str:
     """One MLflow run per batch in the data experiment: statistics, tags, the report."""
-    import mlflow
-
-    from edgeloop.tracking.store import ensure_experiment
-    from edgeloop.data.versioning import git_info
-
-    exp_id = ensure_experiment(settings, "data")
+    exp_id = ensure_experiment(settings, keys.DATA_EXPERIMENT)
     git = git_info(settings.root)
     with mlflow.start_run(experiment_id=exp_id, run_name=f"ingest {outcome.source}") as run:
         mlflow.set_tags(
             {
-                "edgeloop.kind": "ingest",
-                "edgeloop.decision": outcome.status,
-                "edgeloop.batch_id": outcome.batch_id or outcome.duplicate_of,
-                "edgeloop.source": outcome.source,
-                "dvc.data_version": data_version,
-                "git.commit": git.commit,
-                "git.dirty": str(git.dirty).lower(),
-                "prefect.flow_run_id": flow_run_id,
-                "prefect.flow_run_url": flow_run_url,
-                "mlflow.note.content": outcome.reason,
+                keys.TAG_KIND: keys.KIND_INGEST,
+                keys.TAG_DECISION: outcome.status,
+                keys.TAG_BATCH_ID: outcome.batch_id or outcome.duplicate_of,
+                keys.TAG_SOURCE: outcome.source,
+                keys.TAG_DATA_VERSION: data_version,
+                keys.TAG_GIT_COMMIT: git.commit,
+                keys.TAG_GIT_DIRTY: str(git.dirty).lower(),
+                keys.TAG_FLOW_RUN_ID: flow_run_id,
+                keys.TAG_FLOW_RUN_URL: flow_run_url,
+                keys.TAG_NOTE: outcome.reason,
             }
         )
         mlflow.log_params(
@@ -194,4 +192,5 @@ def log_run(
         pointer = settings.path("data").with_suffix(".dvc")
         if pointer.exists():
             mlflow.log_artifact(str(pointer), artifact_path="lineage")
-        return run.info.run_id
+        run_id: str = run.info.run_id
+        return run_id

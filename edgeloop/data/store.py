@@ -20,17 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import StoreError
+from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH, ROW_ID
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from pipelines.validate import ValidationReport
-
-ROW_ID = "row_id"
-BATCH_ID = "batch_id"
-REFERENCE_BATCH = "reference"
 
 
 @dataclass(frozen=True)
@@ -211,8 +209,6 @@ class DataStore:
     # ------------------------------------------------------------------ reads
     def load_dataset(self) -> pd.DataFrame:
         """Reference plus every accepted batch, in arrival order, one row per ``row_id``."""
-        import pandas as pd
-
         parts = []
         if self.reference_path.exists():
             parts.append(pd.read_parquet(self.reference_path))
@@ -225,8 +221,6 @@ class DataStore:
 
     def _with_labels(self, data: pd.DataFrame) -> pd.DataFrame:
         """Fill the target from imported labels (``data/labels/``; the latest answer wins)."""
-        import pandas as pd
-
         files = sorted((self.root / "labels").glob("*.parquet"))
         if not files:
             return data
@@ -269,8 +263,6 @@ class DataStore:
 
 
 def _mask(n: int, positions: list[int], *, keep: bool) -> Any:
-    import numpy as np
-
     mask = np.ones(n, dtype=bool)
     mask[positions] = False
     return mask if keep else ~mask

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import StoreError
@@ -66,8 +69,6 @@ def is_git_repo(root: Path) -> bool:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """DVC's Python API prints CLI hints ("git add ...") to stdout: keep them out of ours."""
-    import logging
-
     # DVC logs hints (INFO) and expected misses (WARNING) through a handler bound to the real
     # stdout; edgeloop reports what matters itself.
     logging.getLogger("dvc").setLevel(logging.ERROR)
@@ -87,7 +88,7 @@ class DataVersioner:
     # ------------------------------------------------------------------ set-up
     def ensure_initialised(self) -> list[str]:
         """Run ``dvc init`` if needed and configure the remotes. Idempotent; says what it did."""
-        from dvc.repo import Repo
+        from dvc.repo import Repo  # lazy: see _repo
 
         done: list[str] = []
         if not (self.root / ".dvc").is_dir():
@@ -122,6 +123,8 @@ class DataVersioner:
         return done
 
     def _repo(self) -> Any:
+        # lazy: dvc.repo costs 0.3-0.7 s; the fit worker and the retrain's cache check import
+        # this module on their critical path and only read data.dvc (version, read_pointer_size)
         from dvc.repo import Repo
 
         try:
@@ -213,8 +216,6 @@ def read_pointer_size(pointer: Path) -> int:
 
 
 def _pointer_out(pointer: Path) -> dict[str, Any]:
-    import yaml
-
     if not pointer.exists():
         return {}
     data = yaml.safe_load(pointer.read_text(encoding="utf-8")) or {}

@@ -6,6 +6,9 @@ score with the champion (and the challenger in silent mode), queue the edge case
 SIMULATED ANNOTATOR (the demo's one stand-in) label them, import the labels (which may start a
 retrain on label volume), and evaluate any challenger in shadow, promoting it only on evidence.
 Finally: a summary, and the commands that open the Prefect and MLflow UIs on these runs.
+
+Imports are made step by step inside the functions on purpose: the demo prints its first steps
+before the stack's ~10 s of imports (Prefect, MLflow, GX), so a new user sees it working.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ def run_demo(config: Path) -> int:
     from flows.score import score
 
     quiet_expected_errors()
-    from edgeloop.tracking.registry import CHAMPION, Registry
+    from edgeloop.core.keys import CHAMPION
+    from edgeloop.tracking.registry import Registry
 
     retrains: list[tuple[str, dict[str, Any]]] = []
     if CHAMPION in Registry(settings).aliases():
@@ -174,9 +178,10 @@ def _retrain(settings: Any, reason: str) -> dict[str, Any]:
 
 def _shadow_and_promote(settings: Any) -> dict[str, Any]:
     """Evaluate the challenger in shadow and promote it if, and only if, the evidence says so."""
-    from edgeloop.batch.scoring import promote
     from edgeloop.core.errors import GateError
-    from edgeloop.tracking.registry import CHALLENGER, Registry
+    from edgeloop.core.keys import CHALLENGER
+    from edgeloop.models.promotion import promote
+    from edgeloop.tracking.registry import Registry
     from flows.shadow_evaluate import shadow_evaluate_flow
 
     if CHALLENGER not in Registry(settings).aliases():
@@ -184,14 +189,14 @@ def _shadow_and_promote(settings: Any) -> dict[str, Any]:
     report = shadow_evaluate_flow(config=str(settings.source))
     try:
         out = promote(settings, reason="demo: shadow evidence")
-        line = f"[green]promoted v{out['new_champion']}[/] over v{out['previous_champion']}: {report['summary']}"
-        return {"evaluated": True, "line": line, **out}
+        line = f"[green]promoted v{out.new_champion}[/] over v{out.previous_champion}: {report['summary']}"
+        return {"evaluated": True, "line": line, **out.to_dict()}
     except GateError as exc:
         line = (
             f"[yellow]kept champion v{report['champion']}[/] (challenger v{report['challenger']}):"
             f" {report['summary']}"
         )
-        return {"evaluated": True, "line": line, **exc.result}
+        return {"evaluated": True, "line": line, **exc.result.to_dict()}
 
 
 def _simulated_annotation(settings: Any, stream_dir: Path, step_no: int) -> dict[str, Any]:
@@ -250,7 +255,8 @@ def _batch_accuracy(settings: Any, outcome: dict[str, Any], stream_dir: Path) ->
     """Accuracy on the whole batch (true labels): the frozen first model vs the loop's champion."""
     import pandas as pd
 
-    from edgeloop.batch.scoring import scores_root
+    from edgeloop.core.keys import CHAMPION
+    from edgeloop.core.layout import Layout
     from edgeloop.data.store import DataStore
     from edgeloop.tracking.registry import Registry
     from pipelines.train import features
@@ -263,12 +269,13 @@ def _batch_accuracy(settings: Any, outcome: dict[str, Any], stream_dir: Path) ->
     frozen = Registry(settings).load("1").predict(features(rows, settings.data_schema))
     # The champion that scored this batch when it arrived (its first champion score file).
     champ_files = sorted(
-        scores_root(settings).glob(f"{batch}/champion-v*.parquet"), key=lambda p: p.stat().st_mtime
+        (f.path for f in Layout.of(settings).score_files(batch=batch, alias=CHAMPION)),
+        key=lambda p: p.stat().st_mtime,
     )
     if champ_files:
         scored = pd.read_parquet(champ_files[0]).set_index("row_id")
         loop = scored.loc[rows["row_id"], "predicted"].astype(int).to_numpy()
-        version = champ_files[0].stem.split("-v")[-1]
+        version = Layout.parse_score_file(champ_files[0]).version  # type: ignore[union-attr]
     else:
         loop, version = frozen, "1"
     return {

@@ -15,26 +15,35 @@ The worker loads the same DVC version, splits with the same seed and fits with
 ``settings.seeds.train``: the model is the one an in-process fit gives.
 
     python -m edgeloop.models.fit_worker REQUEST.json   (run by edgeloop, not by hand)
+
+Imports of the data stores, MLflow and scikit-learn stay inside the functions on purpose: the
+CLI imports this module to start the worker before anything heavy is loaded, and each side (the
+retrain, the worker) imports only what it uses.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pickle
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop.core.config import Settings
-from edgeloop.core.errors import EdgeloopError
+from edgeloop._internal import faults
+from edgeloop._internal.runtime import die_with_parent
+from edgeloop.core.config import Settings, load_settings
+from edgeloop.core.errors import EdgeloopError, TrainingError
+from edgeloop.core.layout import Layout
 
 if TYPE_CHECKING:
-    import subprocess
-
     import numpy as np
 
 
@@ -52,9 +61,7 @@ class FitWorker:
     """One fit running in its own process; ``result()`` waits for it."""
 
     def __init__(self, settings: Settings, data_version: str, key: str, max_rows: int) -> None:
-        import subprocess
-
-        work = settings.root / ".edgeloop" / "tmp"
+        work = Layout.of(settings).tmp
         work.mkdir(parents=True, exist_ok=True)
         self._dir = Path(tempfile.mkdtemp(prefix="fit-", dir=work))
         request = {
@@ -66,7 +73,7 @@ class FitWorker:
             "out": str(self._dir / "fitted.pickle"),
         }
         (self._dir / "request.json").write_text(json.dumps(request), encoding="utf-8")
-        logs = settings.root / ".edgeloop" / "logs"
+        logs = Layout.of(settings).logs
         logs.mkdir(parents=True, exist_ok=True)
         self.log = logs / "fit-worker.log"
         with self.log.open("ab") as log:
@@ -95,14 +102,10 @@ class FitWorker:
         if isinstance(sent, Fitted):
             return sent
         error_type, message = sent
-        from edgeloop.core.errors import TrainingError
-
         raise (TrainingError if error_type == "TrainingError" else EdgeloopError)(message)
 
     def cancel(self) -> None:
         """Stop the worker if it still runs and remove its files (idempotent)."""
-        import shutil
-
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
@@ -141,9 +144,8 @@ def start_early(settings: Settings, max_rows: int) -> bool:
     Quiet when the inputs cannot be read (the flow then reports it with full context); a
     worker nobody adopted is stopped when the command exits.
     """
-    import atexit
-
-    from edgeloop.models.training import cache_key, dataset_version
+    # lazy: the CLI imports this module to start the worker early; the cache needs MLflow.
+    from edgeloop.models.cache import cache_key, dataset_version
 
     try:
         version = dataset_version(settings)
@@ -157,8 +159,6 @@ def start_early(settings: Settings, max_rows: int) -> bool:
 
 def _fit(request: dict[str, Any]) -> Fitted:
     """In the worker: load the dataset version, split, fit, predict the holdout."""
-    from edgeloop._internal import faults
-    from edgeloop.core.config import load_settings
     from edgeloop.data.store import DataStore
     from edgeloop.data.versioning import DataVersioner
     from pipelines import train as tr
@@ -189,8 +189,6 @@ def _fit(request: dict[str, Any]) -> Fitted:
 def main(argv: list[str]) -> int:
     request = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     if sys.platform == "linux":
-        from edgeloop._internal.runtime import die_with_parent
-
         die_with_parent()
         if os.getppid() != request["parent"]:
             return 1  # the retrain died before this process could tie itself to it
@@ -206,8 +204,6 @@ def main(argv: list[str]) -> int:
     except EdgeloopError as exc:
         sent = (type(exc).__name__, str(exc))
     except Exception as exc:  # reported to the retrain, which fails with it
-        import traceback
-
         traceback.print_exc()
         sent = ("EdgeloopError", f"the fit process failed: {type(exc).__name__}: {exc}")
     partial = out.with_suffix(".partial")

@@ -1,28 +1,30 @@
 """Retrain steps between the pipelines and the stores (used by ``flows/retrain.py``).
 
-Loading the dataset at its DVC version, the cache key, the one-retrain-at-a-time lock, the
-MLflow run with its fixed keys, lineage, and ``reproduce``.
+Fit and evaluate a candidate on the fixed holdout, then log the MLflow run with its fixed keys
+and the model. The cache key and the lock are in ``models/cache.py``; lineage and
+``reproduce`` read these records (``models/lineage.py``).
+
+Imports inside the functions here are a measured hot path: MLflow's sklearn flavour, skops and
+matplotlib are imported while the model fits (``runtime.preimport``, off the GIL), which keeps
+a cold ``edgeloop retrain`` within 1.15x a bare scikit-learn script (benchmarks/bench_retrain.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import math
-import os
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeloop._internal import faults, runtime
+from edgeloop.core import keys
 from edgeloop.core.config import Settings
-from edgeloop.core.errors import BusyError, EdgeloopError
+from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.keys import TRAINING_EXPERIMENT
+from edgeloop.models.cache import code_hash
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,207 +32,6 @@ if TYPE_CHECKING:
     from edgeloop.models.fit_worker import FitWorker
     from pipelines.evaluate import GateResult
     from pipelines.train import Split
-
-TRAINING_EXPERIMENT = "training"
-#: The code whose change invalidates the cache (the training and evaluation stages).
-TRAINING_CODE = ("pipelines/train.py", "pipelines/evaluate.py")
-
-
-@dataclass
-class RetrainSummary:
-    """What a retrain did; printed by the CLI and returned by the flow."""
-
-    status: str  # registered | rejected | cached
-    reason: str
-    data_version: str
-    run_id: str = ""
-    version: str = ""
-    alias: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
-    champion_metrics: dict[str, float] = field(default_factory=dict)
-    gates: dict[str, Any] = field(default_factory=dict)
-    cache_key: str = ""
-    message: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for key in ("metrics", "champion_metrics"):
-            d[key] = {
-                k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in d[key].items()
-            }
-        return d
-
-
-# ---------------------------------------------------------------------- lock
-@contextlib.contextmanager
-def retrain_lock(settings: Settings, wait: bool = False) -> Iterator[None]:
-    """One retrain at a time per project: a second one is refused (or waits with ``wait``)."""
-    lock_dir = settings.root / ".edgeloop" / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    path = lock_dir / "retrain.lock"
-    with open(path, "a+", encoding="utf-8") as f:
-        flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
-        try:
-            fcntl.flock(f, flags)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown process"
-            raise BusyError(
-                f"another retrain is running ({holder}); wait for it to finish (its run is in"
-                f" MLflow), or pass --wait to queue behind it. Lock: {path}"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-# ---------------------------------------------------------------------- data
-def current_dataset(settings: Settings) -> tuple[str, pd.DataFrame]:
-    """The dataset at the DVC version in ``data.dvc``; refuses a work tree that differs from it."""
-    from edgeloop.data.store import DataStore
-
-    version = dataset_version(settings)
-    return version, DataStore(settings).load_dataset()
-
-
-def dataset_version(settings: Settings) -> str:
-    """The DVC version ``data.dvc`` names, checked against the work tree (nothing is loaded)."""
-    from edgeloop.data.versioning import DataVersioner
-
-    versioner = DataVersioner(settings)
-    version = versioner.version()
-    if not version:
-        raise EdgeloopError(f"{versioner.pointer}: no dataset version yet (run 'edgeloop init')")
-    if not versioner.is_clean():
-        raise EdgeloopError(
-            f"{settings.path('data')} differs from {versioner.pointer} ({version}): run"
-            " 'edgeloop ingest' (which versions it) or 'dvc checkout' before retraining"
-        )
-    return version
-
-
-def code_hash(root: Path) -> str:
-    """Hash of the training code: a change to it invalidates the cache."""
-    h = hashlib.sha256()
-    base = Path(__file__).resolve().parents[2]
-    for rel in TRAINING_CODE:
-        h.update((base / rel).read_bytes())
-    return h.hexdigest()[:16]
-
-
-def training_config(settings: Settings) -> dict[str, Any]:
-    """The part of the config a model depends on (its hash is part of the cache key)."""
-    d = settings.to_dict()
-    return {k: d[k] for k in ("schema", "training", "gates", "seeds")} | {
-        "model": settings.model_name
-    }
-
-
-def cache_key(settings: Settings, data_version: str, max_rows: int) -> str:
-    blob = json.dumps(
-        {
-            "data": data_version,
-            "config": training_config(settings),
-            "code": code_hash(settings.root),
-            "max_rows": max_rows,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def find_cached(settings: Settings, key: str) -> Any | None:
-    """The newest completed retrain (registered or rejected) with the same cache key, if any.
-
-    A run whose process died before it registered or was rejected does not count: its inputs
-    are retrained.
-    """
-    from mlflow.tracking import MlflowClient
-
-    from edgeloop.tracking.store import ensure_experiment
-
-    exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
-    runs = MlflowClient().search_runs(
-        [exp],
-        filter_string=f"tags.`edgeloop.cache_key` = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=50,
-    )
-    done = [r for r in runs if r.data.tags.get("edgeloop.decision") in ("registered", "rejected")]
-    return done[0] if done else None
-
-
-def cached_summary(hit: Any, data_version: str, key: str, notes: list[str]) -> RetrainSummary:
-    """What a skipped retrain reports: the finished run with the same inputs."""
-    tags = hit.data.tags
-    decision = tags.get("edgeloop.decision", "")
-    version = tags.get("edgeloop.registered_version", "")
-    metrics = {k: v for k, v in hit.data.metrics.items() if not k.startswith("champion_")}
-    message = (
-        f"skipped: data {data_version[:12]}, config and training code unchanged since run"
-        f" {hit.info.run_id} ({decision}{f', v{version}' if version else ''}); --force retrains"
-    )
-    if decision == "rejected":
-        message += f"; that candidate was rejected: {tags.get('mlflow.note.content', '')}"
-    return RetrainSummary(
-        status="cached",
-        reason=tags.get("edgeloop.reason", ""),
-        data_version=data_version,
-        run_id=hit.info.run_id,
-        version=version,
-        metrics=metrics,
-        cache_key=key,
-        notes=notes,
-        message=message,
-        gates={"passed": decision != "rejected"},
-    )
-
-
-def quick_cache_check(settings: Settings, max_rows: int) -> RetrainSummary | None:
-    """The cached outcome of a retrain with these inputs, found without Prefect or training
-    imports (DVC and MLflow only); ``None`` when the retrain has to run.
-
-    The CLI asks this first, so an unchanged project answers in seconds instead of starting
-    the orchestration stack. Orphan runs are not a concern: only finished, decided runs count.
-    """
-    from edgeloop.tracking.store import configure
-
-    configure(settings)
-    version = dataset_version(settings)
-    key = cache_key(settings, version, max_rows)
-    hit = find_cached(settings, key)
-    return None if hit is None else cached_summary(hit, version, key, [])
-
-
-def close_orphan_runs(settings: Settings) -> list[str]:
-    """Runs a killed retrain left behind (we hold the lock, so none of them is still going)."""
-    from mlflow.tracking import MlflowClient
-
-    from edgeloop.tracking.store import ensure_experiment
-
-    # The experiment first: it points this process's MLflow at the project's store.
-    exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
-    client = MlflowClient()
-    notes = []
-    recent = client.search_runs([exp], order_by=["attributes.start_time DESC"], max_results=200)
-    for r in recent:
-        if r.data.tags.get("edgeloop.decision"):
-            continue
-        client.set_tag(r.info.run_id, "edgeloop.decision", "interrupted")
-        if r.info.status == "RUNNING":
-            client.set_terminated(r.info.run_id, status="KILLED")
-        notes.append(f"run {r.info.run_id} was interrupted before a decision: tagged 'interrupted'")
-    return notes
 
 
 # ---------------------------------------------------------------------- training
@@ -342,14 +143,14 @@ def log_retrain(
     with mlflow.start_run(experiment_id=exp, run_name=f"retrain {data_version[:8]}") as run:
         mlflow.set_tags(
             {
-                "edgeloop.kind": "retrain",
-                "edgeloop.reason": reason,
-                "edgeloop.cache_key": key,
-                "dvc.data_version": data_version,
-                "git.commit": git.commit,
-                "git.dirty": str(git.dirty).lower(),
-                "prefect.flow_run_id": flow_run_id,
-                "prefect.flow_run_url": flow_run_url,
+                keys.TAG_KIND: keys.KIND_RETRAIN,
+                keys.TAG_REASON: reason,
+                keys.TAG_CACHE_KEY: key,
+                keys.TAG_DATA_VERSION: data_version,
+                keys.TAG_GIT_COMMIT: git.commit,
+                keys.TAG_GIT_DIRTY: str(git.dirty).lower(),
+                keys.TAG_FLOW_RUN_ID: flow_run_id,
+                keys.TAG_FLOW_RUN_URL: flow_run_url,
                 "config_hash": settings.config_hash(),
                 "code_hash": code_hash(settings.root),
                 "seed.split": str(settings.seeds.split),
@@ -431,7 +232,7 @@ def log_retrain(
             # `mlflow models serve` and pyfunc then return class probabilities.
             pyfunc_predict_fn="predict_proba",
         )
-        mlflow.set_tag("mlflow.note.content", f"{reason}: {trained.gates.summary()}")
+        mlflow.set_tag(keys.TAG_NOTE, f"{reason}: {trained.gates.summary()}")
         return run.info.run_id, info.model_uri
 
 
@@ -439,162 +240,3 @@ def _requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{p}=={version(p)}" for p in ("scikit-learn", "skops", "numpy", "pandas", "scipy")]
-
-
-# ---------------------------------------------------------------------- lineage
-def lineage(settings: Settings, ref: str | None) -> dict[str, Any]:
-    """Everything a model was made from: data version, code, config, seed, flow run, history."""
-    from edgeloop.tracking.registry import Registry
-
-    reg = Registry(settings)
-    version = reg.resolve(ref)
-    mv = reg.version(version)
-    run = reg.client.get_run(mv.run_id)
-    tags = run.data.tags
-    aliases = [a for a, v in reg.aliases().items() if v == version]
-    history = [e.to_dict() for e in reg.history() if e.version == version or e.previous == version]
-    return {
-        "model": reg.name,
-        "version": version,
-        "aliases": aliases,
-        "status": (mv.tags or {}).get("edgeloop.status", ""),
-        "created": datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(
-            timespec="seconds"
-        ),
-        "run_id": mv.run_id,
-        "data_version": tags.get("dvc.data_version"),
-        "git_commit": tags.get("git.commit"),
-        "git_dirty": tags.get("git.dirty") == "true",
-        "prefect_flow_run_id": tags.get("prefect.flow_run_id"),
-        "prefect_flow_run_url": tags.get("prefect.flow_run_url"),
-        "config_hash": tags.get("config_hash"),
-        "code_hash": tags.get("code_hash"),
-        "seed_split": tags.get("seed.split"),
-        "seed_train": tags.get("seed.train"),
-        "reason": tags.get("edgeloop.reason"),
-        "metrics": {
-            k: run.data.metrics[k]
-            for k in ("accuracy", "macro_f1", "weighted_f1")
-            if k in run.data.metrics
-        },
-        "alias_history": history,
-    }
-
-
-def reproduce(settings: Settings, ref: str) -> dict[str, Any]:
-    """Rebuild a registered model from its MLflow record and compare it with the original.
-
-    Restores the run's dataset version through DVC (beside ``data/``, which is left alone),
-    uses the config snapshot logged with the run, retrains with the same seeds, and compares
-    holdout metrics and predictions.
-    """
-    import shutil
-
-    from edgeloop.tracking.registry import Registry
-
-    reg = Registry(settings)
-    version = reg.resolve(ref)
-    mv = reg.version(version)
-    run = reg.client.get_run(mv.run_id)
-    # DVC refuses a .dvc file in a git-ignored folder, so the workspace is a visible folder at
-    # the root, removed when done (the restored data stays in the DVC cache).
-    work = settings.root / f".reproduce-v{version}"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    try:
-        return _reproduce_in(settings, reg, version, mv, run, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _reproduce_in(
-    settings: Settings, reg: Any, version: str, mv: Any, run: Any, work: Path
-) -> dict[str, Any]:
-    import shutil
-
-    import numpy as np
-    import yaml
-
-    from edgeloop.core.config import settings_from_dict
-    from edgeloop.data.store import DataStore
-    from edgeloop.data.versioning import DataVersioner
-    from pipelines import train as tr
-
-    config_dir = Path(reg.client.download_artifacts(mv.run_id, "config", str(work)))
-    snapshot = next(config_dir.glob("*.yaml"), None) or next(config_dir.glob("*.yml"), None)
-    if snapshot is None:
-        raise EdgeloopError(f"run {mv.run_id} has no config snapshot: cannot reproduce v{version}")
-    lineage_dir = Path(reg.client.download_artifacts(mv.run_id, "lineage", str(work)))
-    pointer = work / "data.dvc"
-    shutil.copy2(lineage_dir / "data.dvc", pointer)
-    restored = DataVersioner(settings).restore(pointer)
-    data = yaml.safe_load(snapshot.read_text(encoding="utf-8"))
-    base = settings_from_dict(data, root=settings.root, source=snapshot)
-    repro = base.model_copy(
-        update={"paths": base.paths.model_copy(update={"data": str(work / "data")})}
-    )
-    dataset = DataStore(repro).load_dataset()
-    max_rows = int(float(run.data.params.get("max_rows", "0")))
-    trained = train_and_evaluate(repro, dataset, max_rows=max_rows, champion=None)
-    original = run.data.metrics
-    diffs = {
-        k: {"original": original[k], "reproduced": v}
-        for k, v in trained.metrics.items()
-        if k in original
-        and not (math.isnan(v) and math.isnan(original[k]))
-        and abs(original[k] - v) > 1e-9
-    }
-    model = reg.load(version)
-    x = tr.features(trained.split.holdout, repro.data_schema)
-    agreement = float(np.mean(model.predict(x) == trained.model.predict(x)))
-    code_now = code_hash(settings.root)
-    return {
-        "model": reg.name,
-        "version": version,
-        "run_id": mv.run_id,
-        "data_version": run.data.tags.get("dvc.data_version"),
-        "data_restored": restored,
-        "code_hash_then": run.data.tags.get("code_hash"),
-        "code_hash_now": code_now,
-        "code_same": run.data.tags.get("code_hash") == code_now,
-        "git_commit_then": run.data.tags.get("git.commit"),
-        "metrics_match": not diffs,
-        "metric_differences": diffs,
-        "prediction_agreement": agreement,
-        "holdout_rows": len(trained.split.holdout),
-        "macro_f1": trained.metrics.get("macro_f1"),
-    }
-
-
-def models_status(settings: Settings) -> dict[str, Any]:
-    """Champion, challenger and previous champion: version, metrics, data version, age."""
-    from edgeloop.tracking.registry import Registry
-
-    reg = Registry(settings)
-    aliases = reg.aliases()
-    if not aliases:
-        return {}
-    last_move = {e.alias: e.at for e in reg.history()}
-    now = datetime.now(UTC)
-    out: dict[str, Any] = {}
-    for alias in ("champion", "challenger", "previous-champion"):
-        if alias not in aliases:
-            continue
-        mv = reg.version(aliases[alias])
-        run = reg.client.get_run(mv.run_id)
-        since = (
-            last_move.get(alias)
-            or datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat()
-        )
-        age = now - datetime.fromisoformat(since)
-        out[alias] = {
-            "version": aliases[alias],
-            "macro_f1": run.data.metrics.get("macro_f1"),
-            "accuracy": run.data.metrics.get("accuracy"),
-            "data_version": run.data.tags.get("dvc.data_version"),
-            "alias_since": since,
-            "age_hours": round(age.total_seconds() / 3600, 2),
-            "run_id": mv.run_id,
-        }
-    return out

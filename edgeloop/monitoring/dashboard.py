@@ -20,12 +20,16 @@ import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from edgeloop.batch.annotation import sla
+from edgeloop.core import keys
 from edgeloop.core.config import Settings
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from edgeloop.monitoring.monitor import monitoring_history
 
 #: Features shown in the heatmap (those with the largest PSI over all batches).
 TOP_FEATURES = 15
@@ -40,9 +44,6 @@ def dashboard_path(settings: Settings) -> Path:
 
 def write_dashboard(settings: Settings, *, run_id: str = "") -> Path:
     """Rebuild the dashboard from MLflow and the annotation queue; log it to ``run_id`` if set."""
-    from edgeloop.batch.annotation import sla
-    from edgeloop.monitoring.monitor import monitoring_history
-
     history = monitoring_history(settings)
     backlog = sla(settings)
     page = render(settings, history, backlog)
@@ -52,8 +53,6 @@ def write_dashboard(settings: Settings, *, run_id: str = "") -> Path:
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)  # readers never see a half-written page
     if run_id:
-        from mlflow.tracking import MlflowClient
-
         MlflowClient().log_artifact(run_id, str(path), artifact_path="dashboard")
     return path
 
@@ -117,12 +116,12 @@ def _table(history: list[dict[str, Any]]) -> str:
     rows = [head]
     for h in reversed(history[-TABLE_BATCHES:]):
         m, t = h["metrics"], h["tags"]
-        drifted = t.get("edgeloop.drifted") == "true"
+        drifted = t.get(keys.TAG_DRIFTED) == "true"
         rows.append(
             f'<tr class="{"drift" if drifted else ""}"><td>{h["seq"]}</td>'
             f'<td class="l">{html.escape(h["batch_id"])}</td><td>{_fmt(m.get("rows"), 0)}</td>'
             f"<td>{_fmt(m.get('drift_share'), 2)}</td>"
-            f'<td class="l">{html.escape(t.get("edgeloop.drifted_features", ""))}</td>'
+            f'<td class="l">{html.escape(t.get(keys.TAG_DRIFTED_FEATURES, ""))}</td>'
             f"<td>{_fmt(m.get('prediction_psi'))}</td><td>{_fmt(m.get('mean_confidence'))}</td>"
             f"<td>{_fmt(m.get('champion_accuracy'))}</td>"
             f"<td>{_fmt(m.get('challenger_accuracy'))}</td><td>{_fmt(m.get('agreement'))}</td></tr>"
@@ -143,8 +142,6 @@ def _backlog_table(backlog: dict[str, Any]) -> str:
 def _figure(width: float, height: float) -> Figure:
     # Figure objects straight from matplotlib.figure: the Agg canvas, no pyplot global state,
     # nothing to close, no display needed.
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
@@ -159,8 +156,6 @@ def _labels(history: list[dict[str, Any]]) -> list[str]:
 
 
 def _psi_heatmap(history: list[dict[str, Any]], settings: Settings) -> str:
-    import numpy as np
-
     if not history:
         return ""
     names = sorted({k for h in history for k in h["metrics"] if k.startswith("psi.")})
@@ -190,7 +185,7 @@ def _drift_share(history: list[dict[str, Any]], settings: Settings) -> str:
     if not history:
         return ""
     shares = [h["metrics"].get("drift_share", 0.0) for h in history]
-    drifted = [h["tags"].get("edgeloop.drifted") == "true" for h in history]
+    drifted = [h["tags"].get(keys.TAG_DRIFTED) == "true" for h in history]
     fig = _figure(max(6.0, 0.4 * len(history) + 2), 3.0)
     ax = fig.add_subplot()
     ax.bar(range(len(history)), shares, color=["#d62728" if d else "#1f77b4" for d in drifted])
@@ -204,7 +199,7 @@ def _drift_share(history: list[dict[str, Any]], settings: Settings) -> str:
 
 
 def _histogram(h: dict[str, Any]) -> list[float] | None:
-    raw = h["tags"].get("edgeloop.confidence_histogram")
+    raw = h["tags"].get(keys.TAG_CONFIDENCE_HISTOGRAM)
     try:
         counts = [float(c) for c in json.loads(raw)] if raw else None
     except (ValueError, TypeError):
@@ -213,10 +208,8 @@ def _histogram(h: dict[str, Any]) -> list[float] | None:
 
 
 def _confidence(history: list[dict[str, Any]], settings: Settings) -> str:
-    import numpy as np
-
-    hists = [(h, _histogram(h)) for h in history]
-    hists = [(h, c) for h, c in hists if c is not None]
+    read = [(h, _histogram(h)) for h in history]
+    hists = [(h, c) for h, c in read if c is not None]
     if not hists:
         return ""
     latest, counts = hists[-1]
@@ -240,8 +233,6 @@ def _confidence(history: list[dict[str, Any]], settings: Settings) -> str:
 
 
 def _accuracy(history: list[dict[str, Any]]) -> str:
-    import numpy as np
-
     if not any("champion_accuracy" in h["metrics"] for h in history):
         return ""
     x = np.arange(len(history))

@@ -6,8 +6,6 @@ finished monitoring run yet, compares each with the reference (``pipelines.monit
 one run per batch in ``<project>-monitoring``. Every metric is logged at the batch's ledger
 sequence number as its step, so MLflow charts them over time. The names are fixed (the weekly
 report reads them): see ``METRICS`` and ``TAGS``.
-
-Nothing heavy is imported at module load; MLflow and pandas are imported inside functions.
 """
 
 from __future__ import annotations
@@ -16,20 +14,25 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import MonitoringError
-from edgeloop.data.store import REFERENCE_BATCH
+from edgeloop.core.keys import CHALLENGER, CHAMPION, REFERENCE_BATCH
+from edgeloop.core.layout import Layout
+from edgeloop.data.store import DataStore, LedgerEntry
+from edgeloop.tracking.registry import Registry
+from edgeloop.tracking.store import configure, ensure_experiment
+from pipelines.monitor import BatchReport, ReferenceProfile, batch_report, build_reference
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from edgeloop.data.store import LedgerEntry
-    from pipelines.monitor import BatchReport, ReferenceProfile
-
-MONITORING_EXPERIMENT = "monitoring"
-KIND = "monitoring"
+MONITORING_EXPERIMENT = keys.MONITORING_EXPERIMENT
+KIND = keys.KIND_MONITORING
 
 #: Metric names other tools read (``psi.<feature>`` is added per feature).
 METRICS = (
@@ -45,17 +48,17 @@ METRICS = (
     "agreement",  # only when a challenger score file exists
 )
 TAGS = (
-    "edgeloop.batch_id",
-    "edgeloop.batch_index",
-    "edgeloop.drifted",
-    "edgeloop.drifted_features",
-    "edgeloop.champion_version",
-    "edgeloop.challenger_version",
-    "edgeloop.flow_run_id",
-    "edgeloop.flow_run_url",
+    keys.TAG_BATCH_ID,
+    keys.TAG_BATCH_INDEX,
+    keys.TAG_DRIFTED,
+    keys.TAG_DRIFTED_FEATURES,
+    keys.TAG_CHAMPION_VERSION,
+    keys.TAG_CHALLENGER_VERSION,
+    keys.TAG_FLOW_RUN_ID,
+    keys.TAG_FLOW_RUN_URL,
 )
 #: Where the dashboard finds each batch's confidence histogram without downloading artifacts.
-HISTOGRAM_TAG = "edgeloop.confidence_histogram"
+HISTOGRAM_TAG = keys.TAG_CONFIDENCE_HISTOGRAM
 #: The drifted-features tag is cut to this many characters (MLflow allows 8000).
 MAX_FEATURES_TAG = 500
 
@@ -126,10 +129,6 @@ def monitoring_history(settings: Settings) -> list[dict[str, Any]]:
     Each entry: ``batch_id``, ``seq``, ``run_id``, ``start_time`` (ms), ``metrics`` (last
     values), ``tags``. Failed or interrupted runs are left out: their batch is monitored again.
     """
-    from mlflow.tracking import MlflowClient
-
-    from edgeloop.tracking.store import ensure_experiment
-
     exp = ensure_experiment(settings, MONITORING_EXPERIMENT)
     client = MlflowClient()
     latest: dict[str, Any] = {}
@@ -137,13 +136,13 @@ def monitoring_history(settings: Settings) -> list[dict[str, Any]]:
     while True:
         page = client.search_runs(
             [exp],
-            filter_string=f"tags.`edgeloop.kind` = '{KIND}' and attributes.status = 'FINISHED'",
+            filter_string=f"tags.`{keys.TAG_KIND}` = '{KIND}' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time ASC"],
             max_results=1000,
             page_token=token,
         )
         for run in page:
-            batch = run.data.tags.get("edgeloop.batch_id", "")
+            batch = run.data.tags.get(keys.TAG_BATCH_ID, "")
             if batch:
                 latest[batch] = run  # ascending start time: the last one wins
         token = page.token
@@ -151,7 +150,7 @@ def monitoring_history(settings: Settings) -> list[dict[str, Any]]:
             break
     out = []
     for batch, run in latest.items():
-        index = run.data.tags.get("edgeloop.batch_index", "")
+        index = run.data.tags.get(keys.TAG_BATCH_INDEX, "")
         out.append(
             {
                 "batch_id": batch,
@@ -179,11 +178,6 @@ def monitor_batches(
     nothing twice. Batches logged earlier under the same ``flow_run_id`` (a retried task) are
     reported again from their runs, so a retry returns what the first attempt found.
     """
-    from edgeloop.batch.scoring import scores_root
-    from edgeloop.data.store import DataStore
-    from edgeloop.tracking.registry import CHALLENGER, CHAMPION, Registry
-    from edgeloop.tracking.store import configure, ensure_experiment
-
     configure(settings)
     exp = ensure_experiment(settings, MONITORING_EXPERIMENT)
     store = DataStore(settings)
@@ -199,20 +193,20 @@ def monitor_batches(
             )
         accepted = [e for e in accepted if e.batch_id in set(batch_ids)]
     history = {h["batch_id"]: h for h in monitoring_history(settings)}
-    root = scores_root(settings)
+    layout = Layout.of(settings)
     todo: list[LedgerEntry] = []
     results: dict[str, BatchMonitoring] = {}
     skipped: list[str] = []
     not_scored: list[str] = []
     for entry in accepted:
         h = history.get(entry.batch_id)
-        if h is not None and flow_run_id and h["tags"].get("edgeloop.flow_run_id") == flow_run_id:
+        if h is not None and flow_run_id and h["tags"].get(keys.TAG_FLOW_RUN_ID) == flow_run_id:
             # Logged by this same flow run before a task retry: report it again (so its drift
             # still counts for the retrain decision), log nothing twice.
             results[entry.batch_id] = _from_history(settings, entry, h)
         elif h is not None:
             skipped.append(entry.batch_id)
-        elif _score_files(root / entry.batch_id, CHAMPION):
+        elif _score_files(layout, entry.batch_id, CHAMPION):
             todo.append(entry)
         else:
             not_scored.append(entry.batch_id)
@@ -231,12 +225,17 @@ def monitor_batches(
     positions = data.groupby("batch_id", sort=False).indices
     aliases = Registry(settings).aliases()
     for entry in todo:
-        batch_dir = root / entry.batch_id
-        champ_v, champ_file = _pick(_score_files(batch_dir, CHAMPION), aliases.get(CHAMPION))
+        champ_v, champ_file = _pick(
+            _score_files(layout, entry.batch_id, CHAMPION), aliases.get(CHAMPION)
+        )
         # A challenger file of the champion's own version (scored before a promotion) is the
         # same model: comparing it with itself says nothing.
         chall_v, chall_file = _pick(
-            {v: p for v, p in _score_files(batch_dir, CHALLENGER).items() if v != champ_v},
+            {
+                v: p
+                for v, p in _score_files(layout, entry.batch_id, CHALLENGER).items()
+                if v != champ_v
+            },
             aliases.get(CHALLENGER),
         )
         if champ_file is None:
@@ -260,8 +259,6 @@ def monitor_batches(
 
 
 def _profile(settings: Settings, reference: pd.DataFrame) -> ReferenceProfile:
-    from pipelines.monitor import build_reference
-
     # Built once per call and shared by every batch of it. Seeded with seeds.split: the sample
     # of the reference the KS test sees is the same on every run and machine.
     return build_reference(
@@ -269,14 +266,9 @@ def _profile(settings: Settings, reference: pd.DataFrame) -> ReferenceProfile:
     )
 
 
-def _score_files(batch_dir: Path, alias: str) -> dict[str, Path]:
+def _score_files(layout: Layout, batch: str, alias: str) -> dict[str, Path]:
     """``version -> file`` of one alias's score files for a batch."""
-    out = {}
-    for path in batch_dir.glob(f"{alias}-v*.parquet"):
-        version = path.stem.removeprefix(f"{alias}-v")
-        if version.isdigit():
-            out[version] = path
-    return out
+    return {f.version: f.path for f in layout.score_files(batch=batch, alias=alias)}
 
 
 def _pick(files: dict[str, Path], preferred: str | None) -> tuple[str, Path | None]:
@@ -296,11 +288,6 @@ def _report(
     challenger_file: Path | None,
 ) -> BatchReport:
     """Align the score files with the batch's rows by row id, then compute the report."""
-    import numpy as np
-    import pandas as pd
-
-    from pipelines.monitor import batch_report
-
     champ = pd.read_parquet(champion_file, columns=["row_id", "predicted", "confidence"])
     pos = pd.Index(champ["row_id"]).get_indexer(rows["row_id"])
     if (pos < 0).any():
@@ -364,11 +351,10 @@ def _features_tag(names: list[str]) -> str:
 
 
 def _features_csv(report: BatchReport) -> str:
-    import pandas as pd
-
     table = pd.DataFrame([f.to_dict() for f in report.features])
     table["unseen"] = table["unseen"].map(lambda u: ";".join(u))
-    return table.sort_values("psi", ascending=False).to_csv(index=False)
+    csv: str = table.sort_values("psi", ascending=False).to_csv(index=False)
+    return csv
 
 
 def _log_run(
@@ -383,8 +369,6 @@ def _log_run(
     flow_run_url: str,
 ) -> str:
     """One MLflow run for the batch: metrics at step = ledger sequence, tags, the drift table."""
-    import mlflow
-
     m = settings.monitoring
     drifted = [f.feature for f in report.drifted_features]
     note = (
@@ -395,18 +379,18 @@ def _log_run(
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-{entry.batch_id}") as run:
         mlflow.set_tags(
             {
-                "edgeloop.kind": KIND,
-                "edgeloop.batch_id": entry.batch_id,
-                "edgeloop.batch_index": str(entry.seq),
-                "edgeloop.source": entry.source,
-                "edgeloop.drifted": str(report.drifted).lower(),
-                "edgeloop.drifted_features": _features_tag(drifted),
-                "edgeloop.champion_version": champion_version,
-                "edgeloop.challenger_version": challenger_version,
-                "edgeloop.flow_run_id": flow_run_id,
-                "edgeloop.flow_run_url": flow_run_url,
+                keys.TAG_KIND: KIND,
+                keys.TAG_BATCH_ID: entry.batch_id,
+                keys.TAG_BATCH_INDEX: str(entry.seq),
+                keys.TAG_SOURCE: entry.source,
+                keys.TAG_DRIFTED: str(report.drifted).lower(),
+                keys.TAG_DRIFTED_FEATURES: _features_tag(drifted),
+                keys.TAG_CHAMPION_VERSION: champion_version,
+                keys.TAG_CHALLENGER_VERSION: challenger_version,
+                keys.TAG_FLOW_RUN_ID: flow_run_id,
+                keys.TAG_FLOW_RUN_URL: flow_run_url,
                 HISTOGRAM_TAG: json.dumps(list(report.confidence.counts)),
-                "mlflow.note.content": note,
+                keys.TAG_NOTE: note,
             }
         )
         mlflow.log_params(
@@ -424,7 +408,8 @@ def _log_run(
         mlflow.log_metrics(_metrics(report), step=entry.seq)
         mlflow.log_text(_features_csv(report), "drift/features.csv")
         mlflow.log_dict(report.to_dict(), "drift/report.json")
-        return run.info.run_id
+        run_id: str = run.info.run_id
+        return run_id
 
 
 def _result(
@@ -458,7 +443,7 @@ def _result(
 def _from_history(settings: Settings, entry: LedgerEntry, h: dict[str, Any]) -> BatchMonitoring:
     """A batch's result read back from its MLflow run (the drifted-features tag may be cut)."""
     m, t = h["metrics"], h["tags"]
-    names = t.get("edgeloop.drifted_features", "").split(",")
+    names = t.get(keys.TAG_DRIFTED_FEATURES, "").split(",")
     return BatchMonitoring(
         batch_id=entry.batch_id,
         seq=entry.seq,
@@ -468,13 +453,13 @@ def _from_history(settings: Settings, entry: LedgerEntry, h: dict[str, Any]) -> 
         n_features=len(settings.data_schema.features),
         n_drifted=int(m.get("n_drifted_features", 0)),
         drift_share=m.get("drift_share", 0.0),
-        drifted=t.get("edgeloop.drifted") == "true",
+        drifted=t.get(keys.TAG_DRIFTED) == "true",
         drifted_features=[n for n in names if n and not n.startswith("...")],
         prediction_psi=m.get("prediction_psi", float("nan")),
         mean_confidence=m.get("mean_confidence"),
         low_confidence_share=m.get("low_confidence_share"),
-        champion_version=t.get("edgeloop.champion_version", ""),
-        challenger_version=t.get("edgeloop.challenger_version", ""),
+        champion_version=t.get(keys.TAG_CHAMPION_VERSION, ""),
+        challenger_version=t.get(keys.TAG_CHALLENGER_VERSION, ""),
         champion_accuracy=m.get("champion_accuracy"),
         challenger_accuracy=m.get("challenger_accuracy"),
         agreement=m.get("agreement"),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 STATUS_STYLE = {
     "accepted": "green",
     "partial": "yellow",
@@ -13,9 +16,7 @@ STATUS_STYLE = {
 }
 
 
-def make_console() -> Any:
-    from rich.console import Console
-
+def make_console() -> Console:
     # Piped output defaults to 80 columns, too narrow for the reasons column.
     console = Console(highlight=False)
     if not console.is_terminal:
@@ -23,9 +24,7 @@ def make_console() -> Any:
     return console
 
 
-def outcomes_table(results: list[dict[str, Any]], notes: dict[str, str] | None = None) -> Any:
-    from rich.table import Table
-
+def outcomes_table(results: list[dict[str, Any]], notes: dict[str, str] | None = None) -> Table:
     table = Table(title="Batches", show_lines=False)
     table.add_column("batch")
     if notes:
@@ -123,10 +122,8 @@ def print_retrain(result: dict[str, Any]) -> None:
         )
 
 
-def retrains_table(retrains: list[tuple[str, dict[str, Any]]]) -> Any:
+def retrains_table(retrains: list[tuple[str, dict[str, Any]]]) -> Table:
     """The demo's retrains: decision, alias, holdout metrics vs the champion's on the same rows."""
-    from rich.table import Table
-
     table = Table(title="Retrains (holdout metrics; champion scored on the same rows)")
     for col in ("when", "decision", "version", "data version", "macro-F1", "champion macro-F1",
                 "scanner C macro-F1", "gates"):  # fmt: skip

@@ -7,9 +7,20 @@ config. The Prefect UI renders each flow's typed parameters as the Run form.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import multiprocessing
+import multiprocessing.forkserver
 from dataclasses import dataclass
 from typing import Any
+
+import prefect.flow_engine
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import TerminationSignal
+from prefect.runner import Runner
+from prefect.schedules import Cron
+from prefect.types.entrypoint import EntrypointType
 
 from edgeloop.core.config import Settings, configured_prefect_api_url
 from edgeloop.core.errors import DeployError
@@ -87,12 +98,6 @@ def require_server(settings: Settings) -> str:
 def deployment_options(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
     """Each flow of ``FLOWS`` with its deployment's options: the keywords of
     ``Flow.to_deployment`` and ``Runner.add_flow``, schedules from the config."""
-    import importlib
-
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig
-    from prefect.deployments.runner import EntrypointType
-    from prefect.schedules import Cron
-
     config = str(settings.source or settings.root / "edgeloop.yaml")
     tz = settings.schedules.timezone
     options = []
@@ -116,7 +121,7 @@ def deployment_options(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
             # One retrain at a time: extra runs wait (ENQUEUE) instead of running in
             # parallel; the flow's own lock also refuses a CLI retrain running beside it.
             concurrency_limit=(
-                ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE")
+                ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
                 if spec.one_at_a_time
                 else None
             ),
@@ -131,8 +136,6 @@ def deployment_options(settings: Settings) -> list[tuple[Any, dict[str, Any]]]:
 
 def _after(flow_name: str, project: str) -> Any:
     """A trigger: run this deployment when a run of ``flow_name`` in ``project`` finishes."""
-    from prefect.events import DeploymentEventTrigger
-
     return DeploymentEventTrigger(
         name=f"after {flow_name}",
         # Failed too: an ingest that quarantined some batches still accepted others.
@@ -173,10 +176,6 @@ def fork_flow_runs(modules: list[str]) -> Any:
     Prefect's function (environment, control channel, signals) and only changes how the
     process starts. ``tests/test_deploy.py`` fails if a Prefect upgrade makes it a no-op.
     """
-    import multiprocessing.forkserver
-
-    import prefect.flow_engine
-
     if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: Prefect's way
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -186,7 +185,9 @@ def fork_flow_runs(modules: list[str]) -> Any:
     warm = context.Process(target=_nothing)
     warm.start()
     warm.join()
-    prefect.flow_engine.multiprocessing = _ForkserverMultiprocessing(context)  # type: ignore[assignment]
+    # The module global Prefect's runner calls `multiprocessing.get_context` on (not exported).
+    engine: Any = prefect.flow_engine
+    engine.multiprocessing = _ForkserverMultiprocessing(context)
     return context
 
 
@@ -197,11 +198,6 @@ def _nothing() -> None:
 def serve_deployments(settings: Settings) -> None:
     """Serve every deployment from this process until interrupted (blocks)."""
     url = require_server(settings)
-    import asyncio
-
-    from prefect.exceptions import TerminationSignal
-    from prefect.runner import Runner
-
     # A poll below Prefect's integer setting is passed to the runner directly. Ctrl-C and
     # SIGTERM pause the deployments' schedules (Prefect's default): no scheduled run piles up
     # while nothing serves them; the next `edgeloop deploy` un-pauses them.

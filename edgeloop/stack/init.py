@@ -6,6 +6,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+import yaml
+
+from edgeloop._internal import runtime
+from edgeloop.core import keys
 from edgeloop.core.config import (
     CONFIG_FILENAME,
     SchemaSettings,
@@ -15,8 +20,14 @@ from edgeloop.core.config import (
     settings_from_dict,
 )
 from edgeloop.core.errors import EdgeloopError, StoreError
+from edgeloop.data.readers import read_batch
+from edgeloop.data.store import DataStore
+from edgeloop.data.versioning import DataVersioner
+from edgeloop.demo.data import DEMO_RULES, demo_schema, demo_suite, reference_frame
+from pipelines.labels import labels_suite
+from pipelines.profile import bootstrap_suite
 
-RESERVED_COLUMNS = ("row_id", "batch_id")
+RESERVED_COLUMNS = keys.RESERVED_COLUMNS
 
 
 @dataclass
@@ -33,8 +44,6 @@ class InitReport:
 
 def demo_settings(root: Path) -> Settings:
     """The config the demo ships with (also what ``init`` writes when there is none)."""
-    from edgeloop.demo.data import demo_schema
-
     return settings_from_dict(
         {
             "project": "edgeloop-demo",
@@ -63,17 +72,11 @@ def demo_settings(root: Path) -> Settings:
 
 
 def is_demo(settings: Settings) -> bool:
-    from edgeloop.demo.data import demo_schema
-
     return settings.data_schema == demo_schema()
 
 
-def infer_schema(path: Path, target: str) -> tuple[SchemaSettings, object]:
+def infer_schema(path: Path, target: str) -> tuple[SchemaSettings, pd.DataFrame]:
     """Read the user's labeled file and derive the schema: features, categoricals, classes."""
-    import pandas as pd
-
-    from pipelines.validate import read_batch
-
     df = read_batch(path)
     if target not in df.columns:
         raise EdgeloopError(
@@ -118,12 +121,9 @@ def init_project(
     force: bool = False,
 ) -> InitReport:
     """Set the project up: config, suite, stores, DVC and the first dataset version."""
-    from edgeloop._internal import runtime
-    from edgeloop.data.store import DataStore
-    from edgeloop.data.versioning import DataVersioner
-
     root = root.resolve()
     config = (config or root / CONFIG_FILENAME).resolve()
+    frame: pd.DataFrame | None
     if data is not None:
         if not target:
             raise EdgeloopError("--data needs --target COLUMN (the label column)")
@@ -134,8 +134,6 @@ def init_project(
             source=config,
         )
         report = InitReport(settings)
-        import yaml
-
         text = yaml.safe_dump(
             settings.to_dict(), sort_keys=False, width=100, default_flow_style=None
         )
@@ -160,8 +158,6 @@ def init_project(
     # The suite: bootstrapped from the user's data, or the demo's (bootstrapped, then edited).
     suite_path = settings.suite_path()
     if frame is not None:
-        from pipelines.profile import bootstrap_suite
-
         suite = bootstrap_suite(frame, settings.data_schema, name=settings.validation.suite)
         _write_if_new(suite_path, json.dumps(suite, indent=2) + "\n", force, report, "suite")
     elif not suite_path.exists():
@@ -169,8 +165,6 @@ def init_project(
             raise EdgeloopError(
                 f"{suite_path}: no expectation suite; run 'edgeloop init --data PATH --target COL'"
             )
-        from edgeloop.demo.data import demo_suite
-
         _write_if_new(
             suite_path,
             json.dumps(demo_suite(settings.seeds.demo), indent=2) + "\n",
@@ -183,16 +177,12 @@ def init_project(
 
     labels_path = settings.suite_path(settings.annotation.suite)
     if not labels_path.exists():
-        from pipelines.labels import labels_suite
-
         labels_path.write_text(
             json.dumps(labels_suite(settings.data_schema), indent=2) + "\n", encoding="utf-8"
         )
         report.say(f"suite: wrote {labels_path}")
     rules_path = settings.root / settings.edge_cases.rules_file
     if not rules_path.exists() and is_demo(settings):
-        from edgeloop.demo.data import DEMO_RULES
-
         rules_path.write_text(DEMO_RULES, encoding="utf-8")
         report.say(f"edge-case rules: wrote {rules_path}")
 
@@ -219,7 +209,9 @@ def init_project(
     return report
 
 
-def _ensure_data(settings: Settings, versioner, store, report: InitReport) -> str | None:  # type: ignore[no-untyped-def]
+def _ensure_data(
+    settings: Settings, versioner: DataVersioner, store: DataStore, report: InitReport
+) -> str | None:
     """Make sure ``data/`` holds the version ``data.dvc`` names (restore, or rebuild the demo's)."""
     committed = versioner.version()
     if store.reference_path.exists() and committed:
@@ -236,8 +228,6 @@ def _ensure_data(settings: Settings, versioner, store, report: InitReport) -> st
             report.say(f"data: {exc}")
     if not is_demo(settings):
         raise EdgeloopError(f"{store.root}: no data; run 'edgeloop init --data PATH --target COL'")
-    from edgeloop.demo.data import reference_frame
-
     # A fresh clone has data.dvc but not the remote's content: the demo data is regenerated
     # from its seed, which gives the same bytes and so the same version.
     store.write_reference(reference_frame(settings.seeds.demo))

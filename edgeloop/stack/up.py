@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ from pathlib import Path
 from edgeloop._internal.runtime import die_with_parent, http_ok
 from edgeloop.core.config import Settings, configured_prefect_api_url
 from edgeloop.core.errors import UpError
+from edgeloop.core.layout import Layout
+from edgeloop.tracking.store import is_embedded, tracking_uri
 
 
 @dataclass
@@ -90,7 +93,7 @@ class Stack:
 
     @property
     def logs(self) -> Path:
-        return self.settings.root / ".edgeloop" / "logs"
+        return Layout.of(self.settings).logs
 
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str], on_orphan: int = signal.SIGTERM
@@ -133,8 +136,6 @@ class Stack:
 
     def start(self, *, mlflow_ui: bool = True, deploy: bool = True, timeout: float = 180.0) -> None:
         """Start the server, the MLflow UI and the deployments; raise if one fails."""
-        from edgeloop.tracking.store import is_embedded, tracking_uri
-
         bindir = Path(sys.executable).parent
         external = configured_prefect_api_url() or self.settings.services.prefect_api_url
         start_mlflow = mlflow_ui and is_embedded(self.settings)
@@ -209,8 +210,8 @@ class Stack:
 
 def _deployments_ready(api: str, settings: Settings) -> bool:
     """Whether every deployment of this project is registered on the server."""
-    import json
-
+    # lazy: edgeloop.stack.deploy imports Prefect (~2 s), which `up` never uses: it only
+    # starts and watches processes, and those imports would slow the children it starts
     from edgeloop.stack.deploy import FLOWS
 
     req = urllib.request.Request(

@@ -6,7 +6,7 @@ Aliases used: ``champion`` (serves), ``challenger`` (candidate in silent mode),
 lives in the same store as the registry, also on a team server.
 
 Registration is ordered so that a crash at any point leaves the previous champion serving:
-the new version is created with ``edgeloop.reports.status=pending``; only then is the alias moved (one
+the new version is created with ``edgeloop.status=pending``; only then is the alias moved (one
 atomic MLflow call); then the version is marked ``ready`` and the move recorded. A version left
 ``pending`` by a killed process never holds an alias and is marked ``abandoned`` by the next
 retrain; an alias moved without its history record is reconciled (recorded) the same way.
@@ -22,14 +22,16 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import mlflow.sklearn
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
 from edgeloop._internal import faults
+from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import RegistryError
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS = "previous-champion"
-REGISTRY_EXPERIMENT = "registry"
+from edgeloop.core.keys import CHAMPION, REGISTRY_EXPERIMENT
+from edgeloop.tracking.store import configure, ensure_experiment
 
 
 def actor() -> str:
@@ -57,10 +59,6 @@ class Registry:
     """Registered versions and aliases of the project's model."""
 
     def __init__(self, settings: Settings) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from edgeloop.tracking.store import configure
-
         configure(settings)
         self.settings = settings
         self.name = settings.model_name
@@ -69,8 +67,6 @@ class Registry:
     # ------------------------------------------------------------------ reads
     def aliases(self) -> dict[str, str]:
         """alias -> version (read from the registered model: search results omit aliases)."""
-        from mlflow.exceptions import MlflowException
-
         try:
             rm = self.client.get_registered_model(self.name)
         except MlflowException:
@@ -96,8 +92,6 @@ class Registry:
         return aliases[ref]
 
     def version(self, version: str) -> Any:
-        from mlflow.exceptions import MlflowException
-
         try:
             return self.client.get_model_version(self.name, str(version))
         except MlflowException:
@@ -109,33 +103,29 @@ class Registry:
 
     def load(self, alias_or_version: str) -> Any:
         """The scikit-learn model of an alias or version."""
-        import mlflow.sklearn
-
         return mlflow.sklearn.load_model(self.model_uri(alias_or_version))
 
     # ------------------------------------------------------------------ history
     def _history_experiment(self) -> str:
-        from edgeloop.tracking.store import ensure_experiment
-
         return ensure_experiment(self.settings, REGISTRY_EXPERIMENT)
 
     def history(self, alias: str | None = None) -> list[AliasEvent]:
         """Every recorded alias move, oldest first."""
         exp = self._history_experiment()
-        flt = f"tags.`edgeloop.model` = '{self.name}'"
+        flt = f"tags.`{keys.TAG_MODEL}` = '{self.name}'"
         if alias:
-            flt += f" and tags.`edgeloop.alias` = '{alias}'"
+            flt += f" and tags.`{keys.TAG_ALIAS}` = '{alias}'"
         runs = self.client.search_runs(
             [exp], filter_string=flt, order_by=["attributes.start_time ASC"], max_results=5000
         )
         return [
             AliasEvent(
-                alias=r.data.tags.get("edgeloop.alias", ""),
-                version=r.data.tags.get("edgeloop.version", ""),
-                previous=r.data.tags.get("edgeloop.previous", ""),
-                actor=r.data.tags.get("edgeloop.actor", ""),
-                reason=r.data.tags.get("edgeloop.reason", ""),
-                at=r.data.tags.get("edgeloop.at", ""),
+                alias=r.data.tags.get(keys.TAG_ALIAS, ""),
+                version=r.data.tags.get(keys.TAG_VERSION, ""),
+                previous=r.data.tags.get(keys.TAG_PREVIOUS, ""),
+                actor=r.data.tags.get(keys.TAG_ACTOR, ""),
+                reason=r.data.tags.get(keys.TAG_REASON, ""),
+                at=r.data.tags.get(keys.TAG_AT, ""),
                 run_id=r.info.run_id,
             )
             for r in runs
@@ -155,15 +145,15 @@ class Registry:
             exp,
             run_name=f"{alias} -> v{version or '(removed)'}",
             tags={
-                "edgeloop.kind": "alias-move",
-                "edgeloop.model": self.name,
-                "edgeloop.alias": alias,
-                "edgeloop.version": version,
-                "edgeloop.previous": previous,
-                "edgeloop.actor": ev.actor,
-                "edgeloop.reason": reason,
-                "edgeloop.at": ev.at,
-                "mlflow.note.content": reason,
+                keys.TAG_KIND: keys.KIND_ALIAS_MOVE,
+                keys.TAG_MODEL: self.name,
+                keys.TAG_ALIAS: alias,
+                keys.TAG_VERSION: version,
+                keys.TAG_PREVIOUS: previous,
+                keys.TAG_ACTOR: ev.actor,
+                keys.TAG_REASON: reason,
+                keys.TAG_AT: ev.at,
+                keys.TAG_NOTE: reason,
             },
         )
         self.client.set_terminated(run.info.run_id)
@@ -188,8 +178,6 @@ class Registry:
         self, model_uri: str, run_id: str, alias: str, reason: str
     ) -> tuple[str, AliasEvent]:
         """Create a version from a logged model and give it ``alias``; crash-safe (see module)."""
-        from mlflow.exceptions import MlflowException
-
         try:
             self.client.get_registered_model(self.name)
         except MlflowException:
@@ -205,7 +193,7 @@ class Registry:
             self.name,
             source=model_uri,
             run_id=run_id,
-            tags={"edgeloop.status": "pending"},
+            tags={keys.TAG_STATUS: "pending"},
             model_id=model_id,
         )
         version = str(mv.version)
@@ -215,15 +203,13 @@ class Registry:
             event = self.move_alias(alias, version, reason)
         except Exception:
             # Nothing points at it yet: mark it so it is never mistaken for a usable model.
-            self.client.set_model_version_tag(self.name, version, "edgeloop.status", "abandoned")
+            self.client.set_model_version_tag(self.name, version, keys.TAG_STATUS, "abandoned")
             raise
-        self.client.set_model_version_tag(self.name, version, "edgeloop.status", "ready")
+        self.client.set_model_version_tag(self.name, version, keys.TAG_STATUS, "ready")
         return version, event
 
     def recover(self) -> list[str]:
         """After a crash: mark pending versions abandoned, record unrecorded alias moves."""
-        from mlflow.exceptions import MlflowException
-
         notes: list[str] = []
         try:
             versions = self.client.search_model_versions(f"name = '{self.name}'")
@@ -232,14 +218,14 @@ class Registry:
         aliases = self.aliases()
         held = set(aliases.values())
         for mv in versions:
-            if (mv.tags or {}).get("edgeloop.status") == "pending":
+            if (mv.tags or {}).get(keys.TAG_STATUS) == "pending":
                 if str(mv.version) in held:
                     self.client.set_model_version_tag(
-                        self.name, mv.version, "edgeloop.status", "ready"
+                        self.name, mv.version, keys.TAG_STATUS, "ready"
                     )
                 else:
                     self.client.set_model_version_tag(
-                        self.name, mv.version, "edgeloop.status", "abandoned"
+                        self.name, mv.version, keys.TAG_STATUS, "abandoned"
                     )
                     notes.append(
                         f"v{mv.version} was left pending by an interrupted run: marked abandoned"

@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import StoreError
 
-DATA_EXPERIMENT = "data"
+DATA_EXPERIMENT = keys.DATA_EXPERIMENT
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -37,6 +38,8 @@ def experiment_name(settings: Settings, kind: str) -> str:
 
 def configure(settings: Settings) -> str:
     """Point this process's ``mlflow`` at the project's store; returns the URI."""
+    # lazy (here and below): MLflow takes ~3 s to import, and the serving worker imports this
+    # module at start but MLflow only once it has a challenger (edgeloop/serving/worker.py)
     import mlflow
 
     uri = tracking_uri(settings)
@@ -58,7 +61,7 @@ def configure(settings: Settings) -> str:
 
 def ensure_experiment(settings: Settings, kind: str) -> str:
     """Create (or find) the experiment; embedded stores keep artifacts under ``mlflow/``."""
-    import mlflow
+    import mlflow  # lazy: see configure
     from mlflow.tracking import MlflowClient
 
     configure(settings)
@@ -106,6 +109,6 @@ def run_url(settings: Settings, experiment_id: str, run_id: str) -> str:
 
 def log_dict_params(params: dict[str, Any]) -> None:
     """Log params, truncating values MLflow would refuse (6000 chars)."""
-    import mlflow
+    import mlflow  # lazy: see configure
 
     mlflow.log_params({k: str(v)[:5000] for k, v in params.items()})

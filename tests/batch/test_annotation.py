@@ -19,46 +19,31 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
 
 from edgeloop.batch.annotation import export_tasks, import_labels, open_tasks, read_queue, sla
 from edgeloop.batch.annotation import read_labels as read_imported
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import LabelFileError, LabelGateError
+from edgeloop.data.readers import read_labels
 from edgeloop.data.store import DataStore
 from edgeloop.data.versioning import DataVersioner
-from pipelines.labels import read_labels
-from tests.conftest import git_commit_all, git_init, production_batch, small_reference
+from tests.conftest import edit_config, new_project, production_batch
 
 BUDGET = 12
 STRATEGIES = {"low_confidence", "small_margin", "disagreement"}
-
-
-def edit_config(root: Path, **sections: dict[str, Any]) -> None:
-    cfg = root / "edgeloop.yaml"
-    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+# Every test works on a project the retrain, ingest and score flows built (``base``).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Path:
     """A project with a champion (v1) and one ingested batch scored and surfaced."""
-    from edgeloop.stack.init import init_project
     from flows.ingest import ingest
     from flows.retrain import retrain
     from flows.score import score
 
     tmp = tmp_path_factory.mktemp("annotation")
-    root = tmp / "proj"
-    root.mkdir()
-    git_init(root)
-    src = tmp / "reference.csv"
-    small_reference().to_csv(src, index=False)
-    init_project(root, data=src, target="label")
-    edit_config(root, edge_cases={"budget": BUDGET, "max_class_share": 0.5})
-    git_commit_all(root, "init")
+    root = new_project(tmp, edge_cases={"budget": BUDGET, "max_class_share": 0.5})
     config = str(root / "edgeloop.yaml")
     assert retrain(reason="v1", config=config)["alias"] == "champion"
     batch = tmp / "batch.csv"

@@ -42,8 +42,9 @@ def test_dask_scoring_writes_the_same_files_as_sequential(project: Path, tmp_pat
     from distributed import Client, LocalCluster
     from prefect.settings import PREFECT_API_URL
 
-    from edgeloop.batch.scoring import score_batches, scores_root
+    from edgeloop.batch.scoring import score_batches
     from edgeloop.core.config import load_settings
+    from edgeloop.core.layout import Layout
     from flows.ingest import ingest
     from flows.retrain import retrain
     from flows.score import score
@@ -61,7 +62,7 @@ def test_dask_scoring_writes_the_same_files_as_sequential(project: Path, tmp_pat
         batch = tmp_path / f"b{n}.csv"
         production_batch(60 + 10 * n, 70 + n).to_csv(batch, index=False)
         ingest([str(batch)], config=config)
-    scores = scores_root(settings)
+    scores = Layout.of(settings).scores
 
     # The reference: the old single-task behaviour, one call over every batch.
     reference_written = score_batches(settings, None)

@@ -20,18 +20,7 @@ import yaml
 
 from edgeloop.core.config import load_settings
 from edgeloop.core.errors import EdgeloopError
-from tests.conftest import production_batch, run_cli
-
-
-def _edit_config(root: Path, **sections: Any) -> None:
-    cfg = root / "edgeloop.yaml"
-    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-    for name, values in sections.items():
-        if isinstance(values, dict):
-            data.setdefault(name, {}).update(values)
-        else:
-            data[name] = values
-    cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+from tests.conftest import edit_config, production_batch, run_cli
 
 
 def _minimal_settings(tmp_path: Path):  # type: ignore[no-untyped-def]
@@ -145,7 +134,7 @@ def test_push_annotate_pull_import_on_a_real_label_studio(
     monkeypatch.setenv("LABEL_STUDIO_URL", ls_server.url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", ls_server.token)
     title = f"edgeloop-ls-{uuid.uuid4().hex[:8]}"  # unique even on a reused server
-    _edit_config(project, project=title, edge_cases={"min_confidence": 0.99, "budget": 10})
+    edit_config(project, project=title, edge_cases={"min_confidence": 0.99, "budget": 10})
     config = str(project / "edgeloop.yaml")
     settings = load_settings(config)
 

@@ -75,10 +75,13 @@ def test_mcnemar_matches_the_binomial_definition() -> None:
 
 
 # ---------------------------------------------------------------------- real stores
+@pytest.mark.slow
 @pytest.mark.usefixtures("prefect_harness")
 def test_score_shadow_promote_rollback_on_real_stores(project: Path, tmp_path: Path) -> None:
-    from edgeloop.batch.scoring import promote, read_scores, rollback, shadow_evaluate
+    from edgeloop.batch.scoring import read_scores
+    from edgeloop.batch.shadow import shadow_evaluate
     from edgeloop.core.errors import GateError
+    from edgeloop.models.promotion import Rollback, promote, rollback
     from edgeloop.tracking.registry import Registry
     from flows.ingest import ingest
     from flows.retrain import retrain
@@ -113,17 +116,17 @@ def test_score_shadow_promote_rollback_on_real_stores(project: Path, tmp_path: P
     if not report.promote:
         with pytest.raises(GateError) as info:
             promote(settings)
-        assert info.value.result["promoted"] is False
+        assert info.value.result.promoted is False
         assert reg.aliases()["champion"] == "1"
         out = promote(settings, force=True, reason="on-call override for the test")
     else:
         out = promote(settings)
-    assert out["promoted"] and out["new_champion"] == "2"
+    assert out.promoted and out.new_champion == "2"
     assert reg.aliases() == {"champion": "2", "previous-champion": "1"}
     moves = [(e.alias, e.version) for e in reg.history()]
     assert ("champion", "2") in moves and ("challenger", "") in moves
 
     back = rollback(settings, "bad latency")
-    assert back == {"champion": "1", "rolled_back": "2"}
+    assert back == Rollback(champion="1", rolled_back="2")
     assert reg.aliases() == {"champion": "1", "previous-champion": "2"}
     assert reg.history("champion")[-1].reason == "rollback: bad latency"

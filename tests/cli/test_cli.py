@@ -44,6 +44,7 @@ def test_missing_config_is_named(tmp_path: Path) -> None:
     assert str(tmp_path / "edgeloop.yaml") in res.stderr and "not found" in res.stderr
 
 
+@pytest.mark.slow
 def test_status_json_after_init(project: Path) -> None:
     res = run_cli("status", "--json", cwd=project)
     assert res.returncode == 0, res.stderr
@@ -55,6 +56,7 @@ def test_status_json_after_init(project: Path) -> None:
     assert state["batches"]["seen"] == 0
 
 
+@pytest.mark.slow
 def test_ingest_command_exit_codes_and_wrong_extension(project: Path, tmp_path: Path) -> None:
     good = tmp_path / "good.csv"
     production_batch(seed=31).to_csv(good, index=False)
@@ -126,6 +128,7 @@ def test_demo_on_a_fresh_clone(tmp_path: Path) -> None:
     assert state["annotation"]["labeled"] > 0
 
 
+@pytest.mark.slow
 def test_retrain_lineage_reproduce_commands(project: Path) -> None:
     res = run_cli("retrain", "--json", "--reason", "cli first", cwd=project)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]

@@ -13,7 +13,8 @@ from edgeloop.data.store import DataStore
 from edgeloop.data.versioning import DataVersioner, read_pointer_md5
 from tests.conftest import production_batch
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+# Every test runs the ingest flow on real stores.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 def _ingest(project: Path, *paths: Path) -> tuple[list[dict], bool]:

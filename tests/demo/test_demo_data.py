@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from edgeloop.core.config import ValidationSettings
+from edgeloop.data.readers import read_batch
 from edgeloop.demo.data import (
     CLASSES,
     FEATURES,
@@ -25,7 +26,7 @@ from edgeloop.demo.data import (
     reference_frame,
     write_stream,
 )
-from pipelines.validate import decide, normalize_batch, read_batch, validate_frame
+from pipelines.validate import decide, normalize_batch, validate_frame
 
 SETTINGS = ValidationSettings()  # the default "rows" policy
 EXPECTED_FILES = [

@@ -18,7 +18,8 @@ from edgeloop.core.errors import GateError
 from edgeloop.data.versioning import read_pointer_md5
 from tests.conftest import assert_gone, git_commit_all, production_batch, run_cli
 
-pytestmark = pytest.mark.usefixtures("prefect_harness")
+# Every test retrains on real stores (Prefect flows, MLflow, DVC) or runs the CLI.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_harness")]
 
 
 def _retrain(project: Path, **kw: object) -> tuple[dict, bool]:
@@ -81,6 +82,8 @@ def test_experiment_created_by_another_process_meanwhile_is_used(
 def test_first_retrain_registers_champion_with_lineage(project: Path) -> None:
     from mlflow.tracking import MlflowClient
 
+    from edgeloop.models.lineage import lineage
+
     out, failed = _retrain(project, reason="first model")
 
     assert not failed, out
@@ -121,9 +124,9 @@ def test_first_retrain_registers_champion_with_lineage(project: Path) -> None:
         "first model",
     )
     assert "@" in event.actor
-    info = __import__("edgeloop.training", fromlist=["lineage"]).lineage(settings, "champion")
-    assert info["data_version"] == tags["dvc.data_version"] and info["version"] == "1"
-    assert info["alias_history"][0]["reason"] == "first model"
+    info = lineage(settings, "champion")
+    assert info.data_version == tags["dvc.data_version"] and info.version == "1"
+    assert info.alias_history[0]["reason"] == "first model"
 
 
 def test_unchanged_inputs_are_skipped_and_force_retrains(project: Path, tmp_path: Path) -> None:
@@ -172,17 +175,17 @@ def test_rejected_candidate_keeps_its_run_and_the_champion(project: Path) -> Non
 
 
 def test_reproduce_rebuilds_the_model_from_its_record(project: Path, tmp_path: Path) -> None:
-    from edgeloop.models.training import reproduce
+    from edgeloop.models.lineage import reproduce
 
     _retrain(project, reason="first")
     _labeled_batch(project, tmp_path, seed=41)  # data/ moves on; v1's version must be restored
 
     out = reproduce(load_settings(project / "edgeloop.yaml"), "1")
 
-    assert out["metrics_match"], out["metric_differences"]
-    assert out["prediction_agreement"] == 1.0
-    assert out["data_version"] != read_pointer_md5(project / "data.dvc")
-    assert out["data_restored"] in ("present", "checked out", "pulled")
+    assert out.metrics_match, out.metric_differences
+    assert out.prediction_agreement == 1.0
+    assert out.data_version != read_pointer_md5(project / "data.dvc")
+    assert out.data_restored in ("present", "checked out", "pulled")
 
 
 def test_bad_training_config_and_data(project: Path) -> None:
@@ -206,7 +209,7 @@ def test_bad_training_config_and_data(project: Path) -> None:
 
 def test_second_retrain_is_refused_while_one_runs(project: Path) -> None:
     from edgeloop.core.errors import BusyError
-    from edgeloop.models.training import retrain_lock
+    from edgeloop.models.cache import retrain_lock
 
     with (
         retrain_lock(load_settings(project / "edgeloop.yaml")),
@@ -416,8 +419,9 @@ def test_fit_worker_gives_the_in_process_model_and_its_errors(project: Path) -> 
     """The worker's model predicts what an in-process fit of the same inputs predicts; its
     errors reach the retrain with their type and message; it leaves no file behind."""
     from edgeloop.core.errors import TrainingError
+    from edgeloop.models.cache import cache_key, current_dataset
     from edgeloop.models.fit_worker import FitWorker
-    from edgeloop.models.training import cache_key, current_dataset, train_and_evaluate
+    from edgeloop.models.training import train_and_evaluate
 
     settings = load_settings(project / "edgeloop.yaml")
     version, dataset = current_dataset(settings)

@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
-from edgeloop.core.config import MonitoringSettings, SchemaSettings
+from edgeloop.core.config import MonitoringSettings
 from edgeloop.core.errors import MonitoringError
 from pipelines.monitor import (
     batch_report,
@@ -21,14 +20,9 @@ from pipelines.monitor import (
     prediction_shift,
     psi,
 )
-from tests.conftest import small_reference
+from tests.conftest import edit_config, small_reference, small_schema
 
-SCHEMA = SchemaSettings(
-    features=["age", "income", "score", "region"],
-    categorical=["region"],
-    target="label",
-    classes=[0, 1, 2],
-)
+SCHEMA = small_schema()
 SETTINGS = MonitoringSettings()
 
 
@@ -249,14 +243,6 @@ def test_dashboard_page_is_self_contained(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- real stores
-def _edit_config(root: Path, **sections: dict[str, Any]) -> None:
-    cfg = root / "edgeloop.yaml"
-    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-
-
 def _drifted_batch(project: Path, rows: int = 200) -> pd.DataFrame:
     """Every numeric feature from the top fifth of the reference, every region 'east': inside
     the validated ranges (so it is accepted), far from the reference's distribution."""
@@ -286,8 +272,8 @@ def test_monitor_flow_flags_drift_logs_runs_and_retrains(project: Path, tmp_path
     from flows.score import score
 
     # Small forests and no non-inferiority gate: the test is about monitoring, not training.
-    _edit_config(project, training={"params": {"n_estimators": 30, "n_jobs": 1}},
-                 gates={"max_regression": 1.0})  # fmt: skip
+    edit_config(project, training={"params": {"n_estimators": 30, "n_jobs": 1}},
+                gates={"max_regression": 1.0})  # fmt: skip
     config = str(project / "edgeloop.yaml")
     settings = load_settings(config)
     assert retrain(reason="v1", config=config)["alias"] == "champion"
@@ -329,7 +315,7 @@ def test_monitor_flow_flags_drift_logs_runs_and_retrains(project: Path, tmp_path
             "1",
             "2",
         )
-        assert tags["edgeloop.flow_run_id"] and tags["edgeloop.flow_run_url"].startswith("http")
+        assert tags["prefect.flow_run_id"] and tags["prefect.flow_run_url"].startswith("http")
         assert {a.path for a in client.list_artifacts(run.info.run_id, "drift")} == {
             "drift/features.csv",
             "drift/report.json",
@@ -373,7 +359,7 @@ def test_monitor_flow_flags_drift_logs_runs_and_retrains(project: Path, tmp_path
     assert keys == {"monitor-summary", "monitor-report", "monitor-dashboard"}
 
     # A retried task (same flow run) reports what the first attempt logged, and logs nothing.
-    retried = monitor_batches(settings, flow_run_id=d.tags["edgeloop.flow_run_id"])
+    retried = monitor_batches(settings, flow_run_id=d.tags["prefect.flow_run_id"])
     assert [b.run_id for b in retried.monitored] == [b["run_id"] for b in out["monitored"]]
     assert [b.batch_id for b in retried.drifted] == [drifted_id]
     assert len(client.search_runs([exp])) == 2
@@ -387,6 +373,7 @@ def test_monitor_flow_flags_drift_logs_runs_and_retrains(project: Path, tmp_path
     assert sum(r.startswith("drift") for r in reasons) == 1
 
 
+@pytest.mark.slow
 def test_monitor_command_is_listed_and_unknown_batches_are_named(project: Path) -> None:
     from edgeloop.core.config import load_settings
     from edgeloop.core.errors import MonitoringError as GlueError

@@ -30,7 +30,8 @@ import pytest
 
 from edgeloop.core.config import EdgeCaseSettings
 from edgeloop.core.errors import RulesError
-from pipelines.edge_cases import SCORE_COLUMNS, Condition, Rule, load_rules, rule_masks, select
+from edgeloop.data.readers import load_rules
+from pipelines.edge_cases import SCORE_COLUMNS, Condition, Rule, rule_masks, select
 
 CLASSES = [0, 1, 2]
 FEATURES = ["age", "scanner"]
@@ -744,7 +745,7 @@ def test_text_equal_on_arrow_buffers_matches_arrow(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from pipelines import edge_cases as ec
+    from pipelines.edge_cases import arrow as ec
 
     monkeypatch.setattr(ec, "_TEXT_BLOCK", 7)  # many blocks, some straddling chunk ends
     rng = np.random.default_rng(11)

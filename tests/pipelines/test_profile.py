@@ -11,30 +11,19 @@ import pytest
 
 from edgeloop.core.config import SchemaSettings
 from edgeloop.core.errors import SuiteError
+from edgeloop.data.readers import load_suite
 from pipelines.profile import NUMERIC_TYPES, bootstrap_suite
-from pipelines.validate import load_suite, validate_frame
+from pipelines.validate import validate_frame
+from tests.conftest import shop_reference
 
 SCHEMA = SchemaSettings(
     features=["x1", "x2", "x3", "color"], categorical=["color"], target="label", classes=[0, 1, 2]
 )
 
 
-def make_reference(seed: int = 0, rows: int = 200) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "x1": rng.integers(0, 10, rows),
-            "x2": rng.normal(5.0, 2.0, rows).round(3),
-            "x3": rng.integers(100, 200, rows),
-            "color": pd.array(rng.choice(["red", "green", "blue"], rows), dtype="str"),
-            "label": rng.integers(0, 3, rows),
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def reference() -> pd.DataFrame:
-    return make_reference()
+    return shop_reference()
 
 
 @pytest.fixture(scope="module")

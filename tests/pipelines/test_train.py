@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from edgeloop.core.config import GateSettings, SchemaSettings, SliceSettings, TrainingSettings
+from edgeloop.core.config import GateSettings, SliceSettings, TrainingSettings
 from edgeloop.core.errors import EdgeloopError, TrainingError
 from pipelines.evaluate import (
     GateResult,
@@ -34,14 +34,9 @@ from pipelines.train import (
     split,
     target,
 )
-from tests.conftest import small_reference
+from tests.conftest import small_reference, small_schema
 
-SCHEMA = SchemaSettings(
-    features=["age", "income", "score", "region"],
-    categorical=["region"],
-    target="label",
-    classes=[0, 1, 2],
-)
+SCHEMA = small_schema()
 SEED = 42
 
 
@@ -311,7 +306,7 @@ class KwargsClassifier(ClassifierMixin, BaseEstimator):
 
 
 def test_estimator_taking_kwargs_accepts_extra_params() -> None:
-    t = training(estimator="tests.test_train.KwargsClassifier", params={"tol": 0.001})
+    t = training(estimator="tests.pipelines.test_train.KwargsClassifier", params={"tol": 0.001})
     est = make_estimator(t, SEED)
     assert est.kwargs == {"tol": 0.001}
 

@@ -11,14 +11,15 @@ import pytest
 
 from edgeloop.core.config import SchemaSettings, ValidationSettings
 from edgeloop.core.errors import BatchReadError, EdgeloopError
+from edgeloop.data.readers import read_batch
 from pipelines.profile import bootstrap_suite
 from pipelines.validate import (
     ValidationReport,
     decide,
     normalize_batch,
-    read_batch,
     validate_frame,
 )
+from tests.conftest import shop_reference
 
 ROWS = 200
 SCHEMA = SchemaSettings(
@@ -28,22 +29,9 @@ ROWS_POLICY = ValidationSettings()  # row_policy "rows", max_bad_row_fraction 0.
 BATCH_POLICY = ValidationSettings(row_policy="batch")
 
 
-def make_reference(seed: int = 0, rows: int = ROWS) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "x1": rng.integers(0, 10, rows),  # observed 0..9
-            "x2": rng.normal(5.0, 2.0, rows).round(3),
-            "x3": rng.integers(100, 200, rows),  # observed ~100..199
-            "color": pd.array(rng.choice(["red", "green", "blue"], rows), dtype="str"),
-            "label": rng.integers(0, 3, rows),
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def reference() -> pd.DataFrame:
-    return make_reference()
+    return shop_reference(rows=ROWS)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +75,7 @@ def test_clean_data_is_accepted(ref, suite) -> None:
 
 def test_fresh_sample_of_same_distribution_is_accepted(suite) -> None:
     # Another seed from the same generator stays inside the widened ranges.
-    report = run(make_reference(seed=1, rows=50), suite)
+    report = run(shop_reference(seed=1, rows=50), suite)
     assert report.decision == "accepted", report.reason
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
+from edgeloop.core import keys
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import GateError
+from edgeloop.reports.result import QuarantinedBatch
 from edgeloop.reports.review import NOTHING, Review, build_review
-from tests.conftest import git_commit_all, git_init, production_batch, run_cli, small_reference
+from tests.conftest import edit_config, new_project, production_batch, run_cli, small_reference
 
 SECTIONS = (
     "## Model performance",
@@ -47,14 +48,6 @@ class Week:
     labels_added: int
 
 
-def _edit_config(root: Path, **sections: dict[str, Any]) -> None:
-    cfg = root / "edgeloop.yaml"
-    data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-
-
 def _log_monitoring(
     settings: Settings, index: int, batch_id: str, share: float, status: str = "FINISHED"
 ) -> str:
@@ -74,7 +67,7 @@ def _log_monitoring(
                 "edgeloop.batch_index": str(index),
                 "edgeloop.drifted": str(bool(drifted)).lower(),
                 "edgeloop.drifted_features": ",".join(drifted),
-                "edgeloop.flow_run_url": MONITOR_FLOW_URL.format(index),
+                keys.TAG_FLOW_RUN_URL: MONITOR_FLOW_URL.format(index),
             }
         )
         mlflow.log_metrics(
@@ -101,29 +94,22 @@ def _log_monitoring(
 @pytest.fixture(scope="module")
 def week(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Week:
     from edgeloop.batch.annotation import read_queue
-    from edgeloop.batch.scoring import promote, rollback, shadow_evaluate
+    from edgeloop.batch.shadow import shadow_evaluate
     from edgeloop.core.errors import ValidationGateError
     from edgeloop.data.store import DataStore
-    from edgeloop.stack.init import init_project
+    from edgeloop.models.promotion import promote, rollback
     from flows.annotate import annotate_import
     from flows.ingest import ingest
     from flows.retrain import retrain
     from flows.score import score
 
     tmp = tmp_path_factory.mktemp("review")
-    root = tmp / "proj"
-    root.mkdir()
-    git_init(root)
-    src = tmp / "reference.csv"
-    small_reference().to_csv(src, index=False)
-    init_project(root, data=src, target="label")
     # 20 trees: every retrain, model load and scoring below is several times cheaper.
-    _edit_config(
-        root,
+    root = new_project(
+        tmp,
         shadow={"min_samples": 30, "bootstrap_samples": 500},
         training={"params": {"n_estimators": 20, "n_jobs": 1}},
     )
-    git_commit_all(root, "init")
     config = str(root / "edgeloop.yaml")
     settings = load_settings(config)
 
@@ -160,7 +146,7 @@ def week(tmp_path_factory: pytest.TempPathFactory, prefect_harness: None) -> Wee
     shadow_evaluate(settings)
     promote(settings, force=True, reason="review test override")
     rollback(settings, "latency regression")
-    _edit_config(root, gates={"min_accuracy": 0.999})
+    edit_config(root, gates={"min_accuracy": 0.999})
     with pytest.raises(GateError):
         retrain(reason="too strict", force=True, config=config)
     ids = [b.batch_id for b in DataStore(settings).ledger() if b.status == "accepted"]
@@ -288,7 +274,7 @@ def test_weekly_review_flow_reports_the_week(week: Week) -> None:
     # MLflow: the review run with both files, the counts, and the way back to Prefect.
     run = client.get_run(out["mlflow_run_id"])
     assert run.data.metrics["retrains"] == 3 and run.data.metrics["rollbacks"] == 1
-    assert run.data.tags["edgeloop.flow_run_url"].startswith("http")
+    assert run.data.tags[keys.TAG_FLOW_RUN_URL].startswith("http")
     files = {a.path for a in client.list_artifacts(run.info.run_id, "review")}
     assert files == {f"review/{md_path.name}", f"review/{html_path.name}"}
 
@@ -312,19 +298,19 @@ def test_window_leaves_out_what_is_older_than_days(week: Week) -> None:
     settings = week.settings
     # [mid, mid + 7 days]: the first champion and the quarantined batch are older: left out.
     late = build_review(settings, now=week.mid + timedelta(days=7), days=7)
-    assert [r["reason"] for r in late.retrains] == ["new data", "too strict"]
+    assert [r.reason for r in late.retrains] == ["new data", "too strict"]
     assert late.quarantined == []
-    assert "first champion" not in {e["kind"] for e in late.alias_events}
-    assert {"promotion", "rollback"} <= {e["kind"] for e in late.alias_events}
+    assert "first champion" not in {e.kind for e in late.alias_events}
+    assert {"promotion", "rollback"} <= {e.kind for e in late.alias_events}
     assert len(late.shadow) == 1 and len(late.monitoring) == 3
     assert late.annotation["surfaced_in_window"] == 0 and late.annotation["labeled_in_window"] == 5
     assert "Nothing this week: no quarantined batches." in late.to_markdown()
 
     # [mid - 7 days, mid]: only what happened before mid; later events are not in it either.
     early = build_review(settings, now=week.mid, days=7)
-    assert [r["reason"] for r in early.retrains] == ["first model"]
-    assert [q["batch_id"] for q in early.quarantined] == [week.quarantined_batch]
-    assert [e["kind"] for e in early.alias_events] == ["first champion"]
+    assert [r.reason for r in early.retrains] == ["first model"]
+    assert [q.batch_id for q in early.quarantined] == [week.quarantined_batch]
+    assert [e.kind for e in early.alias_events] == ["first champion"]
     assert early.shadow == [] and early.monitoring == [] and early.monitoring_enabled
     assert early.annotation["surfaced_in_window"] > 0
 
@@ -377,19 +363,19 @@ def test_links_and_cells_render_for_a_tracking_server() -> None:
         generated_at="2026-03-09T09:00:01+00:00",
         tracking_uri="http://mlflow.internal:5000",
         quarantined=[
-            {
-                "batch_id": "000003-abc",
-                "source": "x|y.csv",
-                "status": "quarantined",
-                "at": "2026-03-03T10:00:00+00:00",
-                "rows": 10,
-                "rows_quarantined": 10,
-                "reason": "<script>alert(1)</script>\nsecond line",
-                "report": "data/quarantine/000003-abc/report.md",
-                "run_id": "a" * 32,
-                "mlflow_url": url,
-                "flow_run_url": "http://prefect.internal/runs/flow-run/1",
-            }
+            QuarantinedBatch(
+                batch_id="000003-abc",
+                source="x|y.csv",
+                status="quarantined",
+                at="2026-03-03T10:00:00+00:00",
+                rows=10,
+                rows_quarantined=10,
+                reason="<script>alert(1)</script>\nsecond line",
+                report="data/quarantine/000003-abc/report.md",
+                run_id="a" * 32,
+                mlflow_url=url,
+                flow_run_url="http://prefect.internal/runs/flow-run/1",
+            )
         ],
     )
 

@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.serving.predlog import Entry, PredictionLog, RowBatch, read_predictions, row_hash
-from tests.conftest import git_commit_all, git_init, small_reference
+from tests.conftest import new_project, small_reference
 
 FEATURES = ["age", "income", "score", "region"]
 ROW = {"age": 41, "income": 52_000.5, "score": 0.7, "region": "north"}
@@ -82,18 +82,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    from edgeloop.stack.init import init_project
     from edgeloop.tracking.store import ensure_experiment
     from pipelines.train import features, fit
 
     tmp = tmp_path_factory.mktemp("service")
-    root = tmp / "proj"
-    root.mkdir()
-    git_init(root)
-    src = tmp / "reference.csv"
-    small_reference().to_csv(src, index=False)
-    init_project(root, data=src, target="label")
-    git_commit_all(root, "init")
+    root = new_project(tmp)
 
     settings = load_settings(root / "edgeloop.yaml")
     schema = settings.data_schema
@@ -159,7 +152,7 @@ def serving(settings: Settings, **kw: Any) -> Iterator[httpx.Client]:
     """A real uvicorn server on a free 127.0.0.1 port, in a thread; stopped on exit."""
     import uvicorn
 
-    from edgeloop.serving.service import create_app
+    from edgeloop.serving.app import create_app
 
     app = create_app(settings, **kw)
     sock = socket.socket()
@@ -215,6 +208,7 @@ def local_proba(stack: dict[str, Any], key: str, rows: list[dict]) -> np.ndarray
 
 
 # ---------------------------------------------------------------------- tests
+@pytest.mark.slow
 def test_predict_one_and_many_rows_champion_alone(stack: dict, make_settings: Callable) -> None:
     settings = make_settings()
     version = register(stack, settings, "forest_a", "champion")
@@ -261,6 +255,7 @@ def test_predict_one_and_many_rows_champion_alone(stack: dict, make_settings: Ca
         assert metric(m, "edgeloop_predict_latency_seconds_count") == 4
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_4xx_naming_the_field(stack: dict, make_settings: Callable) -> None:
     settings = make_settings(max_rows_per_request=50, max_body_bytes=8192)
     register(stack, settings, "forest_a", "champion")
@@ -316,6 +311,7 @@ def test_bad_inputs_are_4xx_naming_the_field(stack: dict, make_settings: Callabl
         assert metric(m, "edgeloop_requests_total", endpoint="predict", status="400") == 1
 
 
+@pytest.mark.slow
 def test_no_champion_starts_503_then_recovers(stack: dict, make_settings: Callable) -> None:
     settings = make_settings()
     with serving(settings) as client:
@@ -343,6 +339,7 @@ def test_no_champion_starts_503_then_recovers(stack: dict, make_settings: Callab
         assert res.status_code == 200 and res.json()["model"]["version"] == version
 
 
+@pytest.mark.slow
 def test_alias_move_is_picked_up_without_restart(stack: dict, make_settings: Callable) -> None:
     from edgeloop.tracking.registry import Registry
 
@@ -367,6 +364,7 @@ def test_alias_move_is_picked_up_without_restart(stack: dict, make_settings: Cal
         )
 
 
+@pytest.mark.slow
 def test_failing_challenger_never_affects_answers(stack: dict, make_settings: Callable) -> None:
     settings = make_settings()
     register(stack, settings, "forest_a", "champion")
@@ -397,8 +395,9 @@ def test_failing_challenger_never_affects_answers(stack: dict, make_settings: Ca
         assert client.get("/readyz").status_code == 200
 
 
+@pytest.mark.slow
 def test_hung_challenger_never_delays_answers(stack: dict, make_settings: Callable) -> None:
-    from edgeloop.serving.service import SHADOW_LINGER_SECONDS
+    from edgeloop.serving.worker import SHADOW_LINGER_SECONDS
 
     settings = make_settings(shadow_queue_size=5)
     register(stack, settings, "forest_a", "champion")
@@ -452,6 +451,7 @@ def test_hung_challenger_never_delays_answers(stack: dict, make_settings: Callab
         _RELEASE.set()
 
 
+@pytest.mark.slow
 def test_prediction_log_pairs_both_models_by_row_hash(stack: dict, make_settings: Callable) -> None:
     settings = make_settings()
     register(stack, settings, "forest_a", "champion")
@@ -508,6 +508,7 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.mark.slow
 def test_worker_process_is_gone_after_the_service_stops(
     stack: dict, make_settings: Callable
 ) -> None:
@@ -524,6 +525,7 @@ def test_worker_process_is_gone_after_the_service_stops(
     assert not _alive(pid)
 
 
+@pytest.mark.slow
 def test_killed_worker_is_restarted_counted_and_logs_both_models(
     stack: dict, make_settings: Callable
 ) -> None:
@@ -577,6 +579,7 @@ def test_killed_worker_is_restarted_counted_and_logs_both_models(
     assert not _alive(worker["pid"])
 
 
+@pytest.mark.slow
 def test_metrics_are_prometheus_text(stack: dict, make_settings: Callable) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -646,6 +649,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_serve_command_binds_localhost_and_port_in_use_exits_2(
     stack: dict, make_settings: Callable
 ) -> None:

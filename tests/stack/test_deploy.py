@@ -19,30 +19,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import assert_gone, free_port, git_commit_all, run_cli, small_reference
+from tests.conftest import (
+    assert_gone,
+    edit_config,
+    free_port,
+    new_project,
+    run_cli,
+    small_reference,
+)
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def edit_config(root: Path, **sections: dict[str, Any]) -> None:
-    path = root / "edgeloop.yaml"
-    data = yaml.safe_load(path.read_text())
-    for key, values in sections.items():
-        data.setdefault(key, {}).update(values)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 # ---------------------------------------------------------------- quick checks, no server
 
 
+@pytest.mark.slow
 def test_deploy_without_a_server_says_how_to_get_one(project: Path) -> None:
     res = run_cli("deploy", cwd=project, timeout=120)
     assert res.returncode == 2
     assert "edgeloop up" in res.stderr and "PREFECT_API_URL" in res.stderr
 
 
+@pytest.mark.slow
 def test_bad_cron_or_timezone_is_an_error_naming_the_key(project: Path) -> None:
     edit_config(project, schedules={"retrain_cron": "0 25 * * *", "timezone": "Mars/Olympus"})
     for command in ("deploy", "up"):
@@ -53,6 +53,7 @@ def test_bad_cron_or_timezone_is_an_error_naming_the_key(project: Path) -> None:
         assert "edgeloop.yaml" in res.stderr
 
 
+@pytest.mark.slow
 def test_up_refuses_a_port_in_use_and_starts_nothing(project: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -110,6 +111,7 @@ def test_up_killed_outright_leaves_nothing_running(project: Path, tmp_path: Path
                 p.kill()
 
 
+@pytest.mark.slow
 def test_flow_runs_are_forked_from_a_preloaded_forkserver() -> None:
     # A canary for the fast start (edgeloop.stack.deploy.fork_flow_runs): it relies on Prefect's
     # runner calling run_flow_in_subprocess, which picks its start method by name.
@@ -219,27 +221,17 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     import psutil
 
-    from edgeloop.stack.init import init_project
-    from tests.conftest import git_init
-
     base = tmp_path_factory.mktemp("up")
-    root = base / "upproj"
-    root.mkdir()
-    git_init(root)
-    src = base / "reference.csv"
-    small_reference(rows=600, seed=4).to_csv(src, index=False)
-    init_project(root, data=src, target="label")
-    edit_config(
-        root,
+    root = new_project(
+        base,
+        "upproj",
+        small_reference(rows=600, seed=4),
         # Four features: a batch drifts when one of them does.
         monitoring={"drift_share_threshold": 0.25},
         gates={"min_accuracy": 0.0, "min_macro_f1": 0.0},
         training={"params": {"n_estimators": 20, "n_jobs": 1}},
+        project="upproj",  # deployment names are the project's
     )
-    data = yaml.safe_load((root / "edgeloop.yaml").read_text())
-    data["project"] = root.name  # deployment names are the project's
-    (root / "edgeloop.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    git_commit_all(root, "init")
 
     pport, mport = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_HOME", "PREFECT_API_URL")}

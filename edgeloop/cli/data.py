@@ -1,0 +1,106 @@
+"""Data commands: init, ingest, status, synth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from edgeloop.cli._common import command_body, config_option, json_option
+from edgeloop.core.errors import EdgeloopError, ValidationGateError
+
+if TYPE_CHECKING:
+    from edgeloop.core.config import Settings
+
+
+@click.command()
+@config_option
+@click.option(
+    "--data", type=click.Path(path_type=Path), default=None, help="Your labeled CSV/Parquet."
+)
+@click.option("--target", default=None, help="The label column of --data.")
+@click.option("--force", is_flag=True, help="Overwrite an existing config/suite that differs.")
+@command_body(settings=False)
+def init(cfg: Path, data: Path | None, target: str | None, force: bool) -> None:
+    """Set this checkout up (idempotent): config, suite, stores, DVC, first data version."""
+    from edgeloop.stack.init import init_project
+
+    report = init_project(cfg.parent, config=cfg, data=data, target=target, force=force)
+    for step in report.steps:
+        click.echo(f"  - {step}")
+    click.secho(f"ready: data version {report.data_version}", fg="green")
+
+
+def _show_outcomes(results: Any) -> None:
+    from edgeloop.reports.terminal import print_outcomes
+
+    print_outcomes(results)
+
+
+def _quarantined(results: Any) -> str:
+    bad = [
+        r["source"]
+        for r in results
+        if r["rows_quarantined"] or r["status"] in ("quarantined", "unreadable")
+    ]
+    return f"quarantined: {', '.join(bad) or 'duplicates of quarantined batches'}"
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@config_option
+@json_option("Print the outcomes as JSON.")
+@command_body(show=_show_outcomes, gate=ValidationGateError, gate_note=_quarantined)
+def ingest(settings: Settings, paths: tuple[Path, ...]) -> Any:
+    """Validate batch files and add the accepted rows to the versioned dataset.
+
+    Exits 1 when rows were quarantined (the report names them), 2 on bad usage or config.
+    """
+    from edgeloop._internal import runtime
+    from flows.ingest import ingest as ingest_flow
+
+    runtime.quiet_expected_errors()
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise EdgeloopError(f"no such file: {', '.join(missing)}")
+    return ingest_flow([str(p) for p in paths], config=str(settings.source))
+
+
+def _show_status(state: Any) -> None:
+    from edgeloop.reports.terminal import print_status
+
+    print_status(state)
+
+
+@click.command()
+@config_option
+@json_option("Print the state as JSON (for scripts).")
+@command_body(show=_show_status)
+def status(settings: Settings) -> Any:
+    """Show the state: data version, batches accepted/quarantined (with reasons), stores."""
+    from edgeloop.reports.status import collect_status
+
+    return collect_status(settings)
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--rows", default=1_000_000, show_default=True, help="Number of rows.")
+@click.option("--seed", default=0, show_default=True, help="Random seed.")
+@click.option("--unlabeled", is_flag=True, help="Leave the label column out (a production batch).")
+def synth(out: Path, rows: int, seed: int, unlabeled: bool) -> None:
+    """Write a seeded synthetic batch (CSV or Parquet by extension) for scale work."""
+    from edgeloop.demo.synthetic import synthetic_frame
+
+    df = synthetic_frame(rows, seed=seed, labeled=not unlabeled)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        df.to_csv(out, index=False)
+    else:
+        df.to_parquet(out, index=False)
+    click.echo(f"wrote {len(df)} rows to {out}")
+
+
+COMMANDS = (init, ingest, status, synth)

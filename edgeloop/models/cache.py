@@ -1,0 +1,219 @@
+"""Whether a retrain has to run: the dataset version, the cache key, the retrain lock.
+
+A retrain is skipped when a finished, decided run has the same cache key: data version (DVC),
+the model-relevant config, the training code's hash and ``max_rows``. ``quick_cache_check``
+answers that from DVC and MLflow alone, so the CLI can reply before it starts Prefect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from edgeloop.core import keys
+from edgeloop.core.config import Settings
+from edgeloop.core.errors import BusyError, EdgeloopError
+from edgeloop.core.keys import TRAINING_EXPERIMENT
+from edgeloop.core.layout import Layout
+from edgeloop.data.store import DataStore
+from edgeloop.data.versioning import DataVersioner
+from edgeloop.tracking.store import configure, ensure_experiment
+
+#: The code whose change invalidates the cache (the training and evaluation stages).
+TRAINING_CODE = ("pipelines/train.py", "pipelines/evaluate.py")
+
+
+@dataclass
+class RetrainSummary:
+    """What a retrain did; printed by the CLI and returned by the flow."""
+
+    status: str  # registered | rejected | cached
+    reason: str
+    data_version: str
+    run_id: str = ""
+    version: str = ""
+    alias: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    gates: dict[str, Any] = field(default_factory=dict)
+    cache_key: str = ""
+    message: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("metrics", "champion_metrics"):
+            d[key] = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in d[key].items()
+            }
+        return d
+
+
+# ---------------------------------------------------------------------- lock
+@contextlib.contextmanager
+def retrain_lock(settings: Settings, wait: bool = False) -> Iterator[None]:
+    """One retrain at a time per project: a second one is refused (or waits with ``wait``)."""
+    lock_dir = Layout.of(settings).locks
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    path = lock_dir / "retrain.lock"
+    with open(path, "a+", encoding="utf-8") as f:
+        flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(f, flags)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown process"
+            raise BusyError(
+                f"another retrain is running ({holder}); wait for it to finish (its run is in"
+                f" MLflow), or pass --wait to queue behind it. Lock: {path}"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} since {datetime.now(UTC).isoformat(timespec='seconds')}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------- data
+def current_dataset(settings: Settings) -> tuple[str, pd.DataFrame]:
+    """The dataset at the DVC version in ``data.dvc``; refuses a work tree that differs from it."""
+    version = dataset_version(settings)
+    return version, DataStore(settings).load_dataset()
+
+
+def dataset_version(settings: Settings) -> str:
+    """The DVC version ``data.dvc`` names, checked against the work tree (nothing is loaded)."""
+    versioner = DataVersioner(settings)
+    version = versioner.version()
+    if not version:
+        raise EdgeloopError(f"{versioner.pointer}: no dataset version yet (run 'edgeloop init')")
+    if not versioner.is_clean():
+        raise EdgeloopError(
+            f"{settings.path('data')} differs from {versioner.pointer} ({version}): run"
+            " 'edgeloop ingest' (which versions it) or 'dvc checkout' before retraining"
+        )
+    return version
+
+
+def code_hash(root: Path) -> str:
+    """Hash of the training code: a change to it invalidates the cache."""
+    h = hashlib.sha256()
+    base = Path(__file__).resolve().parents[2]
+    for rel in TRAINING_CODE:
+        h.update((base / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def training_config(settings: Settings) -> dict[str, Any]:
+    """The part of the config a model depends on (its hash is part of the cache key)."""
+    d = settings.to_dict()
+    return {k: d[k] for k in ("schema", "training", "gates", "seeds")} | {
+        "model": settings.model_name
+    }
+
+
+def cache_key(settings: Settings, data_version: str, max_rows: int) -> str:
+    blob = json.dumps(
+        {
+            "data": data_version,
+            "config": training_config(settings),
+            "code": code_hash(settings.root),
+            "max_rows": max_rows,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def find_cached(settings: Settings, key: str) -> Run | None:
+    """The newest completed retrain (registered or rejected) with the same cache key, if any.
+
+    A run whose process died before it registered or was rejected does not count: its inputs
+    are retrained.
+    """
+    exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
+    runs = MlflowClient().search_runs(
+        [exp],
+        filter_string=f"tags.`{keys.TAG_CACHE_KEY}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=50,
+    )
+    done = [r for r in runs if r.data.tags.get(keys.TAG_DECISION) in ("registered", "rejected")]
+    return done[0] if done else None
+
+
+def cached_summary(hit: Run, data_version: str, key: str, notes: list[str]) -> RetrainSummary:
+    """What a skipped retrain reports: the finished run with the same inputs."""
+    tags = hit.data.tags
+    decision = tags.get(keys.TAG_DECISION, "")
+    version = tags.get(keys.TAG_REGISTERED_VERSION, "")
+    metrics = {k: v for k, v in hit.data.metrics.items() if not k.startswith("champion_")}
+    message = (
+        f"skipped: data {data_version[:12]}, config and training code unchanged since run"
+        f" {hit.info.run_id} ({decision}{f', v{version}' if version else ''}); --force retrains"
+    )
+    if decision == "rejected":
+        message += f"; that candidate was rejected: {tags.get(keys.TAG_NOTE, '')}"
+    return RetrainSummary(
+        status="cached",
+        reason=tags.get(keys.TAG_REASON, ""),
+        data_version=data_version,
+        run_id=hit.info.run_id,
+        version=version,
+        metrics=metrics,
+        cache_key=key,
+        notes=notes,
+        message=message,
+        gates={"passed": decision != "rejected"},
+    )
+
+
+def quick_cache_check(settings: Settings, max_rows: int) -> RetrainSummary | None:
+    """The cached outcome of a retrain with these inputs, found without Prefect or training
+    imports (DVC and MLflow only); ``None`` when the retrain has to run.
+
+    The CLI asks this first, so an unchanged project answers in seconds instead of starting
+    the orchestration stack. Orphan runs are not a concern: only finished, decided runs count.
+    """
+    configure(settings)
+    version = dataset_version(settings)
+    key = cache_key(settings, version, max_rows)
+    hit = find_cached(settings, key)
+    return None if hit is None else cached_summary(hit, version, key, [])
+
+
+def close_orphan_runs(settings: Settings) -> list[str]:
+    """Runs a killed retrain left behind (we hold the lock, so none of them is still going)."""
+    # The experiment first: it points this process's MLflow at the project's store.
+    exp = ensure_experiment(settings, TRAINING_EXPERIMENT)
+    client = MlflowClient()
+    notes = []
+    recent = client.search_runs([exp], order_by=["attributes.start_time DESC"], max_results=200)
+    for r in recent:
+        if r.data.tags.get(keys.TAG_DECISION):
+            continue
+        client.set_tag(r.info.run_id, keys.TAG_DECISION, "interrupted")
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, status="KILLED")
+        notes.append(f"run {r.info.run_id} was interrupted before a decision: tagged 'interrupted'")
+    return notes

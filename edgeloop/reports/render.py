@@ -1,0 +1,459 @@
+"""The weekly review rendered: markdown sections, one self-contained HTML page with its charts.
+
+Presentation only: it reads a gathered ``Review`` (``edgeloop.reports.result``) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+import matplotlib.dates as mdates
+from markdown_it import MarkdownIt
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from edgeloop.core.keys import CHALLENGER, CHAMPION
+from edgeloop.reports.timestamps import parse_time
+
+if TYPE_CHECKING:
+    from edgeloop.reports.result import Review
+
+#: Each empty section says this, so a quiet week reads as quiet, not as broken.
+NOTHING = "Nothing this week"
+
+#: A table column: its header and the item's attribute shown as is, or how the item becomes its cell.
+Column = tuple[str, str | Callable[[Any], object]]
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;"
+    "color:#222}table{border-collapse:collapse;margin:.5em 0;font-size:.85em}"
+    "th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}"
+    "th{background:#f3f3f3}code{font-size:.9em;word-break:break-all}"
+    "figure{margin:1em 0}img{max-width:100%}figcaption{font-size:.8em;color:#666}"
+)
+
+
+# ---------------------------------------------------------------------- markdown
+def sections(review: Review) -> list[tuple[str, str]]:
+    """(key, markdown) per section, in report order; HTML adds the charts after some."""
+    return [
+        ("header", _header(review)),
+        ("performance", _performance(review)),
+        ("drift", _drift(review)),
+        ("quarantine", _quarantine(review)),
+        ("annotation", _annotation(review)),
+        ("shadow", _shadow(review)),
+        ("aliases", _aliases(review)),
+    ]
+
+
+def to_markdown(review: Review) -> str:
+    return "\n\n".join(md for _, md in sections(review)).rstrip() + "\n"
+
+
+def _header(r: Review) -> str:
+    c = r.counts()
+    lines = [
+        f"# Weekly review: {r.project}, {r.start[:10]} to {r.end[:10]}",
+        "",
+        f"Window: {r.start} to {r.end} ({r.days} days). "
+        f"Generated {r.generated_at}. MLflow: `{r.tracking_uri}`.",
+    ]
+    if r.mlflow_hint:
+        lines += ["", f"MLflow runs below are locators: open them with `{r.mlflow_hint}`."]
+    lines += [
+        "",
+        "## Summary",
+        "",
+        f"- Retrains: {c['retrains']} ({c['retrains_registered']} registered, "
+        f"{c['retrains_rejected']} rejected)",
+        f"- Champion: {_model_line(r.models.get(CHAMPION))}; "
+        f"challenger: {_model_line(r.models.get(CHALLENGER))}",
+        f"- Drift: {c['batches_monitored']} batch(es) monitored, {c['batches_drifted']} drifted",
+        f"- Quarantined batches: {c['quarantined_batches']} "
+        f"({c['rows_quarantined']} rows quarantined)",
+        f"- Annotation: {c['annotation_open']} open, {c['annotation_surfaced']} surfaced "
+        f"and {c['labels_imported']} labeled this week, within the "
+        f"{_num(r.annotation.get('sla_days'), 1)}-day SLA: "
+        f"{_pct(r.annotation.get('within_sla_share'))}",
+        f"- Shadow evaluations: {c['shadow_evaluations']}"
+        + (f" (latest: {r.shadow[0].decision})" if r.shadow else ""),
+        f"- Promotions: {c['promotions']}, rollbacks: {c['rollbacks']} "
+        f"({c['alias_moves']} alias move(s) in all)",
+    ]
+    return "\n".join(lines)
+
+
+_RUN: Column = ("MLflow run", lambda x: _run_link(x.mlflow_url, x.run_id))
+_FLOW: Column = ("Prefect flow run", lambda x: _flow_link(x.flow_run_url))
+
+_MODEL_COLUMNS: list[Column] = [
+    ("alias", lambda am: am[0]),
+    ("version", lambda am: f"v{am[1]['version']}"),
+    ("accuracy", lambda am: _num(am[1].get("accuracy"))),
+    ("macro-F1", lambda am: _num(am[1].get("macro_f1"))),
+    ("data version", lambda am: (am[1].get("data_version") or "")[:12]),
+    ("since", lambda am: am[1].get("alias_since") or ""),
+    ("MLflow run", lambda am: _run_link(am[1].get("mlflow_url", ""), am[1].get("run_id", ""))),
+]
+_RETRAIN_COLUMNS: list[Column] = [
+    ("when", "at"),
+    ("reason", "reason"),
+    ("decision", lambda r: r.decision or "(no decision)"),
+    ("version", lambda r: f"v{r.version}" if r.version else "–"),
+    ("accuracy", lambda r: _num(r.accuracy)),
+    ("macro-F1", lambda r: _num(r.macro_f1)),
+    ("champion accuracy", lambda r: _num(r.champion_accuracy)),
+    ("champion macro-F1", lambda r: _num(r.champion_macro_f1)),
+    ("failed gates", lambda r: ", ".join(r.failed_gates) or "–"),
+    _RUN,
+    _FLOW,
+]
+
+
+def _performance(r: Review) -> str:
+    lines = ["## Model performance", "", "### Current models", ""]
+    if r.models:
+        lines.append(_table_of(r.models.items(), _MODEL_COLUMNS))
+        lines += ["", "Accuracy and macro-F1 on the holdout when the model was trained."]
+    else:
+        lines.append("No registered model yet.")
+    lines += ["", "### Retrains", ""]
+    if not r.retrains:
+        lines.append(f"{NOTHING}: no retrain runs.")
+        return "\n".join(lines)
+    lines.append(_table_of(r.retrains, _RETRAIN_COLUMNS))
+    lines += [
+        "",
+        "Candidate and champion are scored on the same fixed holdout rows of each run.",
+    ]
+    return "\n".join(lines)
+
+
+_DRIFT_COLUMNS: list[Column] = [
+    ("batch", lambda m: m.batch_id or "–"),
+    ("when", "at"),
+    ("rows", lambda m: _num(m.rows, 0)),
+    ("drifted", lambda m: "**yes**" if m.drifted else "no"),
+    ("drift share", lambda m: _num(m.drift_share)),
+    ("drifted features", lambda m: ", ".join(m.drifted_features) or "–"),
+    ("highest PSI", lambda m: ", ".join(f"{k} {v:.3f}" for k, v in m.top_psi) or "–"),
+    ("prediction PSI", lambda m: _num(m.prediction_psi)),
+    ("mean confidence", lambda m: _num(m.mean_confidence)),
+    ("low-confidence share", lambda m: _num(m.low_confidence_share)),
+    ("champion accuracy", lambda m: _num(m.champion_accuracy)),
+    ("challenger accuracy", lambda m: _num(m.challenger_accuracy)),
+    _RUN,
+    _FLOW,
+]
+
+
+def _drift(r: Review) -> str:
+    lines = ["## Drift", ""]
+    if not r.monitoring:
+        why = "" if r.monitoring_enabled else " (monitoring has not run in this project)"
+        lines.append(f"{NOTHING}: no monitoring runs{why}.")
+        return "\n".join(lines)
+    drifted = [m for m in r.monitoring if m.drifted]
+    features = Counter(f for m in drifted for f in m.drifted_features)
+    lines.append(
+        f"{len(r.monitoring)} batch(es) monitored, {len(drifted)} drifted "
+        f"(drift share threshold {_num(r.drift_share_threshold, 2)})."
+    )
+    if features:
+        top = ", ".join(f"`{f}` ({n})" for f, n in features.most_common(5))
+        lines.append(f"Features that drifted most often: {top}.")
+    lines.append("")
+    return _with_table(lines, r.monitoring, _DRIFT_COLUMNS)
+
+
+_QUARANTINE_COLUMNS: list[Column] = [
+    ("batch", "batch_id"),
+    ("source", "source"),
+    ("when", "at"),
+    ("status", "status"),
+    ("rows quarantined", lambda q: f"{q.rows_quarantined} / {q.rows}"),
+    ("reason", "reason"),
+    ("report", lambda q: f"`{q.report}`" if q.report else "–"),
+    _RUN,
+    _FLOW,
+]
+
+
+def _quarantine(r: Review) -> str:
+    return _listing(["## Quarantined batches", ""], r.quarantined, "quarantined batches",
+                    _QUARANTINE_COLUMNS)  # fmt: skip
+
+
+_IMPORT_COLUMNS: list[Column] = [
+    ("when", "at"),
+    ("file", "source"),
+    ("added", lambda i: _num(i.labels_added, 0)),
+    ("rejected", lambda i: _num(i.labels_rejected, 0)),
+    _RUN,
+    _FLOW,
+]
+
+
+def _annotation(r: Review) -> str:
+    a = r.annotation
+    lines = ["## Annotation backlog and SLA", ""]
+    if not a.get("queued") and not r.label_imports:
+        lines.append(f"{NOTHING}: no edge cases queued for annotation.")
+        return "\n".join(lines)
+    sla_hours = float(a.get("sla_days") or 0) * 24
+    oldest = a.get("oldest_open_hours")
+    late = " **(over the SLA)**" if oldest is not None and oldest > sla_hours else ""
+    lines += [
+        f"- Open now: {a.get('open', 0)} of {a.get('queued', 0)} queued "
+        f"(oldest open: {_num(oldest, 1)} h{late})",
+        f"- Surfaced this week: {a.get('surfaced_in_window', 0)}; labeled this week: "
+        f"{a.get('labeled_in_window', 0)}",
+        f"- Time to label: median {_num(a.get('median_hours_to_label'), 1)} h, "
+        f"p90 {_num(a.get('p90_hours_to_label'), 1)} h",
+        f"- Labeled within the {_num(a.get('sla_days'), 1)}-day SLA: "
+        f"{_pct(a.get('within_sla_share'))} (open items past the SLA count as misses)",
+        "",
+        "### Label imports",
+        "",
+    ]
+    return _listing(lines, r.label_imports, "label imports", _IMPORT_COLUMNS)
+
+
+_SHADOW_COLUMNS: list[Column] = [
+    ("when", "at"),
+    ("challenger", lambda s: f"v{s.challenger_version}"),
+    ("champion", lambda s: f"v{s.champion_version}"),
+    ("decision", lambda s: f"**{s.decision}**"),
+    ("metric", "metric"),
+    ("rows", lambda s: _num(s.n, 0)),
+    ("challenger score", lambda s: _num(s.challenger)),
+    ("champion score", lambda s: _num(s.champion)),
+    ("delta", lambda s: _signed(s.delta)),
+    ("CI", lambda s: f"[{_signed(s.ci_low)}, {_signed(s.ci_high)}]"),
+    ("agreement", lambda s: _num(s.agreement)),
+    ("McNemar p", lambda s: _num(s.mcnemar_p)),
+    _RUN,
+]
+
+
+def _shadow(r: Review) -> str:
+    lines = ["## Shadow evaluation", ""]
+    chall = r.models.get(CHALLENGER)
+    champ = r.models.get(CHAMPION)
+    if chall and champ:
+        pair = [
+            s
+            for s in r.shadow
+            if s.challenger_version == chall["version"] and s.champion_version == champ["version"]
+        ]
+        now = (
+            f"latest: **{pair[0].decision}** ({pair[0].summary})"
+            if pair
+            else "no evaluation of this pair this week"
+        )
+        lines += [
+            f"In shadow now: challenger v{chall['version']} vs champion v{champ['version']}: {now}.",
+            "",
+        ]
+    else:
+        lines += ["No challenger in shadow now.", ""]
+    return _listing(lines, r.shadow, "shadow evaluations", _SHADOW_COLUMNS)
+
+
+_ALIAS_COLUMNS: list[Column] = [
+    ("when", "at"),
+    ("what", "kind"),
+    ("alias", "alias"),
+    ("version", lambda e: f"v{e.version}" if e.version else "(removed)"),
+    ("was", lambda e: f"v{e.previous}" if e.previous else "–"),
+    ("who", "actor"),
+    ("why", "reason"),
+    _RUN,
+]
+
+
+def _aliases(r: Review) -> str:
+    what = "promotions, rollbacks or alias moves"
+    return _listing(["## Promotions and rollbacks", ""], r.alias_events, what, _ALIAS_COLUMNS)
+
+
+# ---------------------------------------------------------------------- html
+def to_html(review: Review) -> str:
+    """One self-contained page: the markdown rendered, charts inlined as base64 PNGs."""
+    # html=False: reasons and file names come from data; they must not become markup.
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    charts = {
+        "performance": (_performance_png(review), "Model performance trend"),
+        "drift": (_drift_png(review), "Drift share per batch"),
+    }
+    body = []
+    for key, text in sections(review):
+        body.append(md.render(text))
+        png, alt = charts.get(key, (None, ""))
+        if png:
+            b64 = base64.b64encode(png).decode("ascii")
+            body.append(
+                f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{b64}">'
+                f"<figcaption>{escape(alt)}</figcaption></figure>\n"
+            )
+    title = escape(f"Weekly review: {review.project}, {review.date}")
+    return (
+        f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{title}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "".join(body)
+        + "</body>\n</html>\n"
+    )
+
+
+def _performance_png(r: Review) -> bytes | None:
+    labeled = [m for m in r.monitoring if m.champion_accuracy is not None]
+    if not r.retrains and not labeled:
+        return None
+    fig, ax = _figure()
+    for metric, colour in (("accuracy", "tab:blue"), ("macro_f1", "tab:orange")):
+        for decision, marker in (("registered", "o"), ("rejected", "x")):
+            pts = [
+                (parse_time(t.at), getattr(t, metric))
+                for t in r.retrains
+                if t.decision == decision and getattr(t, metric) is not None
+            ]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), color=colour, marker=marker,
+                           label=f"candidate {metric} ({decision})")  # fmt: skip
+        champ = [
+            (parse_time(t.at), getattr(t, f"champion_{metric}"))
+            for t in r.retrains
+            if getattr(t, f"champion_{metric}") is not None
+        ]
+        if champ:
+            ax.plot(*zip(*champ, strict=True), color=colour, linestyle="--",
+                    label=f"champion {metric} (same holdout)")  # fmt: skip
+    if labeled:
+        pts = [(parse_time(m.at), m.champion_accuracy) for m in labeled]
+        ax.plot(*zip(*pts, strict=True), color="tab:green", linestyle=":", marker=".",
+                label="champion accuracy on labeled batches")  # fmt: skip
+    ax.set_title(f"Model performance, {r.start[:10]} to {r.end[:10]}")
+    ax.set_ylabel("score")
+    ax.set_ylim(0, 1.05)
+    _date_axis(ax)
+    ax.legend(fontsize=7, loc="lower left")
+    return _png(fig)
+
+
+def _drift_png(r: Review) -> bytes | None:
+    rows = [m for m in r.monitoring if m.drift_share is not None]
+    if not rows:
+        return None
+    fig, ax = _figure()
+    labels = [str(m.batch_index) if m.batch_index is not None else m.batch_id[:12] for m in rows]
+    colours = ["tab:red" if m.drifted else "tab:blue" for m in rows]
+    shares = [m.drift_share or 0.0 for m in rows]  # none is None (filtered above)
+    ax.bar(range(len(rows)), shares, color=colours)
+    ax.axhline(r.drift_share_threshold, color="black", linestyle="--", linewidth=1,
+               label=f"threshold {r.drift_share_threshold:g}")  # fmt: skip
+    ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize=7)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("share of features drifted")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Drift share per batch (red: drifted)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def _figure() -> tuple[Figure, Axes]:
+    # A bare Figure on the Agg canvas: no pyplot, so no global state and no display needed.
+    fig = Figure(figsize=(9, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots()
+
+
+def _date_axis(ax: Axes) -> None:
+    locator = mdates.AutoDateLocator()  # type: ignore[no-untyped-call]
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------- cells
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if digits == 0:
+        return str(round(float(v)))
+    return f"{float(v):.{digits}f}"
+
+
+def _signed(v: Any) -> str:
+    return "–" if v is None else f"{float(v):+.4f}"
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None else f"{float(v):.0%}"
+
+
+def _model_line(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "none"
+    return (
+        f"v{m['version']} (accuracy {_num(m.get('accuracy'))}, macro-F1 {_num(m.get('macro_f1'))})"
+    )
+
+
+def _run_link(url: str, run_id: str) -> str:
+    """A markdown link on a tracking server; the store locator as code otherwise."""
+    if not url:
+        return "–"
+    if url.startswith(("http://", "https://")):
+        return f"[{run_id[:8]}]({url})"
+    return f"`{url}`"
+
+
+def _flow_link(url: str) -> str:
+    return f"[flow run]({url})" if url.startswith(("http://", "https://")) else "–"
+
+
+def _cell(value: Any) -> str:
+    # A pipe or a newline inside a cell would break the table.
+    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _table_of(items: Iterable[Any], columns: Sequence[Column]) -> str:
+    """The one markdown table of a section: a row per item, a cell per column."""
+    rows = [[_value(i, cell) for _, cell in columns] for i in items]
+    return _table([h for h, _ in columns], rows)
+
+
+def _value(item: Any, cell: str | Callable[[Any], object]) -> object:
+    return getattr(item, cell) if isinstance(cell, str) else cell(item)
+
+
+def _with_table(lines: list[str], items: Iterable[Any], columns: Sequence[Column]) -> str:
+    """The section's lines, then its table."""
+    return "\n".join([*lines, _table_of(items, columns)])
+
+
+def _listing(lines: list[str], items: Sequence[Any], what: str, columns: Sequence[Column]) -> str:
+    """The section's lines, then its table, or that it has nothing this week."""
+    if not items:
+        return "\n".join([*lines, f"{NOTHING}: no {what}."])
+    return _with_table(lines, items, columns)
