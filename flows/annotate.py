@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from edgeloop.batch.annotation import import_labels, labels_since_last_retrain, sla
+from edgeloop.batch.annotation import LabelImport, import_labels, labels_since_last_retrain, sla
 from edgeloop.core import keys
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import LabelGateError
@@ -23,7 +23,7 @@ from flows.retrain import request_retrain
 
 
 @task(name="import-labels", cache_policy=NO_CACHE)
-def import_task(settings: Settings, path: str) -> dict[str, Any]:
+def import_task(settings: Settings, path: str) -> LabelImport:
     """Check the export with the labels suite; store good labels, report bad ones."""
     return import_labels(settings, Path(path))
 
@@ -74,11 +74,11 @@ def annotate_import(
         config: Path of the edgeloop.yaml to use.
     """
     settings = load_settings(config)
-    result = import_task(settings, path)
+    result = import_task(settings, path).to_dict()
     version = DataVersioner(settings).version() or ""
     if result["accepted"]:
         version = version_data(settings)
-    backlog = sla(settings)
+    backlog = sla(settings).to_dict()
     result["data_version"], result["sla"] = version, backlog
     result["mlflow_run_id"] = record_task(settings, result, version, backlog)
     n = settings.annotation.retrain_after_labels

@@ -109,7 +109,7 @@ def quiet_expected_errors() -> None:
 
     for handler in logging.getLogger().handlers:
         if type(handler).__name__ == "PrefectConsoleHandler":
-            handler.addFilter(_HideExpected())  # type: ignore[arg-type]
+            handler.addFilter(_HideExpected())
 
 
 def warm_up_prefect(settings: Settings) -> Callable[[], None]:
@@ -218,7 +218,7 @@ def http_ok(url: str) -> bool:
 
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except OSError:
         return False
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,50 @@ from pipelines.edge_cases import SCORE_COLUMNS, select
 from pipelines.labels import check_labels
 
 
+@dataclass(frozen=True)
+class LabelImport:
+    """One label import: rows read, accepted and rejected, and the rejected rows' report."""
+
+    source: str
+    rows: int
+    accepted: int
+    rejected: int
+    repeats_dropped: int
+    failed: list[str]
+    report: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The annotation backlog against the labeling SLA (``annotation.sla_days``)."""
+
+    queued: int
+    open: int
+    labeled: int
+    oldest_open_hours: float | None
+    median_hours_to_label: float | None
+    p90_hours_to_label: float | None
+    #: Share labeled within the SLA; open items already older than it count as misses.
+    within_sla_share: float | None
+    sla_days: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def queue_dir(settings: Settings) -> Path:
-    return settings.path("data") / "annotation" / "queue"
+    return Layout.of(settings).queue
 
 
 def labels_dir(settings: Settings) -> Path:
-    return settings.path("data") / "labels"
+    return Layout.of(settings).labels
 
 
 def read_queue(settings: Settings) -> pd.DataFrame:
@@ -203,13 +238,15 @@ def export_tasks(
     if "csv" in formats:
         p = out_dir / f"tasks-{stamp}.csv"
         cols = ["row_id", "batch_id", "reasons", "surfaced_at", "predicted", "confidence", "margin"]
-        tasks[cols + list(settings.data_schema.features)].assign(label="").to_csv(p, index=False)
+        # reindex: an empty queue has no score columns, and its CSV still gets the header.
+        columns = cols + list(settings.data_schema.features)
+        tasks.reindex(columns=columns).assign(label="").to_csv(p, index=False)
         written["files"].append(str(p))
     return written
 
 
 # ---------------------------------------------------------------------- import
-def import_labels(settings: Settings, path: Path) -> dict[str, Any]:
+def import_labels(settings: Settings, path: Path) -> LabelImport:
     """Read, check (GX labels suite), store good labels, report bad ones; returns counts.
 
     Does not version: the caller commits ``data/`` as a new DVC version afterwards.
@@ -226,15 +263,7 @@ def import_labels(settings: Settings, path: Path) -> dict[str, Any]:
     )
     name = f"{seq:06d}-{digest}"
     stamp = now_iso()
-    result: dict[str, Any] = {
-        "source": path.name,
-        "rows": len(raw),
-        "accepted": len(check.good),
-        "rejected": len(check.bad),
-        "repeats_dropped": check.repeats_dropped,
-        "failed": check.failed,
-        "report": "",
-    }
+    report = ""
     if len(check.good):
         good = check.good.assign(imported_at=stamp, label=check.good["label"].astype("str"))
         good["labeled_at"] = good["labeled_at"].fillna(stamp).astype("str")
@@ -256,20 +285,27 @@ def import_labels(settings: Settings, path: Path) -> dict[str, Any]:
         lines += ["| row_id | label | reason |", "|---|---|---|"]
         lines += [f"| {r.row_id} | {r.label} | {r.reason} |" for r in check.bad.itertuples()][:200]
         (rdir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        result["report"] = str((rdir / "report.md").relative_to(settings.root))
-    return result
+        report = str((rdir / "report.md").relative_to(settings.root))
+    return LabelImport(
+        source=path.name,
+        rows=len(raw),
+        accepted=len(check.good),
+        rejected=len(check.bad),
+        repeats_dropped=check.repeats_dropped,
+        failed=check.failed,
+        report=report,
+    )
 
 
 # ---------------------------------------------------------------------- SLA
-def sla(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+def sla(settings: Settings, now: datetime | None = None) -> Backlog:
     """Open items, oldest open age, median/p90 time-to-label, share labeled within the SLA."""
     now = now or datetime.now(UTC)
     queue = read_queue(settings)
     labels = read_labels(settings)
     days = settings.annotation.sla_days
     if queue.empty:
-        return {"queued": 0, "open": 0, "labeled": 0, "oldest_open_hours": None, "median_hours_to_label": None,
-                "p90_hours_to_label": None, "within_sla_share": None, "sla_days": days}  # fmt: skip
+        return Backlog(0, 0, 0, None, None, None, None, days)
     surfaced = pd.to_datetime(queue.set_index("row_id")["surfaced_at"], utc=True, format="ISO8601")
     first = (
         labels.sort_values("labeled_at").drop_duplicates("row_id").set_index("row_id")["labeled_at"]
@@ -278,24 +314,21 @@ def sla(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     hours = (labeled_at - surfaced).dt.total_seconds() / 3600
     done = hours.dropna()
     open_ages = (pd.Timestamp(now) - surfaced[labeled_at.isna()]).dt.total_seconds() / 3600
-    return {
-        "queued": len(surfaced),
-        "open": int(labeled_at.isna().sum()),
-        "labeled": len(done),
-        "oldest_open_hours": round(float(open_ages.max()), 2) if len(open_ages) else None,
-        "median_hours_to_label": round(float(done.median()), 2) if len(done) else None,
-        "p90_hours_to_label": round(float(done.quantile(0.9)), 2) if len(done) else None,
-        # Open items already older than the SLA count as misses too.
-        "within_sla_share": round(
-            float(
-                (done <= days * 24).sum() / max(len(done) + int((open_ages > days * 24).sum()), 1)
-            ),
-            4,
-        )
-        if len(done) or len(open_ages)
-        else None,
-        "sla_days": days,
-    }
+    missed_open = int((open_ages > days * 24).sum())
+    return Backlog(
+        queued=len(surfaced),
+        open=int(labeled_at.isna().sum()),
+        labeled=len(done),
+        oldest_open_hours=round(float(open_ages.max()), 2) if len(open_ages) else None,
+        median_hours_to_label=round(float(done.median()), 2) if len(done) else None,
+        p90_hours_to_label=round(float(done.quantile(0.9)), 2) if len(done) else None,
+        within_sla_share=(
+            round(float((done <= days * 24).sum() / max(len(done) + missed_open, 1)), 4)
+            if len(done) or len(open_ages)
+            else None
+        ),
+        sla_days=days,
+    )
 
 
 def labels_since_last_retrain(settings: Settings) -> int:

@@ -161,7 +161,7 @@ def log_run(
                 "suite": settings.validation.suite,
                 "row_policy": settings.validation.row_policy,
                 "max_bad_row_fraction": settings.validation.max_bad_row_fraction,
-                "config_hash": settings.config_hash(),
+                keys.TAG_CONFIG_HASH: settings.config_hash(),
             }
         )
         r = assessment.report

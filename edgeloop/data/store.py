@@ -26,6 +26,7 @@ import pandas as pd
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import StoreError
 from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH, ROW_ID
+from edgeloop.core.layout import Layout
 
 if TYPE_CHECKING:
     from pipelines.validate import ValidationReport
@@ -56,24 +57,25 @@ class DataStore:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.root = settings.path("data")
+        self.layout = Layout.of(settings)
+        self.root = self.layout.data
 
     # ------------------------------------------------------------------ paths
     @property
     def ledger_path(self) -> Path:
-        return self.root / "ledger.jsonl"
+        return self.layout.ledger
 
     @property
     def reference_path(self) -> Path:
-        return self.root / "reference" / "reference.parquet"
+        return self.layout.reference_file
 
     @property
     def accepted_dir(self) -> Path:
-        return self.root / "accepted"
+        return self.layout.accepted
 
     @property
     def quarantine_dir(self) -> Path:
-        return self.root / "quarantine"
+        return self.layout.quarantine
 
     # ------------------------------------------------------------------ ledger
     def ledger(self) -> list[LedgerEntry]:
@@ -221,7 +223,7 @@ class DataStore:
 
     def _with_labels(self, data: pd.DataFrame) -> pd.DataFrame:
         """Fill the target from imported labels (``data/labels/``; the latest answer wins)."""
-        files = sorted((self.root / "labels").glob("*.parquet"))
+        files = sorted(self.layout.labels.glob("*.parquet"))
         if not files:
             return data
         labels = pd.concat([pd.read_parquet(f, columns=["row_id", "label"]) for f in files])

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -210,7 +210,7 @@ def write_stream(folder: Path, seed: int = 7) -> list[Path]:
     return paths
 
 
-def demo_suite(seed: int = 7) -> dict:
+def demo_suite(seed: int = 7) -> dict[str, Any]:
     """The demo's batch suite: bootstrapped from the reference, then edited as a user would.
 
     The edit: pixel ranges come from the scanner spec (0..16), not from what the reference

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 #: What the demo stream must show; a different outcome means something is broken.
 EXPECTED = {"batch_05": "partial", "batch_06_broken_export": "quarantined"}
@@ -74,7 +74,7 @@ def run_demo(config: Path) -> int:
     loop_rows: list[dict[str, Any]] = []
     for i, path in enumerate(paths, 1):
         try:
-            out = ingest([str(path)], config=str(settings.source))
+            out = cast(list[dict[str, Any]], ingest([str(path)], config=str(settings.source)))
         except ValidationGateError as exc:
             out = exc.result
         r = out[0]
@@ -132,16 +132,16 @@ def run_demo(config: Path) -> int:
     )
     from flows.weekly_review import weekly_review
 
-    review = weekly_review(config=str(settings.source))
+    written = weekly_review(config=str(settings.source))
     from edgeloop.monitoring.dashboard import dashboard_path
 
     console.print(f"monitoring dashboard: {dashboard_path(settings)}")
-    console.print(f"weekly review: {review['markdown']} and {Path(review['html']).name}")
+    console.print(f"weekly review: {written['markdown']} and {Path(written['html']).name}")
     problems = _check(results)
     _print_ui_commands(console, settings)
     if problems:
-        for p in problems:
-            console.print(f"[red]unexpected:[/] {p}")
+        for problem in problems:
+            console.print(f"[red]unexpected:[/] {problem}")
         return 1
     console.print(f"[green]demo finished in {time.monotonic() - started:.0f}s[/]")
     return 0
@@ -171,9 +171,9 @@ def _retrain(settings: Any, reason: str) -> dict[str, Any]:
     from flows.retrain import retrain
 
     try:
-        return retrain(reason=reason, config=str(settings.source))
+        return cast(dict[str, Any], retrain(reason=reason, config=str(settings.source)))
     except GateError as exc:
-        return exc.result
+        return cast(dict[str, Any], exc.result)
 
 
 def _shadow_and_promote(settings: Any) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def _simulated_annotation(settings: Any, stream_dir: Path, step_no: int) -> dict
     out_dir.mkdir(parents=True, exist_ok=True)
     path = write_answers(out_dir / f"simulated-annotator-{step_no:02d}.json", answers)
     try:
-        res = annotate_import(str(path), config=str(settings.source))
+        res = cast(dict[str, Any], annotate_import(str(path), config=str(settings.source)))
     except GateError as exc:
         res = exc.result
     line = f"{len(tasks)} edge cases queued, {res['accepted']} labeled by the simulated annotator"

@@ -103,10 +103,10 @@ def lineage(settings: Settings, ref: str | None) -> Lineage:
             "git_dirty": tags.get(keys.TAG_GIT_DIRTY) == "true",
             "prefect_flow_run_id": tags.get(keys.TAG_FLOW_RUN_ID),
             "prefect_flow_run_url": tags.get(keys.TAG_FLOW_RUN_URL),
-            "config_hash": tags.get("config_hash"),
-            "code_hash": tags.get("code_hash"),
-            "seed_split": tags.get("seed.split"),
-            "seed_train": tags.get("seed.train"),
+            "config_hash": tags.get(keys.TAG_CONFIG_HASH),
+            "code_hash": tags.get(keys.TAG_CODE_HASH),
+            "seed_split": tags.get(keys.TAG_SEED_SPLIT),
+            "seed_train": tags.get(keys.TAG_SEED_TRAIN),
             "reason": tags.get(keys.TAG_REASON),
             "metrics": {
                 k: run.data.metrics[k]
@@ -158,7 +158,7 @@ def _reproduce_in(
         update={"paths": base.paths.model_copy(update={"data": str(work / "data")})}
     )
     dataset = DataStore(repro).load_dataset()
-    max_rows = int(float(run.data.params.get("max_rows", "0")))
+    max_rows = int(float(run.data.params.get(keys.PARAM_MAX_ROWS, "0")))
     trained = train_and_evaluate(repro, dataset, max_rows=max_rows, champion=None)
     original = run.data.metrics
     diffs = {
@@ -179,9 +179,9 @@ def _reproduce_in(
             "run_id": mv.run_id,
             "data_version": run.data.tags.get(keys.TAG_DATA_VERSION),
             "data_restored": restored,
-            "code_hash_then": run.data.tags.get("code_hash"),
+            "code_hash_then": run.data.tags.get(keys.TAG_CODE_HASH),
             "code_hash_now": code_now,
-            "code_same": run.data.tags.get("code_hash") == code_now,
+            "code_same": run.data.tags.get(keys.TAG_CODE_HASH) == code_now,
             "git_commit_then": run.data.tags.get(keys.TAG_GIT_COMMIT),
             "metrics_match": not diffs,
             "metric_differences": diffs,

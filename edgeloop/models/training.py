@@ -151,10 +151,10 @@ def log_retrain(
                 keys.TAG_GIT_DIRTY: str(git.dirty).lower(),
                 keys.TAG_FLOW_RUN_ID: flow_run_id,
                 keys.TAG_FLOW_RUN_URL: flow_run_url,
-                "config_hash": settings.config_hash(),
-                "code_hash": code_hash(settings.root),
-                "seed.split": str(settings.seeds.split),
-                "seed.train": str(settings.seeds.train),
+                keys.TAG_CONFIG_HASH: settings.config_hash(),
+                keys.TAG_CODE_HASH: code_hash(settings.root),
+                keys.TAG_SEED_SPLIT: str(settings.seeds.split),
+                keys.TAG_SEED_TRAIN: str(settings.seeds.train),
             }
         )
         mlflow.log_params(
@@ -162,7 +162,7 @@ def log_retrain(
                 "estimator": training.estimator,
                 **{f"param.{k}": v for k, v in sorted(training.params.items())},
                 "holdout_fraction": training.holdout_fraction,
-                "max_rows": max_rows or training.max_rows,
+                keys.PARAM_MAX_ROWS: max_rows or training.max_rows,
                 "seed_split": settings.seeds.split,
                 "seed_train": settings.seeds.train,
                 "data_version": data_version,
@@ -181,8 +181,8 @@ def log_retrain(
         )
         mlflow.log_metrics(trained.seconds)
         for c in trained.gates.checks:
-            mlflow.set_tag(f"gate.{c.name}", "passed" if c.passed else "failed")
-            mlflow.set_tag(f"gate.{c.name}.detail", c.detail)
+            mlflow.set_tag(f"{keys.TAG_GATE_PREFIX}{c.name}", "passed" if c.passed else "failed")
+            mlflow.set_tag(f"{keys.TAG_GATE_PREFIX}{c.name}.detail", c.detail)
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             fig = ev.confusion_figure(

@@ -29,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from edgeloop.batch.annotation import sla
 from edgeloop.core import keys
 from edgeloop.core.config import Settings
+from edgeloop.core.layout import Layout
 from edgeloop.monitoring.monitor import monitoring_history
 
 #: Features shown in the heatmap (those with the largest PSI over all batches).
@@ -38,14 +39,13 @@ TABLE_BATCHES = 30
 
 
 def dashboard_path(settings: Settings) -> Path:
-    reports = Path(settings.monitoring.reports_dir)
-    return (reports if reports.is_absolute() else settings.root / reports) / "dashboard.html"
+    return Layout.of(settings).dashboard
 
 
 def write_dashboard(settings: Settings, *, run_id: str = "") -> Path:
     """Rebuild the dashboard from MLflow and the annotation queue; log it to ``run_id`` if set."""
     history = monitoring_history(settings)
-    backlog = sla(settings)
+    backlog = sla(settings).to_dict()
     page = render(settings, history, backlog)
     path = dashboard_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -401,7 +401,7 @@ def _log_run(
                 "drift_share_threshold": m.drift_share_threshold,
                 "reference_sample": m.reference_sample,
                 "min_confidence": settings.edge_cases.min_confidence,
-                "config_hash": settings.config_hash(),
+                keys.TAG_CONFIG_HASH: settings.config_hash(),
             }
         )
         # step = the batch's ledger sequence number: the MLflow UI charts batches in order.

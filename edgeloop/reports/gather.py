@@ -126,9 +126,11 @@ def retrains(w: Window) -> list[Retrain]:
                 # Training tags each gate ``gate.<name>`` (passed/failed), its detail beside it.
                 failed_gates=tuple(
                     sorted(
-                        k.removeprefix("gate.")
+                        k.removeprefix(keys.TAG_GATE_PREFIX)
                         for k, v in tags.items()
-                        if k.startswith("gate.") and not k.endswith(".detail") and v == "failed"
+                        if k.startswith(keys.TAG_GATE_PREFIX)
+                        and not k.endswith(".detail")
+                        and v == "failed"
                     )
                 ),
                 **_refs(w, r),
@@ -196,7 +198,7 @@ def quarantined(w: Window, data_runs: list[Run]) -> list[QuarantinedBatch]:
 
 def annotation(w: Window, data_runs: list[Run]) -> tuple[dict[str, Any], list[LabelImport]]:
     """The SLA as of the window's end, what was surfaced and labeled in it, the imports."""
-    backlog = sla(w.settings, now=w.end)
+    backlog = sla(w.settings, now=w.end).to_dict()
     start, end = pd.Timestamp(w.start), pd.Timestamp(w.end)
 
     def in_window(values: pd.Series) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from edgeloop.batch.annotation import sla
+from edgeloop.batch.annotation import Backlog, sla
 from edgeloop.core.config import Settings
 from edgeloop.core.layout import Layout
 from edgeloop.data.store import DataStore
@@ -55,7 +55,7 @@ class ProjectStatus:
     #: Champion, challenger, previous champion (``models_status``).
     models: dict[str, Any]
     #: The annotation backlog and its SLA (``annotation.sla``).
-    annotation: dict[str, Any]
+    annotation: Backlog
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

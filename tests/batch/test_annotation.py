@@ -256,7 +256,7 @@ def test_import_filled_csv(scored: Settings, tmp_path: Path) -> None:
     answered = tmp_path / "answered.csv"
     df.to_csv(answered, index=False)
     result = import_labels(scored, answered)
-    assert (result["accepted"], result["rejected"]) == (len(df), 0)
+    assert (result.accepted, result.rejected) == (len(df), 0)
     assert targets(scored, df["row_id"].tolist()) == dict(
         zip(df["row_id"], df["predicted"], strict=True)
     )
@@ -269,7 +269,7 @@ def test_import_partly_filled_csv_skips_blank_rows(scored: Settings, tmp_path: P
     answered = tmp_path / "answered.csv"
     df.to_csv(answered, index=False)
     result = import_labels(scored, answered)
-    assert (result["accepted"], result["rejected"]) == (2, 0)
+    assert (result.accepted, result.rejected) == (2, 0)
 
 
 # ---------------------------------------------------------------------- import: bad labels
@@ -453,22 +453,22 @@ def test_sla_from_surfaced_and_labeled_times(scored: Settings, tmp_path: Path) -
         tmp_path / "timed.json",
         created_at=[iso(T0 + timedelta(hours=h)).replace("+00:00", "Z") for h in hours],
     )
-    assert import_labels(scored, export)["accepted"] == 4
+    assert import_labels(scored, export).accepted == 4
     assert scored.annotation.sla_days == 3.0
 
     early = sla(scored, now=T0 + timedelta(hours=48))
-    assert early["queued"] == n and early["labeled"] == 4 and early["open"] == n - 4
-    assert early["oldest_open_hours"] == 72.0  # the row surfaced at T0 - 24 h: not over yet
-    assert early["median_hours_to_label"] == 6.0
-    assert early["p90_hours_to_label"] == pytest.approx(73.0)  # 10 + 0.7 * (100 - 10)
-    assert early["within_sla_share"] == 0.75  # the 100 h label missed
-    assert early["sla_days"] == 3.0
+    assert early.queued == n and early.labeled == 4 and early.open == n - 4
+    assert early.oldest_open_hours == 72.0  # the row surfaced at T0 - 24 h: not over yet
+    assert early.median_hours_to_label == 6.0
+    assert early.p90_hours_to_label == pytest.approx(73.0)  # 10 + 0.7 * (100 - 10)
+    assert early.within_sla_share == 0.75  # the 100 h label missed
+    assert early.sla_days == 3.0
 
     late = sla(scored, now=T0 + timedelta(hours=80))
-    assert late["oldest_open_hours"] == 104.0
+    assert late.oldest_open_hours == 104.0
     # Every open row is now older than 72 h: each counts as a miss.
-    assert late["within_sla_share"] == round(3 / (4 + (n - 4)), 4)
-    assert late["median_hours_to_label"] == 6.0  # labeled items do not age
+    assert late.within_sla_share == round(3 / (4 + (n - 4)), 4)
+    assert late.median_hours_to_label == 6.0  # labeled items do not age
 
 
 def test_sla_without_a_queue(base: Path, tmp_path: Path) -> None:
@@ -476,7 +476,7 @@ def test_sla_without_a_queue(base: Path, tmp_path: Path) -> None:
     root.mkdir()
     shutil.copy(base / "edgeloop.yaml", root / "edgeloop.yaml")
     out = sla(load_settings(root / "edgeloop.yaml"), now=T0)
-    assert out["queued"] == out["open"] == 0 and out["within_sla_share"] is None
+    assert out.queued == out.open == 0 and out.within_sla_share is None
 
 
 def test_sla_counts_an_item_labeled_at_surfacing_as_within(
@@ -490,8 +490,8 @@ def test_sla_counts_an_item_labeled_at_surfacing_as_within(
     export = ls_export(scored, [(row, 1)], tmp_path / "fast.json", created_at=[iso(T0)])
     import_labels(scored, export)
     out = sla(scored, now=T0 + timedelta(hours=72))
-    assert out["median_hours_to_label"] == 0.0
-    assert out["oldest_open_hours"] == 72.0 and out["within_sla_share"] == 1.0
+    assert out.median_hours_to_label == 0.0
+    assert out.oldest_open_hours == 72.0 and out.within_sla_share == 1.0
 
 
 # ---------------------------------------------------------------------- label-volume retrain

@@ -233,7 +233,7 @@ def test_weekly_review_flow_reports_the_week(week: Week) -> None:
     assert f"`data/quarantine/{week.quarantined_batch}/report.md`" in row
     assert (settings.root / "data" / "quarantine" / week.quarantined_batch / "report.md").exists()
 
-    backlog = sla(settings)
+    backlog = sla(settings).to_dict()
     annotation = _section(md, "## Annotation backlog and SLA")
     assert f"Open now: {backlog['open']} of {backlog['queued']} queued" in annotation
     assert "labeled this week: 5" in annotation and "answers.csv" in annotation
