@@ -59,6 +59,7 @@ def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:
             "rows": o.rows,
             "accepted": o.rows_accepted,
             "quarantined": o.rows_quarantined,
+            "warnings": o.soft_expectations_failed,
             "reason": o.reason[:300],
         }
         for o in outcomes
@@ -74,6 +75,12 @@ def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:
             lines.append(f"- reason: {o.reason}")
         for f in o.failed[:10]:
             lines.append(f"  - {f}")
+        if o.warnings:
+            lines.append(
+                f"- warnings (rows accepted): {o.soft_expectations_failed} soft expectation(s),"
+                f" {o.rows_with_warnings} row(s)"
+            )
+            lines += [f"  - {w}" for w in o.warnings[:10]]
         if o.report_path:
             lines.append(f"- report: `{o.report_path}`")
         lines.append("")
@@ -100,6 +107,8 @@ def ingest(paths: list[str], config: str = "edgeloop.yaml") -> Any:
             **{**outcome.to_dict(), "data_version": version, "mlflow_run_id": run_id}
         )
         print(f"{outcome.source}: {outcome.status} ({outcome.reason})")
+        for w in outcome.warnings[:10]:
+            print(f"  warning (rows accepted): {w}")
         outcomes.append(outcome)
     _summary_artifacts(outcomes, version)
     results = [o.to_dict() for o in outcomes]

@@ -161,6 +161,7 @@ def retrain(
             run_id=run_id,
             metrics=trained.metrics,
             champion_metrics=trained.champion_metrics or {},
+            baseline_metrics=trained.baseline_metrics,
             gates=trained.gates.to_dict(),
             cache_key=key,
             timings=trained.seconds,

@@ -1,26 +1,33 @@
-"""Training stage: labeled rows → fixed holdout split → scikit-learn Pipeline → fitted model.
+"""Training stage: labeled rows → holdout split → scikit-learn Pipeline → fitted model.
 
 Plain functions. The estimator and its hyperparameters come from ``training`` in the config
 (an import path such as ``sklearn.ensemble.RandomForestClassifier`` and a ``params`` mapping);
 this is the module to adapt when your model is not a scikit-learn classifier.
+
+The model reads ``schema.inputs`` only: the features, and the raw time column when
+``schema.time_features`` derive from it (inside the Pipeline, so serving and scoring pass the
+raw column). The id, the time column otherwise, and ``schema.ignore`` never reach it.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import is_classifier
+from sklearn.base import BaseEstimator, TransformerMixin, is_classifier
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
+from sklearn.utils.validation import check_is_fitted
 
 from edgeloop.core.config import SchemaSettings, TrainingSettings
 from edgeloop.core.errors import TrainingError
+from pipelines.timecol import epoch_unit, parse_time
 
 ROW_ID = "row_id"
 
@@ -55,8 +62,48 @@ def row_hash(row_ids: pd.Series, seed: int) -> np.ndarray:
     return uniform
 
 
+def time_holdout_mask(
+    data: pd.DataFrame, schema: SchemaSettings, fraction: float, seed: int
+) -> np.ndarray:
+    """True for the most recent ``fraction`` of ``data``'s rows by ``schema.time``.
+
+    Ties at the boundary are broken by the row-id hash (fixed for a seed), so the holdout has
+    ``round(fraction * rows)`` rows and the same rows every time. Rows whose time is missing or
+    does not parse (NaT) cannot be placed in time: they always train, never hold out. Unlike
+    the hash split, membership moves as newer rows arrive (the holdout is "the latest data").
+    """
+    if schema.time is None:
+        raise TrainingError(
+            "training.split is 'time' but schema.time names no column: set schema.time to the"
+            " time column, or use training.split: hash"
+        )
+    if schema.time not in data.columns:
+        raise TrainingError(
+            f"training.split is 'time' but schema.time {schema.time!r} is not a column of the dataset"
+        )
+    when = parse_time(data[schema.time])
+    timed = when.notna().to_numpy()
+    if len(data) and not timed.any():
+        raise TrainingError(
+            f"training.split is 'time' but no labeled row has a parseable schema.time"
+            f" ({schema.time!r}): examples {data[schema.time].head(3).tolist()}"
+        )
+    # NaT views as the smallest int64: those rows sort oldest and stay in training.
+    order = np.lexsort(
+        (row_hash(data[ROW_ID], seed), when.dt.tz_convert(None).to_numpy().view("int64"))
+    )
+    n_holdout = min(round(fraction * len(data)), int(timed.sum()))
+    mask = np.zeros(len(data), dtype=bool)
+    mask[order[len(order) - n_holdout :]] = True
+    return mask
+
+
 def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int) -> Split:
-    """Labeled rows → (train, holdout); checks there is enough of both and every class to learn."""
+    """Labeled rows → (train, holdout); checks there is enough of both and every class to learn.
+
+    ``training.split``: ``hash`` (a fixed hash of the row id, see ``holdout_mask``) or ``time``
+    (the most recent rows, see ``time_holdout_mask``).
+    """
     if ROW_ID not in df.columns:
         raise TrainingError(
             f"the dataset has no {ROW_ID!r} column (load it with DataStore.load_dataset)"
@@ -70,7 +117,10 @@ def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, 
             f"labels {strange[:10]} are not in schema.classes {list(schema.classes)}: fix the"
             " labels or add the class to the config"
         )
-    mask = holdout_mask(data[ROW_ID], training.holdout_fraction, seed)
+    if training.split == "time":
+        mask = time_holdout_mask(data, schema, training.holdout_fraction, seed)
+    else:
+        mask = holdout_mask(data[ROW_ID], training.holdout_fraction, seed)
     train, holdout = data[~mask], data[mask]
     if training.max_rows and len(train) > training.max_rows:
         # Deterministic subset: the rows with the smallest hash (another seed than the split).
@@ -150,19 +200,90 @@ def make_estimator(training: TrainingSettings, seed: int) -> Any:
     return est
 
 
+#: ``schema.time_features`` name -> the pandas ``.dt`` attribute.
+_TIME_PARTS = {"dayofweek": "day_of_week", "month": "month", "hour": "hour"}
+
+
+class TimeFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # sklearn is untyped
+    """Day of week (0 = Monday), month (1-12) and hour (0-23, UTC) from a raw time column.
+
+    The column is parsed with ``pipelines.timecol.parse_time`` (ISO text, common formats, epoch
+    seconds or milliseconds: the unit is fixed at fit time); a value that does not parse gives
+    NaN features, as a missing numeric value does.
+    """
+
+    def __init__(self, features: Sequence[str] = ("dayofweek", "month", "hour")) -> None:
+        self.features = features
+
+    def fit(self, X: Any, y: Any = None) -> TimeFeatures:
+        column = _first_column(X)
+        unknown = [f for f in self.features if f not in _TIME_PARTS]
+        if unknown:
+            raise ValueError(f"unknown time features {unknown} (known: {sorted(_TIME_PARTS)})")
+        self.unit_ = epoch_unit(column) or "auto"
+        self.column_ = str(column.name) if column.name is not None else "time"
+        self.n_features_in_ = 1
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "unit_")
+        when = parse_time(_first_column(X), self.unit_)
+        parts = [
+            getattr(when.dt, _TIME_PARTS[f]).to_numpy(dtype="float64", na_value=np.nan)
+            for f in self.features
+        ]
+        return np.column_stack(parts) if parts else np.empty((len(when), 0))
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        check_is_fitted(self, "unit_")
+        return np.asarray([f"{self.column_}_{f}" for f in self.features], dtype=object)
+
+
+def _first_column(X: Any) -> pd.Series:
+    if isinstance(X, pd.DataFrame):
+        return X.iloc[:, 0]
+    values = np.asarray(X)
+    return pd.Series(values[:, 0] if values.ndim == 2 else values)
+
+
 def build_pipeline(schema: SchemaSettings, training: TrainingSettings, seed: int) -> Pipeline:
-    """One-hot encode the categoricals, pass numerics through, then the estimator."""
-    pre = ColumnTransformer(
-        [("categorical", OneHotEncoder(handle_unknown="ignore"), list(schema.categorical))],
-        remainder="passthrough",
-        verbose_feature_names_out=False,
-    )
+    """One-hot encode the categoricals, derive the time features, pass numerics through, then
+    the estimator.
+
+    ``schema.high_cardinality`` columns keep their ``training.max_categories`` most frequent
+    values (the rest, and values never seen, share one "infrequent" column: no error, no
+    quarantine); other categoricals ignore unseen values (all-zero columns).
+    """
+    wide = list(schema.high_cardinality)
+    encoders: list[tuple[str, Any, list[str]]] = [
+        (
+            "categorical",
+            OneHotEncoder(handle_unknown="ignore"),
+            [c for c in schema.categorical if c not in wide],
+        )
+    ]
+    if wide:
+        encoder = OneHotEncoder(
+            handle_unknown="infrequent_if_exist",
+            max_categories=training.max_categories,
+            # Dense: at most max_categories columns each, and a sparse block here could turn
+            # the whole matrix sparse, which some estimators refuse.
+            sparse_output=False,
+        )
+        encoders.append(("high_cardinality", encoder, wide))
+    if schema.time_features and schema.time is not None:
+        encoders.append(("time", TimeFeatures(list(schema.time_features)), [schema.time]))
+    pre = ColumnTransformer(encoders, remainder="passthrough", verbose_feature_names_out=False)
     return Pipeline([("features", pre), ("model", make_estimator(training, seed))])
 
 
 def features(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
-    """The model's input columns, in schema order."""
-    return df[list(schema.features)]
+    """The model's input columns (``schema.inputs``), in schema order."""
+    inputs = list(schema.inputs)
+    missing = [c for c in inputs if c not in df.columns]
+    if missing:
+        raise TrainingError(f"the data has no column(s) {missing}, which the model reads")
+    return df[inputs]
 
 
 def target(df: pd.DataFrame, schema: SchemaSettings) -> np.ndarray:

@@ -13,6 +13,18 @@ Row policy (``validation.row_policy`` in the config):
 
 Table-level failures (missing or extra columns, wrong dtype, row count) always quarantine the
 whole batch: no row of a batch with the wrong shape can be trusted.
+
+Severity (GX's ``severity`` on each expectation): only **hard** failures (``"critical"``, GX's
+default, so a suite written without severities is all hard) count for the policy above. **Soft**
+failures (``"warning"``, ``"info"``: a value outside the observed range, a new category) leave the
+rows accepted and are listed in the report's ``warnings``; ``validation.hard_columns`` makes
+the soft expectations of those columns hard.
+
+Besides GX, a suite may carry edgeloop's time check in ``meta.edgeloop.time`` (GX ignores
+``meta``): ``{"column", "earliest", "future_tolerance_days", "unit", "severity"}``. Every value of
+the column must parse (``pipelines.timecol.parse_time``; left to GX's
+``expect_column_values_to_be_dateutil_parseable`` when the suite has it for that column) and lie
+between ``earliest`` and *now* (at validation) plus ``future_tolerance_days``.
 """
 
 from __future__ import annotations
@@ -22,12 +34,14 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import numpy as np
 import pandas as pd
 
 from edgeloop.core.config import SchemaSettings, ValidationSettings
 from edgeloop.core.errors import SuiteError
+from pipelines.timecol import parse_time
 
 Decision = Literal["accepted", "partial", "quarantined"]
 #: pandas' ``to_markdown`` needs the optional tabulate package (looked up, not imported).
@@ -100,6 +114,14 @@ class FailedExpectation:
     error: str | None = None
     #: Row positions (0-based, in file order) that failed; empty for table-level failures.
     rows: tuple[int, ...] = ()
+    #: GX severity: "critical" (hard: quarantines), "warning" or "info" (soft: reported).
+    severity: str = "critical"
+
+    def is_hard(self, hard_columns: Sequence[str] = ()) -> bool:
+        """Hard: critical, or soft on a column listed in ``validation.hard_columns``."""
+        return self.severity == "critical" or (
+            self.column is not None and self.column in hard_columns
+        )
 
     @property
     def short(self) -> str:
@@ -152,10 +174,28 @@ class ValidationReport:
     reason: str = ""
     #: Row positions quarantined under the decision (all rows when the batch is quarantined).
     bad_rows: tuple[int, ...] = ()
+    #: ``validation.hard_columns`` as ``decide`` applied them (their soft failures are hard).
+    hard_columns: tuple[str, ...] = ()
 
     @property
     def success(self) -> bool:
         return not self.failed
+
+    @property
+    def errors(self) -> tuple[FailedExpectation, ...]:
+        """Hard failures: the ones the row policy acts on."""
+        return tuple(f for f in self.failed if f.is_hard(self.hard_columns))
+
+    @property
+    def warnings(self) -> tuple[FailedExpectation, ...]:
+        """Soft failures: reported, their rows accepted (unless a hard failure quarantines them)."""
+        return tuple(f for f in self.failed if not f.is_hard(self.hard_columns))
+
+    @property
+    def warning_rows(self) -> tuple[int, ...]:
+        """Accepted rows that failed a soft expectation."""
+        bad = set(self.bad_rows)
+        return tuple(sorted({i for f in self.warnings for i in f.rows} - bad))
 
     @property
     def rows_quarantined(self) -> int:
@@ -172,13 +212,20 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         # Not asdict(): it would deep-copy every row position (seconds at 1M bad rows) only for
         # them to be dropped or cut here.
-        skip = ("failed", "bad_rows")
+        skip = ("failed", "bad_rows", "hard_columns")
         d: dict[str, Any] = {
             f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip
         }
+        d["hard_columns"] = list(self.hard_columns)
         d["failed"] = [
-            {g.name: getattr(x, g.name) for g in fields(x) if g.name != "rows"} for x in self.failed
+            {
+                **{g.name: getattr(x, g.name) for g in fields(x) if g.name != "rows"},
+                "hard": x.is_hard(self.hard_columns),
+            }
+            for x in self.failed
         ]
+        d["warnings"] = [x.describe() for x in self.warnings]
+        d["rows_with_warnings"] = len(self.warning_rows)
         d["bad_rows"] = list(self.bad_rows[:1000])
         d["bad_rows_total"] = len(self.bad_rows)
         d["rows_accepted"] = self.rows_accepted
@@ -187,32 +234,23 @@ class ValidationReport:
 
     def to_markdown(self, sample: pd.DataFrame | None = None) -> str:
         """A readable report: decision, each failed expectation, a few bad rows."""
+        errors, warnings = self.errors, self.warnings
         lines = [
             f"# Validation report: `{self.batch}`",
             "",
             f"- **Decision:** {self.decision}" + (f" — {self.reason}" if self.reason else ""),
             f"- **Suite:** `{self.suite}` ({self.evaluated} expectations evaluated,"
-            f" {len(self.failed)} failed)",
+            f" {len(errors)} failed, {len(warnings)} warnings)",
             f"- **Rows:** {self.rows} in the batch, {self.rows_accepted} accepted,"
-            f" {self.rows_quarantined} quarantined",
+            f" {self.rows_quarantined} quarantined, {len(self.warning_rows)} accepted with warnings",
             "",
         ]
-        if self.failed:
-            lines += [
-                "## Failed expectations",
-                "",
-                "| expectation | column | failing rows | share | examples / observed |",
-                "|---|---|---:|---:|---|",
-            ]
-            for f in self.failed:
-                share = f"{f.unexpected_percent:.2f}%" if f.unexpected_percent is not None else ""
-                count = "" if f.unexpected_count is None else str(f.unexpected_count)
-                seen = f.error or (_short(f.examples) if f.row_level else _short(f.observed))
-                lines.append(
-                    f"| {f.expectation} | {f.column or '(table)'} | {count} | {share} |"
-                    f" {seen.replace('|', '/')} |"
-                )
-            lines.append("")
+        for title, group in (
+            ("Failed expectations", errors),
+            ("Warnings (rows accepted)", warnings),
+        ):
+            if group:
+                lines += [f"## {title}", "", *_table(group), ""]
         if sample is not None and len(sample):
             lines += [
                 "## Example quarantined rows",
@@ -223,6 +261,22 @@ class ValidationReport:
                 "",
             ]
         return "\n".join(lines)
+
+
+def _table(failed: Sequence[FailedExpectation]) -> list[str]:
+    lines = [
+        "| expectation | column | failing rows | share | examples / observed |",
+        "|---|---|---:|---:|---|",
+    ]
+    for f in failed:
+        share = f"{f.unexpected_percent:.2f}%" if f.unexpected_percent is not None else ""
+        count = "" if f.unexpected_count is None else str(f.unexpected_count)
+        seen = f.error or (_short(f.examples) if f.row_level else _short(f.observed))
+        lines.append(
+            f"| {f.expectation} | {f.column or '(table)'} | {count} | {share} |"
+            f" {seen.replace('|', '/')} |"
+        )
+    return lines
 
 
 def _raised(info: Any) -> str | None:
@@ -268,7 +322,15 @@ def _failed_from_result(er: Any) -> FailedExpectation:
         ),
         error=error,
         rows=rows,
+        severity=_severity(getattr(cfg, "severity", None)),
     )
+
+
+def _severity(value: Any) -> str:
+    """GX's ``FailureSeverity`` enum (or a plain string, or nothing: critical) as a string."""
+    if value is None:
+        return "critical"
+    return str(getattr(value, "value", value))
 
 
 def _finite(x: Any) -> float | None:
@@ -285,11 +347,15 @@ def validate_frame(
     *,
     batch: str = "batch",
     parameters: dict[str, Any] | None = None,
+    now: pd.Timestamp | None = None,
 ) -> ValidationReport:
-    """Run ``suite`` over ``df`` with Great Expectations; return what failed, row by row.
+    """Run ``suite`` over ``df`` with Great Expectations, then edgeloop's own checks from the
+    suite's ``meta.edgeloop`` (the time check: "now" is ``now`` or the time of this call);
+    return what failed, row by row.
 
     The frame is given a fresh 0..n-1 index so GX's ``unexpected_index_list`` are file positions.
     """
+    time_check = _time_settings(suite)
     frame = df.reset_index(drop=True)
     validation = _gx_validator(suite)
     result = validation.run(
@@ -299,25 +365,158 @@ def validate_frame(
         # COMPLETE gives unexpected_index_list: the row positions row-level quarantine needs.
         result_format={"result_format": "COMPLETE", "partial_unexpected_count": 20},
     )
-    failed = tuple(_failed_from_result(er) for er in result.results if not er.success)
+    failed = [_failed_from_result(er) for er in result.results if not er.success]
+    evaluated = int(result.statistics.get("evaluated_expectations", len(result.results)))
+    if time_check is not None:
+        checked, time_failed = _check_times(frame, suite, time_check, now)
+        evaluated += checked
+        failed += time_failed
     return ValidationReport(
         batch=batch,
         suite=str(suite.get("name", "suite")),
         rows=len(frame),
-        evaluated=int(result.statistics.get("evaluated_expectations", len(result.results))),
-        failed=failed,
+        evaluated=evaluated,
+        failed=tuple(failed),
     )
 
 
+# --------------------------------------------------------------------------- the time check
+
+#: The expectation names edgeloop's time check reports under (not GX types: only in reports).
+TIME_PARSEABLE = "edgeloop_time_values_parseable"
+TIME_PLAUSIBLE = "edgeloop_time_values_plausible"
+
+
+@dataclass(frozen=True)
+class TimeCheck:
+    """``meta.edgeloop.time`` of a suite, checked."""
+
+    column: str
+    earliest: pd.Timestamp
+    future_tolerance_days: float
+    unit: Literal["auto", "s", "ms"] = "auto"
+    severity: str = "critical"
+
+
+def _time_settings(suite: dict[str, Any]) -> TimeCheck | None:
+    meta = suite.get("meta") or {}
+    cfg = (meta.get("edgeloop") or {}).get("time") if isinstance(meta, dict) else None
+    if cfg is None:
+        return None
+    where = f"suite {suite.get('name')!r}: meta.edgeloop.time"
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("column"), str):
+        raise SuiteError(f"{where} needs a 'column' (the time column's name)")
+    try:
+        earliest = pd.Timestamp(cfg["earliest"])
+        earliest = earliest.tz_localize("UTC") if earliest.tzinfo is None else earliest
+        tolerance = float(cfg.get("future_tolerance_days", 2))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SuiteError(
+            f"{where} needs 'earliest' (an ISO date) and a numeric 'future_tolerance_days' ({exc})"
+        ) from None
+    unit = cfg.get("unit") or "auto"
+    if unit not in ("auto", "s", "ms"):
+        raise SuiteError(f"{where}: unit must be 's', 'ms' or null, not {unit!r}")
+    unit = cast(Literal["auto", "s", "ms"], unit)
+    severity = str(cfg.get("severity") or "critical")
+    if severity not in ("critical", "warning", "info"):
+        raise SuiteError(f"{where}: severity must be critical, warning or info, not {severity!r}")
+    return TimeCheck(cfg["column"], earliest, tolerance, unit, severity)
+
+
+def _check_times(
+    frame: pd.DataFrame, suite: dict[str, Any], check: TimeCheck, now: pd.Timestamp | None
+) -> tuple[int, list[FailedExpectation]]:
+    """(checks evaluated, failures): unparseable values (unless GX checks them) and implausible
+    ones, each failure with its rows and example values."""
+    column = check.column
+    gx_parses = any(
+        e.get("type") == "expect_column_values_to_be_dateutil_parseable"
+        and (e.get("kwargs") or {}).get("column") == column
+        for e in suite.get("expectations", [])
+    )
+    names = [TIME_PLAUSIBLE] if gx_parses else [TIME_PARSEABLE, TIME_PLAUSIBLE]
+    if column not in frame.columns:
+        # The column-set expectation names the missing column; these only say they could not run.
+        error = f"column {column!r} is not in the batch"
+        return len(names), [
+            FailedExpectation(n, column, {}, False, error=error, severity=check.severity)
+            for n in names
+        ]
+    values = frame[column]
+    parsed = _parse(values, check.unit)
+    current = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
+    current = current.tz_localize("UTC") if current.tzinfo is None else current
+    latest = current + pd.Timedelta(days=check.future_tolerance_days)
+    bounds = {
+        "min_value": check.earliest.isoformat(),
+        "max_value": latest.isoformat(),
+        "future_tolerance_days": check.future_tolerance_days,
+        "now": current.isoformat(),
+    }
+    masks = {
+        TIME_PARSEABLE: (values.notna() & parsed.isna(), {"unit": check.unit}),
+        TIME_PLAUSIBLE: (parsed.notna() & ((parsed < check.earliest) | (parsed > latest)), bounds),
+    }
+    failed = []
+    for name in names:
+        mask, kwargs = masks[name]
+        rows = np.flatnonzero(mask.to_numpy(dtype=bool))
+        if len(rows):
+            failed.append(_time_failure(name, check, kwargs, values, rows))
+    return len(names), failed
+
+
+def _parse(values: pd.Series, unit: Literal["auto", "s", "ms"]) -> pd.Series:
+    """``parse_time``, with epoch numbers too large for a timestamp taken as unparseable."""
+    try:
+        return parse_time(values, unit)
+    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime):
+        if not pd.api.types.is_numeric_dtype(values):
+            raise
+    # Year 2286 in seconds, 5138 in milliseconds: beyond is no time, only a wrong number.
+    limit = 1e10 if unit == "s" else 1e14
+    numbers = pd.to_numeric(values, errors="coerce")
+    return parse_time(numbers.where(numbers.abs() < limit), unit)
+
+
+def _time_failure(
+    name: str, check: TimeCheck, kwargs: dict[str, Any], values: pd.Series, rows: np.ndarray
+) -> FailedExpectation:
+    shown = values.iloc[rows[:20]].tolist()
+    examples = [v.isoformat() if isinstance(v, pd.Timestamp) else v for v in shown]
+    return FailedExpectation(
+        expectation=name,
+        column=check.column,
+        kwargs=kwargs,
+        row_level=True,
+        unexpected_count=len(rows),
+        unexpected_percent=100.0 * len(rows) / max(len(values), 1),
+        examples=_json_safe(examples),
+        rows=tuple(int(i) for i in rows),
+        severity=check.severity,
+    )
+
+
+# --------------------------------------------------------------------------- the decision
+
+
 def decide(report: ValidationReport, settings: ValidationSettings) -> ValidationReport:
-    """Apply the row policy: return the report with its decision, reason and bad rows."""
+    """Apply the row policy to the hard failures: return the report with its decision, reason
+    and bad rows. Soft failures (``report.warnings``) never quarantine a row."""
+    report = replace(report, hard_columns=tuple(settings.hard_columns))
     if not report.failed:
         return _with(report, "accepted", "all expectations passed", ())
+    hard = report.errors
+    soft = report.warnings
+    noted = f"; warnings (rows accepted): {', '.join(f.short for f in soft)}" if soft else ""
+    if not hard:
+        return _with(report, "accepted", f"all hard expectations passed{noted}", ())
     everything = tuple(range(report.rows))
     # Most telling first: the shape of the table, then dtypes, then what could not be evaluated
     # (usually a consequence of the first two).
     table_level = sorted(
-        (f for f in report.failed if not f.row_level),
+        (f for f in hard if not f.row_level),
         key=lambda f: (f.error is not None, f.column is not None),
     )
     if table_level:
@@ -332,13 +531,13 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
         what = "; ".join(f.describe() for f in shown[:3])
         more = f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""
         return _with(report, "quarantined", f"table-level failure: {what}{more}", everything)
-    bad = tuple(sorted({i for f in report.failed for i in f.rows}))
-    names = ", ".join(f.short for f in report.failed)
+    bad = tuple(sorted({i for f in hard for i in f.rows}))
+    names = ", ".join(f.short for f in hard)
     if settings.row_policy == "batch":
         return _with(
             report,
             "quarantined",
-            f"row_policy=batch and {len(bad)} rows failed: {names}",
+            f"row_policy=batch and {len(bad)} rows failed: {names}{noted}",
             everything,
         )
     share = len(bad) / max(report.rows, 1)
@@ -347,10 +546,10 @@ def decide(report: ValidationReport, settings: ValidationSettings) -> Validation
             report,
             "quarantined",
             f"{len(bad)} of {report.rows} rows failed ({share:.0%} > max_bad_row_fraction"
-            f" {settings.max_bad_row_fraction:.0%}): {names}",
+            f" {settings.max_bad_row_fraction:.0%}): {names}{noted}",
             everything,
         )
-    return _with(report, "partial", f"{len(bad)} bad rows quarantined: {names}", bad)
+    return _with(report, "partial", f"{len(bad)} bad rows quarantined: {names}{noted}", bad)
 
 
 def _with(

@@ -155,13 +155,20 @@ def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[
 
 
 # ---------------------------------------------------------------------- export
+def _shown(settings: Settings) -> list[str]:
+    """The columns an annotator sees: the user's id column (when set), then the features."""
+    schema = settings.data_schema
+    return [*([schema.id] if schema.id else []), *schema.features]
+
+
 def open_tasks(settings: Settings) -> pd.DataFrame:
-    """Queued edge cases without a label yet, with their features."""
+    """Queued edge cases without a label yet, with their id column and features."""
     queue = read_queue(settings)
     labeled = set(read_labels(settings)["row_id"].astype(str))
     open_ = queue[~queue["row_id"].astype(str).isin(labeled)]
     data = DataStore(settings).load_dataset().set_index("row_id")
-    feats = data.loc[open_["row_id"], list(settings.data_schema.features)].reset_index(drop=True)
+    shown = [c for c in _shown(settings) if c in data.columns and c not in open_.columns]
+    feats = data.loc[open_["row_id"], shown].reset_index(drop=True)
     return open_.reset_index(drop=True).join(feats)
 
 
@@ -177,7 +184,8 @@ def _plain(v: Any) -> Any:
 def label_studio_tasks(tasks: pd.DataFrame, settings: Settings) -> list[dict[str, Any]]:
     """Label Studio task-import JSON: data plus the champion's answer as a pre-annotation."""
     a = settings.annotation
-    features = list(settings.data_schema.features)
+    # The user's id (a data field named after its column) comes first: annotators know it.
+    features = [c for c in _shown(settings) if c in tasks.columns]
     out = []
     for rec in tasks.to_dict(orient="records"):
         data = {k: _plain(rec[k]) for k in features}
@@ -239,7 +247,8 @@ def export_tasks(
         p = out_dir / f"tasks-{stamp}.csv"
         cols = ["row_id", "batch_id", "reasons", "surfaced_at", "predicted", "confidence", "margin"]
         # reindex: an empty queue has no score columns, and its CSV still gets the header.
-        columns = cols + list(settings.data_schema.features)
+        ident = [settings.data_schema.id] if settings.data_schema.id else []
+        columns = [*cols[:1], *ident, *cols[1:], *settings.data_schema.features]
         tasks.reindex(columns=columns).assign(label="").to_csv(p, index=False)
         written["files"].append(str(p))
     return written

@@ -20,15 +20,72 @@ if TYPE_CHECKING:
     "--data", type=click.Path(path_type=Path), default=None, help="Your labeled CSV/Parquet."
 )
 @click.option("--target", default=None, help="The label column of --data.")
-@click.option("--force", is_flag=True, help="Overwrite an existing config/suite that differs.")
+@click.option(
+    "--id",
+    "id_column",
+    metavar="COL",
+    default=None,
+    help="The row id column (unique, non-null; carried through scoring and exports, never a"
+    " feature). Default: inferred.",
+)
+@click.option(
+    "--time",
+    "time_column",
+    metavar="COL",
+    default=None,
+    help="The time column (dates, timestamps or epoch seconds; never a category)."
+    " Default: inferred.",
+)
+@click.option(
+    "--ignore", metavar="COL", multiple=True, help="A column to keep but not use (repeatable)."
+)
+@click.option(
+    "--categorical",
+    metavar="COL",
+    multiple=True,
+    help="A column to treat as categorical (repeatable).",
+)
+@click.option(
+    "--numeric", metavar="COL", multiple=True, help="A column to treat as numeric (repeatable)."
+)
+@click.option(
+    "--force", is_flag=True, help="Overwrite an existing config/suite/dataset that differs."
+)
 @command_body(settings=False)
-def init(cfg: Path, data: Path | None, target: str | None, force: bool) -> None:
-    """Set this checkout up (idempotent): config, suite, stores, DVC, first data version."""
+def init(
+    cfg: Path,
+    data: Path | None,
+    target: str | None,
+    id_column: str | None,
+    time_column: str | None,
+    ignore: tuple[str, ...],
+    categorical: tuple[str, ...],
+    numeric: tuple[str, ...],
+    force: bool,
+) -> None:
+    """Set this checkout up (idempotent): config, suite, stores, DVC, first data version.
+
+    With --data, each column's role (id, time, numeric, categorical, high-cardinality, ignored)
+    is inferred and printed with its reason; the flags override it.
+    """
     from edgeloop.stack.init import init_project
 
-    report = init_project(cfg.parent, config=cfg, data=data, target=target, force=force)
+    report = init_project(
+        cfg.parent,
+        config=cfg,
+        data=data,
+        target=target,
+        id=id_column,
+        time=time_column,
+        ignore=ignore,
+        categorical=categorical,
+        numeric=numeric,
+        force=force,
+    )
     for step in report.steps:
         click.echo(f"  - {step}")
+    if report.summary:
+        click.echo(report.summary)
     click.secho(f"ready: data version {report.data_version}", fg="green")
 
 

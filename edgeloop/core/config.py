@@ -41,12 +41,28 @@ class _Frozen(BaseModel):
 
 
 class SchemaSettings(_Frozen):
-    """What a batch looks like: features, target and the class labels."""
+    """What a batch looks like: the role of each column, the target and its classes.
+
+    Roles (``edgeloop init --data`` infers them and says why; docs/configuration.md):
+    ``features`` feed the model (``categorical`` ones are one-hot encoded, ``high_cardinality``
+    ones frequency-capped); ``id`` is a unique row identifier carried through scoring, edge cases
+    and exports, never a feature; ``time`` is parsed as a datetime, never a category, and used for
+    ordering, a time-based holdout and optional derived features; ``ignore`` columns are kept in
+    the data but used for nothing (constant or all-null columns, or the user's choice).
+    """
 
     features: Annotated[list[str], Field(min_length=1)]
     categorical: list[str] = Field(default_factory=list)
     target: str
     classes: Annotated[list[int | str], Field(min_length=2)]
+    id: str | None = None
+    time: str | None = None
+    ignore: list[str] = Field(default_factory=list)
+    #: Categorical features with many distinct values: the encoder keeps the most frequent
+    #: ``training.max_categories`` and pools the rest (new values are not quarantined).
+    high_cardinality: list[str] = Field(default_factory=list)
+    #: Features derived from ``time`` (off by default): any of dayofweek, month, hour.
+    time_features: list[Literal["dayofweek", "month", "hour"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> SchemaSettings:
@@ -56,8 +72,22 @@ class SchemaSettings(_Frozen):
         unknown = [c for c in self.categorical if c not in self.features]
         if unknown:
             raise ValueError(f"categorical names {unknown}, which are not in features")
+        wide = [c for c in self.high_cardinality if c not in self.categorical]
+        if wide:
+            raise ValueError(f"high_cardinality names {wide}, which are not in categorical")
         if self.target in self.features:
             raise ValueError(f"target {self.target!r} is also listed in features")
+        for role in ("id", "time"):
+            column = getattr(self, role)
+            if column is not None and (column in self.features or column == self.target):
+                raise ValueError(f"{role} column {column!r} is also a feature or the target")
+        if self.id is not None and self.id == self.time:
+            raise ValueError(f"column {self.id!r} cannot be both the id and the time column")
+        clash = [c for c in self.ignore if c in (*self.features, self.target, self.id, self.time)]
+        if clash:
+            raise ValueError(f"ignore names {clash}, which have another role")
+        if self.time_features and self.time is None:
+            raise ValueError("time_features need a time column (schema.time)")
         if len(set(map(str, self.classes))) != len(self.classes):
             raise ValueError("classes has duplicates")
         return self
@@ -68,9 +98,15 @@ class SchemaSettings(_Frozen):
         return [c for c in self.features if c not in self.categorical]
 
     @property
+    def inputs(self) -> list[str]:
+        """The columns the model reads: the features, and ``time`` when features derive from it."""
+        return [*self.features, *([self.time] if self.time and self.time_features else [])]
+
+    @property
     def columns(self) -> list[str]:
-        """Every column a batch carries (features, then the target)."""
-        return [*self.features, self.target]
+        """Every column a batch carries: features, id, time, ignored columns, then the target."""
+        roles = [c for c in (self.id, self.time) if c is not None]
+        return [*self.features, *roles, *self.ignore, self.target]
 
 
 class PathSettings(_Frozen):
@@ -96,6 +132,9 @@ class ValidationSettings(_Frozen):
     max_bad_row_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     #: Example values kept per failed expectation in the readable report.
     report_examples: Annotated[int, Field(ge=0)] = 5
+    #: Columns whose soft expectations (severity "warning": a value outside the observed range,
+    #: a new category) are treated as hard ones, which quarantine the failing rows.
+    hard_columns: list[str] = Field(default_factory=list)
 
 
 class SeedSettings(_Frozen):
@@ -124,9 +163,13 @@ class TrainingSettings(_Frozen):
             n_estimators=200, n_jobs=-1
         )
     )
-    #: Share of labeled rows held out for evaluation. Membership is a hash of the row id and
-    #: ``seeds.split``: a row never moves between train and holdout as the dataset grows.
+    #: Share of labeled rows held out for evaluation. With ``split: hash`` membership is a hash
+    #: of the row id and ``seeds.split``: a row never moves between train and holdout as the
+    #: dataset grows. With ``split: time`` the most recent share (by ``schema.time``) is held out.
     holdout_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    split: Literal["hash", "time"] = "hash"
+    #: ``schema.high_cardinality`` columns keep at most this many categories each (the rest pooled).
+    max_categories: Annotated[int, Field(ge=2)] = 50
     min_train_rows: Annotated[int, Field(ge=1)] = 50
     min_holdout_rows: Annotated[int, Field(ge=1)] = 20
     #: Train on at most this many labeled rows (0 = all); a deterministic subset.
@@ -137,7 +180,7 @@ class TrainingSettings(_Frozen):
 class GateSettings(_Frozen):
     """ "Good enough": floors, per-slice floors, and non-inferiority against the champion."""
 
-    metric: Literal["macro_f1", "accuracy", "weighted_f1"] = "macro_f1"
+    metric: Literal["macro_f1", "accuracy", "weighted_f1", "balanced_accuracy"] = "macro_f1"
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     #: Slice name -> minimum ``metric`` on that slice.
@@ -147,6 +190,12 @@ class GateSettings(_Frozen):
     min_slice_rows: Annotated[int, Field(ge=1)] = 30
     #: The candidate may be worse than the champion on ``metric`` by at most this much.
     max_regression: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    #: The candidate must beat a trivial baseline (``baseline``, fitted on the same training rows
+    #: and scored on the same holdout) by this much on ``metric``; ``null`` = no baseline gate.
+    min_lift_over_baseline: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
+    baseline: Literal["most_frequent", "stratified"] = "most_frequent"
+    #: Class -> minimum recall on the holdout (``init`` writes floors for rare classes).
+    class_recall_floors: dict[str, float] = Field(default_factory=dict)
 
 
 class RegistrySettings(_Frozen):

@@ -91,3 +91,7 @@ RETRAIN_FLOW: Final = "retrain"
 def deployment_name(project: str, flow_name: str) -> str:
     """``<flow>/<project>``: the name ``edgeloop deploy`` gives each deployment."""
     return f"{flow_name}/{project}"
+
+
+#: Prefix of the trivial baseline's metrics on a retrain run (``baseline_macro_f1``, ...).
+METRIC_BASELINE_PREFIX: Final = "baseline_"

@@ -44,8 +44,12 @@ class BatchOutcome:
     report_path: str = ""
     mlflow_run_id: str = ""
     expectations_evaluated: int = 0
+    #: Hard failures (the ones that quarantine rows) and soft ones (rows accepted).
     expectations_failed: int = 0
     failed: list[str] = field(default_factory=list)
+    soft_expectations_failed: int = 0
+    rows_with_warnings: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def needs_attention(self) -> bool:
@@ -123,8 +127,11 @@ def file_batch(assessment: Assessment, store: DataStore) -> BatchOutcome:
         batch_id=entry.batch_id,
         report_path=f"{report_path}/report.md" if report_path else "",
         expectations_evaluated=r.evaluated if r else 0,
-        expectations_failed=len(r.failed) if r else 0,
-        failed=[f.describe() for f in r.failed] if r else [],
+        expectations_failed=len(r.errors) if r else 0,
+        failed=[f.describe() for f in r.errors] if r else [],
+        soft_expectations_failed=len(r.warnings) if r else 0,
+        rows_with_warnings=len(r.warning_rows) if r else 0,
+        warnings=list(entry.warnings),
     )
 
 
@@ -172,8 +179,15 @@ def log_run(
                 "rows_quarantined": outcome.rows_quarantined,
                 "expectations_evaluated": outcome.expectations_evaluated,
                 "expectations_failed": outcome.expectations_failed,
+                "soft_expectations_failed": outcome.soft_expectations_failed,
+                "rows_with_warnings": outcome.rows_with_warnings,
+                # Every expectation that did not hold, hard or soft (GX's success percent).
                 "success_percent": 100.0
-                * (1 - outcome.expectations_failed / outcome.expectations_evaluated)
+                * (
+                    1
+                    - (outcome.expectations_failed + outcome.soft_expectations_failed)
+                    / outcome.expectations_evaluated
+                )
                 if outcome.expectations_evaluated
                 else 0.0,
             }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +46,8 @@ class LedgerEntry:
     reason: str
     at: str
     stored: list[str]
+    #: Soft failures (severity "warning": rows accepted), one line each; older ledgers have none.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def batch_id(self) -> str:
@@ -177,6 +179,7 @@ class DataStore:
             report.reason,
             now,
             stored,
+            warnings=[f.describe() for f in report.warnings],
         )
         self._append(entry)
         return entry

@@ -213,18 +213,35 @@ def write_stream(folder: Path, seed: int = 7) -> list[Path]:
 def demo_suite(seed: int = 7) -> dict[str, Any]:
     """The demo's batch suite: bootstrapped from the reference, then edited as a user would.
 
-    The edit: pixel ranges come from the scanner spec (0..16), not from what the reference
-    happened to contain (a corner pixel that was always 0 is not an error when it is 1).
+    The edits: pixel ranges come from the scanner spec (0..16), not from what the reference
+    happened to contain (a corner pixel that was always 0 is not an error when it is 1), and
+    they and the scanner set are hard (a soft range would only warn).
     """
     from pipelines.profile import bootstrap_suite
 
     suite = bootstrap_suite(reference_frame(seed), demo_schema(), name="batch")
+    # The spec's hard 0..16 below makes a separate ">= 0" on a pixel redundant.
+    suite["expectations"] = [
+        e
+        for e in suite["expectations"]
+        if not (
+            e["type"] == "expect_column_values_to_be_between"
+            and e["kwargs"]["column"] in FEATURES
+            and "max_value" not in e["kwargs"]
+        )
+    ]
     for exp in suite["expectations"]:
         if (
             exp["type"] == "expect_column_values_to_be_between"
             and exp["kwargs"]["column"] in FEATURES
         ):
             exp["kwargs"]["min_value"], exp["kwargs"]["max_value"] = 0, 16
+            exp["severity"] = "critical"  # the spec's range: outside it is a broken scan
+        elif (
+            exp["type"] == "expect_column_values_to_be_in_set"
+            and exp["kwargs"]["column"] == SCANNER
+        ):
+            exp["severity"] = "critical"  # scanners are known devices: a new one is an error
     suite["meta"]["note"] = (
         "Bootstrapped from the demo reference set, then pixel ranges set to the scanner spec 0..16."
     )

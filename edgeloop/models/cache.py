@@ -33,7 +33,7 @@ from edgeloop.data.versioning import DataVersioner
 from edgeloop.tracking.store import configure, ensure_experiment
 
 #: The code whose change invalidates the cache (the training and evaluation stages).
-TRAINING_CODE = ("pipelines/train.py", "pipelines/evaluate.py")
+TRAINING_CODE = ("pipelines/train.py", "pipelines/evaluate.py", "pipelines/timecol.py")
 
 
 @dataclass
@@ -53,10 +53,20 @@ class RetrainSummary:
     message: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: The trivial baseline's metrics on the same holdout (``baseline_<metric>``); empty when
+    #: unknown (a cached run from before baselines).
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A cached summary's metrics are every metric its run logged: the baseline's move here.
+        prefix = keys.METRIC_BASELINE_PREFIX
+        if not self.baseline_metrics and any(k.startswith(prefix) for k in self.metrics):
+            self.baseline_metrics = {k: v for k, v in self.metrics.items() if k.startswith(prefix)}
+            self.metrics = {k: v for k, v in self.metrics.items() if not k.startswith(prefix)}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("metrics", "champion_metrics"):
+        for key in ("metrics", "champion_metrics", "baseline_metrics"):
             d[key] = {
                 k: (None if isinstance(v, float) and math.isnan(v) else v)
                 for k, v in d[key].items()

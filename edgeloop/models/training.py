@@ -15,7 +15,7 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,8 @@ class Trained:
     champion_metrics: dict[str, float] | None
     gates: GateResult
     seconds: dict[str, float]
+    #: The trivial baseline (``gates.baseline``) on the same holdout, keys ``baseline_<metric>``.
+    baseline_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -101,9 +103,18 @@ def train_and_evaluate(
         champ = ev.evaluate(
             y_true, champion.predict(x_hold), split.holdout, schema, list(training.slices)
         )
-    gates = ev.check_gates(metrics, champ, settings.gates)
+    baseline = ev.baseline_metrics(
+        tr.target(split.train, schema),
+        y_true,
+        split.holdout,
+        schema,
+        list(training.slices),
+        settings.gates.baseline,
+        settings.seeds.train,
+    )
+    gates = ev.check_gates(metrics, champ, settings.gates, baseline)
     seconds["evaluate_seconds"] = time.perf_counter() - t2
-    return Trained(model, split, y_true, y_pred, metrics, champ, gates, seconds)
+    return Trained(model, split, y_true, y_pred, metrics, champ, gates, seconds, baseline)
 
 
 def _trusted_types(model: Any) -> list[str]:
@@ -169,16 +180,14 @@ def log_retrain(
                 "force": force,
                 "gate_metric": settings.gates.metric,
                 "gate_max_regression": settings.gates.max_regression,
+                "gate_baseline": settings.gates.baseline,
+                "split": training.split,
             }
         )
         mlflow.log_metrics({k: v for k, v in trained.metrics.items()})
+        mlflow.log_metrics(trained.baseline_metrics)
         champ = trained.champion_metrics or {}
-        mlflow.log_metrics(
-            {
-                f"champion_{k}": champ.get(k, math.nan)
-                for k in ("accuracy", "macro_f1", "weighted_f1")
-            }
-        )
+        mlflow.log_metrics({f"champion_{k}": champ.get(k, math.nan) for k in ev.SCORES})
         mlflow.log_metrics(trained.seconds)
         for c in trained.gates.checks:
             mlflow.set_tag(f"{keys.TAG_GATE_PREFIX}{c.name}", "passed" if c.passed else "failed")
@@ -195,12 +204,14 @@ def log_retrain(
             import matplotlib.pyplot as plt
 
             plt.close(fig)
+            base = trained.baseline_metrics
             rows = [
                 {
                     "metric": k,
                     "candidate": v,
                     "champion": champ.get(k),
                     "delta": v - champ[k] if k in champ else None,
+                    "baseline": base.get(f"{ev.BASELINE_PREFIX}{k}"),
                 }
                 for k, v in sorted(trained.metrics.items())
             ]
@@ -214,10 +225,20 @@ def log_retrain(
         pointer = settings.path("data").with_suffix(".dvc")
         if pointer.exists():
             mlflow.log_artifact(str(pointer), artifact_path="lineage")
+        # The raw input columns (a time column too when features derive from it: the Pipeline
+        # derives them, so serving passes the raw column).
         x_example = tr.features(trained.split.train.head(5), schema)
         # Numeric inputs as double in the signature: an integer column that one day carries a
-        # null arrives as float, which an int64 schema would reject at serving time.
+        # null arrives as float, which an int64 schema would reject at serving time. The same
+        # for a time column of epoch seconds.
         numeric = list(schema.numeric)
+        time_col = schema.time
+        if (
+            time_col is not None
+            and time_col in x_example.columns
+            and pd.api.types.is_numeric_dtype(x_example[time_col])
+        ):
+            numeric.append(time_col)
         x_example = x_example.astype({c: "float64" for c in numeric})
         signature = infer_signature(x_example, trained.model.predict_proba(x_example))
         info = mlflow.sklearn.log_model(

@@ -5,7 +5,9 @@
 finished monitoring run yet, compares each with the reference (``pipelines.monitor``) and logs
 one run per batch in ``<project>-monitoring``. Every metric is logged at the batch's ledger
 sequence number as its step, so MLflow charts them over time. The names are fixed (the weekly
-report reads them): see ``METRICS`` and ``TAGS``.
+report reads them): see ``METRICS`` and ``TAGS``. Each run also carries
+``SOFT_FAILURES_METRIC``: the batch's soft expectations that failed at ingest (from the ledger),
+a drift signal that does not enter the drift decision.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ METRICS = (
     "challenger_accuracy",  # ... and a challenger score file
     "agreement",  # only when a challenger score file exists
 )
+#: Soft expectations (severity "warning") the batch failed at ingest: unusual values, new
+#: categories. Logged beside ``METRICS`` (not in it: the weekly report's record has no field yet).
+SOFT_FAILURES_METRIC = "soft_expectations_failed"
 TAGS = (
     keys.TAG_BATCH_ID,
     keys.TAG_BATCH_INDEX,
@@ -85,6 +90,8 @@ class BatchMonitoring:
     champion_accuracy: float | None = None
     challenger_accuracy: float | None = None
     agreement: float | None = None
+    #: Soft expectations the batch failed at ingest (the ledger's warnings).
+    soft_expectations_failed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -405,7 +412,9 @@ def _log_run(
             }
         )
         # step = the batch's ledger sequence number: the MLflow UI charts batches in order.
-        mlflow.log_metrics(_metrics(report), step=entry.seq)
+        mlflow.log_metrics(
+            {**_metrics(report), SOFT_FAILURES_METRIC: float(len(entry.warnings))}, step=entry.seq
+        )
         mlflow.log_text(_features_csv(report), "drift/features.csv")
         mlflow.log_dict(report.to_dict(), "drift/report.json")
         run_id: str = run.info.run_id
@@ -437,6 +446,7 @@ def _result(
         champion_accuracy=report.champion_accuracy,
         challenger_accuracy=report.challenger_accuracy,
         agreement=report.agreement,
+        soft_expectations_failed=len(entry.warnings),
     )
 
 
@@ -463,4 +473,5 @@ def _from_history(settings: Settings, entry: LedgerEntry, h: dict[str, Any]) -> 
         champion_accuracy=m.get("champion_accuracy"),
         challenger_accuracy=m.get("challenger_accuracy"),
         agreement=m.get("agreement"),
+        soft_expectations_failed=int(m.get(SOFT_FAILURES_METRIC, len(entry.warnings))),
     )

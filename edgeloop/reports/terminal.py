@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from edgeloop.core.keys import METRIC_BASELINE_PREFIX
+
 STATUS_STYLE = {
     "accepted": "green",
     "partial": "yellow",
@@ -110,10 +112,17 @@ def print_retrain(result: dict[str, Any]) -> None:
         mark = "[green]pass[/]" if c["passed"] else "[red]FAIL[/]"
         console.print(f"  {mark} {c['detail']}")
     m, ch = result.get("metrics") or {}, result.get("champion_metrics") or {}
-    for k in ("accuracy", "macro_f1"):
+    base = result.get("baseline_metrics") or {}
+    strategy = (result.get("gates") or {}).get("baseline", "")
+    for k in ("accuracy", "balanced_accuracy", "macro_f1"):
         if k in m:
-            extra = f" (champion {_num(ch.get(k))})" if ch else ""
-            console.print(f"  {k}: {_num(m[k])}{extra}")
+            extra = [f"champion {_num(ch.get(k))}"] if ch else []
+            b = base.get(f"{METRIC_BASELINE_PREFIX}{k}")
+            if b is not None:  # a cached run from before baselines has none: nothing shown
+                lift = f", lift {m[k] - b:+.4f}" if m[k] is not None else ""
+                extra.append(f"baseline {f'{strategy} ' if strategy else ''}{_num(b)}{lift}")
+            shown = f" ({'; '.join(extra)})" if extra else ""
+            console.print(f"  {k}: {_num(m[k])}{shown}")
     for note in result.get("notes") or []:
         console.print(f"  [yellow]recovered:[/] {note}")
     if result.get("run_id"):

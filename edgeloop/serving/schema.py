@@ -124,10 +124,14 @@ class InputSchema:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InputSchema:
-        """The config's features (for a model logged without a signature)."""
+        """The config's model inputs (for a model logged without a signature)."""
         schema = settings.data_schema
-        kinds = tuple("string" if c in schema.categorical else "number" for c in schema.features)
-        return cls(tuple(schema.features), kinds, (True,) * len(kinds), source="config")
+        # A time column (read by derived time features) may arrive as text or epoch numbers.
+        kinds = tuple(
+            "string" if c in schema.categorical else "any" if c == schema.time else "number"
+            for c in schema.inputs
+        )
+        return cls(tuple(schema.inputs), kinds, (True,) * len(kinds), source="config")
 
     @property
     def all_required(self) -> bool:

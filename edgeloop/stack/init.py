@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from edgeloop._internal import runtime
 from edgeloop.core import keys
 from edgeloop.core.config import (
     CONFIG_FILENAME,
-    SchemaSettings,
     Settings,
     dump_settings,
     load_settings,
@@ -26,6 +26,7 @@ from edgeloop.data.versioning import DataVersioner
 from edgeloop.demo.data import DEMO_RULES, demo_schema, demo_suite, reference_frame
 from pipelines.labels import labels_suite
 from pipelines.profile import bootstrap_suite
+from pipelines.roles import Overrides, Roles, infer_roles
 
 RESERVED_COLUMNS = keys.RESERVED_COLUMNS
 
@@ -37,6 +38,9 @@ class InitReport:
     settings: Settings
     steps: list[str] = field(default_factory=list)
     data_version: str | None = None
+    #: With ``--data``: every column's role and reason, the target, the gates (printed by the CLI).
+    summary: str = ""
+    roles: Roles | None = None
 
     def say(self, text: str) -> None:
         self.steps.append(text)
@@ -75,29 +79,22 @@ def is_demo(settings: Settings) -> bool:
     return settings.data_schema == demo_schema()
 
 
-def infer_schema(path: Path, target: str) -> tuple[SchemaSettings, pd.DataFrame]:
-    """Read the user's labeled file and derive the schema: features, categoricals, classes."""
+def read_user_data(
+    path: Path, target: str, overrides: Overrides | None = None
+) -> tuple[Roles, pd.DataFrame]:
+    """Read the user's labeled file and infer each column's role (``pipelines.roles``)."""
     df = read_batch(path)
-    if target not in df.columns:
-        raise EdgeloopError(
-            f"{path}: no column {target!r} (columns: {', '.join(map(str, df.columns))})"
-        )
-    if df[target].isna().any():
-        rows = df.index[df[target].isna()].tolist()[:5]
-        raise EdgeloopError(f"{path}: column {target!r} has missing labels (rows {rows}...)")
     clash = [c for c in RESERVED_COLUMNS if c in df.columns]
     if clash:
         raise EdgeloopError(f"{path}: columns {clash} are reserved by edgeloop; rename them")
-    features = [str(c) for c in df.columns if c != target]
-    categorical = [c for c in features if not pd.api.types.is_numeric_dtype(df[c])]
-    labels = sorted(df[target].unique().tolist(), key=str)
-    classes: list[int | str] = [
-        int(v) if isinstance(v, (int, float)) and float(v).is_integer() else str(v) for v in labels
-    ]
-    schema = SchemaSettings(
-        features=features, categorical=categorical, target=target, classes=classes
-    )
-    return schema, df
+    try:
+        return infer_roles(df, target, overrides), df
+    except EdgeloopError as exc:
+        raise EdgeloopError(f"{path}: {exc}") from None
+
+
+def _differs(path: Path, text: str) -> bool:
+    return path.exists() and path.read_text(encoding="utf-8") != text
 
 
 def _write_if_new(path: Path, text: str, force: bool, report: InitReport, what: str) -> None:
@@ -112,32 +109,84 @@ def _write_if_new(path: Path, text: str, force: bool, report: InitReport, what: 
     report.say(f"{what}: wrote {path}")
 
 
+def _same_rows(stored: Path, frame: pd.DataFrame) -> bool:
+    """Whether the stored reference set holds ``frame``'s rows (as text: dtypes may differ)."""
+    old = pd.read_parquet(stored).drop(columns=list(RESERVED_COLUMNS), errors="ignore")
+    new = frame.reset_index(drop=True)
+    if list(old.columns) != list(map(str, new.columns)) or len(old) != len(new):
+        return False
+    return bool(old.astype("str").equals(new.astype("str").set_axis(old.columns, axis=1)))
+
+
+def untouched_demo(root: Path, config: Path) -> bool:
+    """True when the config, the suite and the data are still those the demo ships with
+    (a fresh clone, or one where only ``edgeloop init`` ran): safe to replace without --force."""
+    if not config.exists():
+        return False
+    try:
+        current = load_settings(config)
+    except EdgeloopError:
+        return False
+    if current != demo_settings(root):
+        return False
+    suite = current.suite_path()
+    if suite.exists():
+        try:
+            if json.loads(suite.read_text(encoding="utf-8")) != demo_suite(current.seeds.demo):
+                return False
+        except json.JSONDecodeError:
+            return False
+    labels = current.suite_path(current.annotation.suite)
+    if _differs(labels, _labels_text(current)):
+        return False
+    rules = root / current.edge_cases.rules_file
+    if _differs(rules, DEMO_RULES):
+        return False
+    store = DataStore(current)
+    if store.ledger():
+        return False
+    if not store.root.exists():
+        # Only data.dvc: it must name a reference set alone (no batches, labels or queue).
+        pointer = DataVersioner(current).pointer
+        if not pointer.exists():
+            return True
+        outs = (yaml.safe_load(pointer.read_text(encoding="utf-8")) or {}).get("outs") or [{}]
+        return int(outs[0].get("nfiles") or 0) <= 1
+    files = [p for p in store.root.rglob("*") if p.is_file()]
+    return files == [store.reference_path] and _same_rows(
+        store.reference_path, reference_frame(current.seeds.demo)
+    )
+
+
 def init_project(
     root: Path,
     *,
     config: Path | None = None,
     data: Path | None = None,
     target: str | None = None,
+    id: str | None = None,
+    time: str | None = None,
+    ignore: Iterable[str] = (),
+    categorical: Iterable[str] = (),
+    numeric: Iterable[str] = (),
     force: bool = False,
 ) -> InitReport:
-    """Set the project up: config, suite, stores, DVC and the first dataset version."""
+    """Set the project up: config, suite, stores, DVC and the first dataset version.
+
+    With ``data``: each column's role is inferred (``pipelines.roles``; the keyword arguments
+    override it), the schema and gates go to the config and a suite is bootstrapped. A config,
+    suite or reference set that differs is replaced only with ``force``, or when it is still
+    the untouched demo's.
+    """
     root = root.resolve()
     config = (config or root / CONFIG_FILENAME).resolve()
-    frame: pd.DataFrame | None
     if data is not None:
         if not target:
             raise EdgeloopError("--data needs --target COLUMN (the label column)")
-        schema, frame = infer_schema(Path(data), target)
-        settings = settings_from_dict(
-            {"project": root.name or "edgeloop", "schema": schema.model_dump()},
-            root=root,
-            source=config,
-        )
-        report = InitReport(settings)
-        text = yaml.safe_dump(
-            settings.to_dict(), sort_keys=False, width=100, default_flow_style=None
-        )
-        _write_if_new(config, text, force, report, "config")
+        overrides = Overrides.of(id, time, tuple(ignore), tuple(categorical), tuple(numeric))
+        roles, frame = read_user_data(Path(data), target, overrides)
+        report = _write_user_project(root, config, roles, frame, force)
+        settings = report.settings
     else:
         if config.exists():
             settings = load_settings(config)
@@ -148,38 +197,16 @@ def init_project(
             report = InitReport(settings)
             dump_settings(settings, config)
             report.say(f"config: wrote the demo config to {config}")
+        _ensure_gitignore(root, report)
+        runtime.prepare(settings)
+        settings = load_settings(config)
+        report.settings = settings
+        _ensure_demo_suite(settings, force, report)
         frame = None
-
-    _ensure_gitignore(root, report)
-    runtime.prepare(settings)
-    settings = load_settings(config)
-    report.settings = settings
-
-    # The suite: bootstrapped from the user's data, or the demo's (bootstrapped, then edited).
-    suite_path = settings.suite_path()
-    if frame is not None:
-        suite = bootstrap_suite(frame, settings.data_schema, name=settings.validation.suite)
-        _write_if_new(suite_path, json.dumps(suite, indent=2) + "\n", force, report, "suite")
-    elif not suite_path.exists():
-        if not is_demo(settings):
-            raise EdgeloopError(
-                f"{suite_path}: no expectation suite; run 'edgeloop init --data PATH --target COL'"
-            )
-        _write_if_new(
-            suite_path,
-            json.dumps(demo_suite(settings.seeds.demo), indent=2) + "\n",
-            force,
-            report,
-            "suite",
-        )
-    else:
-        report.say(f"suite: using {suite_path}")
 
     labels_path = settings.suite_path(settings.annotation.suite)
     if not labels_path.exists():
-        labels_path.write_text(
-            json.dumps(labels_suite(settings.data_schema), indent=2) + "\n", encoding="utf-8"
-        )
+        labels_path.write_text(_labels_text(settings), encoding="utf-8")
         report.say(f"suite: wrote {labels_path}")
     rules_path = settings.root / settings.edge_cases.rules_file
     if not rules_path.exists() and is_demo(settings):
@@ -207,6 +234,74 @@ def init_project(
     else:
         report.data_version = _ensure_data(settings, versioner, store, report)
     return report
+
+
+def _labels_text(settings: Settings) -> str:
+    return json.dumps(labels_suite(settings.data_schema), indent=2) + "\n"
+
+
+def _write_user_project(
+    root: Path, config: Path, roles: Roles, frame: pd.DataFrame, force: bool
+) -> InitReport:
+    """Config, suites and the demo's leftovers for the user's data; checks every file it would
+    replace before writing any (a refusal leaves the project as it was)."""
+    settings = settings_from_dict(
+        {
+            "project": root.name or "edgeloop",
+            "schema": roles.schema(),
+            "training": roles.training_defaults(),
+            "gates": roles.gate_defaults(),
+        },
+        root=root,
+        source=config,
+    )
+    report = InitReport(settings, summary=roles.summary(), roles=roles)
+    replacing = not force and untouched_demo(root, config)
+    overwrite = force or replacing
+    config_text = yaml.safe_dump(
+        settings.to_dict(), sort_keys=False, width=100, default_flow_style=None
+    )
+    suite = bootstrap_suite(frame, settings.data_schema, name=settings.validation.suite)
+    suite_text = json.dumps(suite, indent=2) + "\n"
+    labels_path = settings.suite_path(settings.annotation.suite)
+    labels_text = _labels_text(settings)
+    reference = DataStore(settings).reference_path
+    if not overwrite:
+        for path, text in ((config, config_text), (settings.suite_path(), suite_text)):
+            if _differs(path, text):
+                raise EdgeloopError(f"{path}: exists and differs; pass --force to overwrite it")
+        if reference.exists() and not _same_rows(reference, frame):
+            raise EdgeloopError(
+                f"{reference}: holds a different reference set; pass --force to replace it"
+            )
+    if replacing:
+        report.say("replaced the untouched demo config, suite and data")
+        rules = root / settings.edge_cases.rules_file
+        if rules.exists() and rules.read_text(encoding="utf-8") == DEMO_RULES:
+            rules.unlink()  # the demo's rules name the demo's columns
+            report.say(f"edge-case rules: removed the demo's {rules.name}")
+    _write_if_new(config, config_text, overwrite, report, "config")
+    _ensure_gitignore(root, report)
+    runtime.prepare(settings)
+    report.settings = load_settings(config)
+    _write_if_new(report.settings.suite_path(), suite_text, overwrite, report, "suite")
+    if overwrite and _differs(labels_path, labels_text):
+        _write_if_new(labels_path, labels_text, True, report, "suite")
+    return report
+
+
+def _ensure_demo_suite(settings: Settings, force: bool, report: InitReport) -> None:
+    """The demo's suite (bootstrapped, then edited), unless a suite is there already."""
+    suite_path = settings.suite_path()
+    if suite_path.exists():
+        report.say(f"suite: using {suite_path}")
+        return
+    if not is_demo(settings):
+        raise EdgeloopError(
+            f"{suite_path}: no expectation suite; run 'edgeloop init --data PATH --target COL'"
+        )
+    text = json.dumps(demo_suite(settings.seeds.demo), indent=2) + "\n"
+    _write_if_new(suite_path, text, force, report, "suite")
 
 
 def _ensure_data(

@@ -123,9 +123,10 @@ def test_same_batch_twice_adds_no_rows(project: Path, tmp_path: Path) -> None:
 def test_bad_rows_are_quarantined_and_nothing_is_lost(project: Path, tmp_path: Path) -> None:
     df = production_batch(seed=8)
     df["income"] = df["income"].astype("float64")
-    df.loc[3, "income"] = None  # null where not allowed
-    df.loc[7, "age"] = 999  # out of range
-    df.loc[9, "region"] = "atlantis"  # unknown category
+    df.loc[3, "income"] = None  # null where not allowed: hard
+    df.loc[5, "age"] = -5  # a negative age (never negative, a count/amount name): hard
+    df.loc[7, "age"] = 999  # out of the observed range: soft, the row is accepted
+    df.loc[9, "region"] = "atlantis"  # unknown category: soft, the row is accepted
     batch = tmp_path / "partly-bad.csv"
     df.to_csv(batch, index=False)
 
@@ -134,18 +135,27 @@ def test_bad_rows_are_quarantined_and_nothing_is_lost(project: Path, tmp_path: P
     assert failed  # the gate raised, carrying the results
     (r,) = results
     assert r["status"] == "partial"
-    assert r["rows_accepted"] == 57 and r["rows_quarantined"] == 3
+    assert r["rows_accepted"] == 58 and r["rows_quarantined"] == 2
+    assert r["rows_with_warnings"] == 2
+    assert any("'region'" in w and "atlantis" in w for w in r["warnings"])
+    assert any("'age'" in w and "999" in w for w in r["warnings"])
     qdir = project / Path(r["report_path"]).parent
     assert (qdir / f"original{batch.suffix}").read_bytes() == batch.read_bytes()
     report = (qdir / "report.md").read_text()
     for needle in ("income", "age", "region", "not_be_null", "be_between", "be_in_set"):
         assert needle in report
+    assert "## Warnings (rows accepted)" in report
     import pandas as pd
 
     bad = pd.read_csv(qdir / "rows.csv")
-    assert sorted(bad["source_row"]) == [3, 7, 9]
+    assert sorted(bad["source_row"]) == [3, 5]
     settings = load_settings(project / "edgeloop.yaml")
-    assert len(DataStore(settings).load_dataset()) == 240 + 57
+    assert len(DataStore(settings).load_dataset()) == 240 + 58
+    assert DataStore(settings).ledger()[-1].warnings == r["warnings"]
+    run = _mlflow_run(project, r["mlflow_run_id"])
+    # Two soft expectations: age's range (-5 and 999) and region's set (atlantis).
+    assert run.data.metrics["soft_expectations_failed"] == len(r["warnings"]) == 2
+    assert run.data.metrics["rows_with_warnings"] == 2
 
 
 def test_schema_break_quarantines_the_whole_batch(project: Path, tmp_path: Path) -> None:

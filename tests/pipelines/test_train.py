@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from edgeloop.core.config import GateSettings, SliceSettings, TrainingSettings
+from edgeloop.core.config import GateSettings, SchemaSettings, SliceSettings, TrainingSettings
 from edgeloop.core.errors import EdgeloopError, TrainingError
 from pipelines.evaluate import (
     GateResult,
@@ -23,6 +23,7 @@ from pipelines.evaluate import (
     slice_mask,
 )
 from pipelines.train import (
+    TimeFeatures,
     build_pipeline,
     estimator_class,
     features,
@@ -33,6 +34,7 @@ from pipelines.train import (
     row_hash,
     split,
     target,
+    time_holdout_mask,
 )
 from tests.conftest import small_reference, small_schema
 
@@ -668,3 +670,190 @@ def test_confusion_figure_saves_to_png(tmp_path: Path) -> None:
         assert out.stat().st_size > 1000
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- column roles
+
+#: ``small_reference`` with an id, a time and an ignored column beside the features.
+ROLES = SchemaSettings(
+    features=["age", "income", "score", "region"],
+    categorical=["region"],
+    target="label",
+    classes=[0, 1, 2],
+    id="customer_id",
+    time="signed_up",
+    ignore=["note"],
+)
+
+
+def dated(rows: int = 400, seed: int = 3) -> pd.DataFrame:
+    """``dataset`` with an id, an ISO time (one row every 5 hours, shuffled) and a note."""
+    df = dataset(rows, seed)
+    when = pd.date_range("2024-01-01", periods=rows, freq="5h")
+    order = np.random.default_rng(seed).permutation(rows)
+    df["customer_id"] = np.arange(1, rows + 1)
+    df["signed_up"] = when[order].strftime("%Y-%m-%dT%H:%M:%S")
+    df["note"] = "x"
+    return df
+
+
+def test_the_model_reads_only_the_features_unless_time_features_are_derived() -> None:
+    df = dated(10)
+    assert list(features(df, ROLES).columns) == ["age", "income", "score", "region"]
+    derived = ROLES.model_copy(update={"time_features": ["month"]})
+    assert list(features(df, derived).columns) == ["age", "income", "score", "region", "signed_up"]
+    with pytest.raises(TrainingError, match=r"no column\(s\) \['signed_up'\]"):
+        features(df.drop(columns=["signed_up"]), derived)
+
+
+def test_id_time_and_ignored_columns_never_reach_the_model() -> None:
+    s = split(dated(), ROLES, training(), SEED)
+    model = fit(s.train, ROLES, training(), SEED)
+    assert list(model.feature_names_in_) == ["age", "income", "score", "region"]
+
+
+# --------------------------------------------------------------------------- time split
+
+
+def test_time_split_holds_out_the_most_recent_rows() -> None:
+    df = dated(500)
+    s = split(df, ROLES, training(split="time"), SEED)
+    assert len(s.holdout) == 100 and len(s.train) == 400
+    newest = set(df.sort_values("signed_up")["row_id"].iloc[-100:])
+    assert ids(s.holdout) == newest
+    assert s.holdout["signed_up"].min() > s.train["signed_up"].max()
+    # The hash split (the default) is not time-ordered.
+    hashed = split(df, ROLES, training(), SEED)
+    assert hashed.holdout["signed_up"].min() < hashed.train["signed_up"].max()
+
+
+def test_time_split_reads_epoch_seconds_and_mixed_formats() -> None:
+    df = dated(300)
+    parsed = pd.to_datetime(df["signed_up"], utc=True)
+    epoch = df.assign(
+        signed_up=(parsed - pd.Timestamp("1970-01-01", tz="UTC")) // pd.Timedelta("1s")
+    )
+    mixed = df.assign(
+        signed_up=parsed.dt.strftime("%Y/%m/%d %H:%M").where(df.index % 2 == 0, df["signed_up"])
+    )
+    expected = ids(split(df, ROLES, training(split="time"), SEED).holdout)
+    assert ids(split(epoch, ROLES, training(split="time"), SEED).holdout) == expected
+    assert ids(split(mixed, ROLES, training(split="time"), SEED).holdout) == expected
+
+
+def test_time_split_ties_are_broken_by_the_row_hash_and_nat_rows_train() -> None:
+    df = dated(200)
+    df["signed_up"] = ["2024-05-01"] * 150 + [None] * 25 + ["not a date"] * 25
+    mask = time_holdout_mask(df, ROLES, 0.2, SEED)
+    assert mask.sum() == 40  # round(0.2 * 200), all among the 150 tied rows
+    assert not mask[150:].any()  # rows without a parseable time are never held out
+    np.testing.assert_array_equal(mask, time_holdout_mask(df.copy(), ROLES, 0.2, SEED))
+    assert not np.array_equal(mask, time_holdout_mask(df, ROLES, 0.2, SEED + 1))
+
+
+def test_time_split_without_a_time_column_names_both_keys() -> None:
+    with pytest.raises(TrainingError, match=r"training\.split is 'time'.*schema\.time"):
+        split(dataset(100), SCHEMA, training(split="time"), SEED)
+
+
+def test_time_split_with_no_parseable_time_is_refused() -> None:
+    df = dated(100).assign(signed_up="someday")
+    with pytest.raises(TrainingError, match=r"no labeled row has a parseable schema\.time"):
+        split(df, ROLES, training(split="time"), SEED)
+
+
+# --------------------------------------------------------------------------- high cardinality
+
+
+def cities(rows: int = 600, seed: int = 4) -> pd.DataFrame:
+    """``dataset`` with ``city``: 300 distinct values, a few frequent ones."""
+    df = dataset(rows, seed)
+    rng = np.random.default_rng(seed)
+    frequent = rng.choice(["paris", "lyon", "nice"], rows)
+    rare = np.asarray([f"town{i}" for i in rng.integers(0, 300, rows)])
+    df["city"] = pd.array(np.where(rng.random(rows) < 0.5, frequent, rare), dtype="str")
+    return df
+
+
+WIDE = SchemaSettings(
+    features=["age", "income", "score", "region", "city"],
+    categorical=["region", "city"],
+    high_cardinality=["city"],
+    target="label",
+    classes=[0, 1, 2],
+)
+
+
+def test_high_cardinality_encoding_caps_categories_and_accepts_unseen_values() -> None:
+    t = training(max_categories=8)
+    s = split(cities(), WIDE, t, SEED)
+    model = fit(s.train, WIDE, t, SEED)
+    names = list(model.named_steps["features"].get_feature_names_out())
+    city = [n for n in names if n.startswith("city_")]
+    assert len(city) == 8 and "city_infrequent_sklearn" in city
+    assert {"city_paris", "city_lyon", "city_nice"} <= set(city)
+    assert [n for n in names if n.startswith("region_")] == [
+        "region_east",
+        "region_north",
+        "region_south",
+    ]
+    x = features(s.holdout, WIDE).copy()
+    x["city"] = "atlantis"  # never seen: pooled with the infrequent values, no error
+    x["region"] = "atlantis"
+    assert model.predict_proba(x).shape == (len(x), 3)
+    encoded = model.named_steps["features"].transform(x.head(1))
+    assert encoded[0, names.index("city_infrequent_sklearn")] == 1.0
+    assert encoded[0, [names.index(n) for n in names if n.startswith("region_")]].sum() == 0.0
+
+
+def test_other_categoricals_are_encoded_as_before() -> None:
+    pipe = build_pipeline(SCHEMA, training(), SEED)
+    ((name, encoder, columns),) = pipe.named_steps["features"].transformers
+    assert (name, columns, encoder.handle_unknown) == ("categorical", ["region"], "ignore")
+
+
+# --------------------------------------------------------------------------- time features
+
+
+def test_time_features_from_iso_strings_and_epoch_seconds() -> None:
+    iso = pd.DataFrame({"t": ["2024-01-01T13:00:00", "2024-07-06 23:30", "31/12/2023", None]})
+    epoch = pd.DataFrame({"t": [1704114000, 1720308600, 1703980800, 1704067200]})
+    millis = epoch * 1000
+    expected = np.array([[0, 1, 13], [5, 7, 23], [6, 12, 0], [np.nan, np.nan, np.nan]])
+    got = TimeFeatures(["dayofweek", "month", "hour"]).fit(iso).transform(iso)
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(TimeFeatures().fit(epoch).transform(epoch)[:3], expected[:3])
+    np.testing.assert_array_equal(TimeFeatures().fit(millis).transform(millis)[:3], expected[:3])
+    # The unit is learned at fit: one later row is read the same way.
+    one = TimeFeatures(["hour"]).fit(epoch)
+    assert one.unit_ == "s" and one.transform(epoch.head(1)).tolist() == [[13.0]]
+    assert list(one.get_feature_names_out()) == ["t_hour"]
+
+
+def test_time_features_are_derived_inside_the_pipeline_and_save_with_skops() -> None:
+    import skops.io
+
+    from edgeloop.models.training import _trusted_types
+
+    derived = ROLES.model_copy(update={"time_features": ["dayofweek", "month", "hour"]})
+    s = split(dated(), derived, training(split="time"), SEED)
+    model = fit(s.train, derived, training(), SEED)
+    names = list(model.named_steps["features"].get_feature_names_out())
+    assert names == [
+        "region_east",
+        "region_north",
+        "region_south",
+        "signed_up_dayofweek",
+        "signed_up_month",
+        "signed_up_hour",
+        "age",
+        "income",
+        "score",
+    ]
+    x = features(s.holdout, derived)  # the raw time column
+    assert x["signed_up"].iloc[0] == s.holdout["signed_up"].iloc[0]  # an ISO string
+    blob = skops.io.dumps(model)
+    trusted = _trusted_types(model)
+    assert "pipelines.train.TimeFeatures" in trusted
+    loaded = skops.io.loads(blob, trusted=trusted)
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
