@@ -12,10 +12,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from edgeloop._internal import faults
 from edgeloop.batch.annotation import LabelImport, import_labels, labels_since_last_retrain, sla
 from edgeloop.core import keys
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import LabelGateError
+from edgeloop.data.lock import change, data_lock, recover, say
 from edgeloop.data.versioning import DataVersioner, git_info
 from edgeloop.tracking.store import ensure_experiment
 from flows._common import flow_run_url, version_data
@@ -62,25 +64,49 @@ def record_task(
         return run_id
 
 
+def _recover(settings: Settings) -> None:
+    """Roll back or finish what a killed command left in data/ (and say so)."""
+    found = recover(settings)
+    say(found.notes)
+    j = found.committed
+    if j and j.get("info", {}).get("result") and j["step"] != "logged":
+        # Labels versioned without their MLflow run: record it now.
+        result = j["info"]["result"]
+        record_task(settings, result, j["version"], sla(settings).to_dict())
+        say([f"recovered: recorded the MLflow run of the label import {result['source']}"])
+
+
 @flow(name="annotate-import")
 def annotate_import(
-    path: str, retrain_on_volume: bool = True, config: str = "edgeloop.yaml"
+    path: str, retrain_on_volume: bool = True, config: str = "edgeloop.yaml", wait: bool = False
 ) -> Any:
     """Import annotators' labels (Label Studio JSON export or CSV) into the dataset.
+
+    Holds the data lock and first rolls back or finishes what a killed command left.
 
     Args:
         path: The export file.
         retrain_on_volume: Start a retrain when enough new labels arrived (annotation.retrain_after_labels).
         config: Path of the edgeloop.yaml to use.
+        wait: Queue behind another command writing the data instead of refusing.
     """
     settings = load_settings(config)
-    result = import_task(settings, path).to_dict()
-    version = DataVersioner(settings).version() or ""
-    if result["accepted"]:
-        version = version_data(settings)
-    backlog = sla(settings).to_dict()
-    result["data_version"], result["sla"] = version, backlog
-    result["mlflow_run_id"] = record_task(settings, result, version, backlog)
+    with data_lock(settings, "annotate import", wait=wait):
+        _recover(settings)
+        with change(settings, f"annotate import {Path(path).name}") as ch:
+            result = import_task(settings, path).to_dict()
+            ch.mark("recorded", result=result)
+            version = DataVersioner(settings).version() or ""
+            if result["accepted"]:
+                version = version_data(settings)
+                ch.mark("versioned")
+            backlog = sla(settings).to_dict()
+            result["data_version"], result["sla"] = version, backlog
+            result["mlflow_run_id"] = record_task(settings, result, version, backlog)
+            ch.mark("logged")
+            faults.point("labels:mlflow-logged")
+    if result.get("duplicate_of"):
+        say([f"{result['source']}: already imported as {result['duplicate_of']}: no labels added"])
     n = settings.annotation.retrain_after_labels
     if retrain_on_volume and n and result["accepted"]:
         new = labels_since_last_retrain(settings)

@@ -15,9 +15,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from edgeloop._internal import faults
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import ValidationGateError
 from edgeloop.data.ingest import Assessment, BatchOutcome, assess, file_batch, log_run
+from edgeloop.data.lock import change, data_lock, recover, say
 from edgeloop.data.readers import load_suite
 from edgeloop.data.store import DataStore
 from edgeloop.data.versioning import DataVersioner
@@ -87,29 +89,52 @@ def _summary_artifacts(outcomes: list[BatchOutcome], version: str) -> None:
     create_markdown_artifact(key="ingest-validation", markdown="\n".join(lines))
 
 
+def _recover(settings: Settings) -> None:
+    """Roll back or finish what a killed command left in data/ (and say so)."""
+    found = recover(settings)
+    say(found.notes)
+    j = found.committed
+    if j and j.get("info", {}).get("outcome") and j["step"] != "logged":
+        # A batch versioned without its MLflow run: record it now (without the report).
+        d = j["info"]["outcome"]
+        o = BatchOutcome(**d)
+        record_run(settings, o, Assessment(Path(o.source), o.sha256, None, None), j["version"])
+        say([f"recovered: recorded the MLflow run of batch {o.batch_id} ({o.source})"])
+
+
 @flow(name="ingest", log_prints=True)
-def ingest(paths: list[str], config: str = "edgeloop.yaml") -> Any:
+def ingest(paths: list[str], config: str = "edgeloop.yaml", wait: bool = False) -> Any:
     """Validate and ingest batch files (CSV or Parquet) into the versioned dataset.
 
-    Raises ``ValidationGateError`` (after filing every batch) when any rows were quarantined.
+    Holds the data lock (``wait``: queue behind another writer instead of refusing) and first
+    rolls back or finishes what a killed command left. Raises ``ValidationGateError`` (after
+    filing every batch) when any rows were quarantined.
     """
     settings = load_settings(config)
     suite = load_suite(settings.suite_path())
     outcomes: list[BatchOutcome] = []
-    version = DataVersioner(settings).version() or ""
-    for path in paths:
-        assessment = validate_batch(str(Path(path).resolve()), settings, suite)
-        outcome = store_batch(assessment, settings)
-        if outcome.status != "duplicate":
-            version = version_data(settings)
-        run_id = record_run(settings, outcome, assessment, version)
-        outcome = BatchOutcome(
-            **{**outcome.to_dict(), "data_version": version, "mlflow_run_id": run_id}
-        )
-        print(f"{outcome.source}: {outcome.status} ({outcome.reason})")
-        for w in outcome.warnings[:10]:
-            print(f"  warning (rows accepted): {w}")
-        outcomes.append(outcome)
+    with data_lock(settings, "ingest", wait=wait):
+        _recover(settings)
+        version = DataVersioner(settings).version() or ""
+        for path in paths:
+            assessment = validate_batch(str(Path(path).resolve()), settings, suite)
+            faults.point("ingest:validated")
+            with change(settings, f"ingest {Path(path).name}") as ch:
+                outcome = store_batch(assessment, settings)
+                ch.mark("recorded", outcome=outcome.to_dict())
+                if outcome.status != "duplicate":
+                    version = version_data(settings)
+                    ch.mark("versioned")
+                run_id = record_run(settings, outcome, assessment, version)
+                ch.mark("logged")
+                faults.point("ingest:mlflow-logged")
+            outcome = BatchOutcome(
+                **{**outcome.to_dict(), "data_version": version, "mlflow_run_id": run_id}
+            )
+            print(f"{outcome.source}: {outcome.status} ({outcome.reason})")
+            for w in outcome.warnings[:10]:
+                print(f"  warning (rows accepted): {w}")
+            outcomes.append(outcome)
     _summary_artifacts(outcomes, version)
     results = [o.to_dict() for o in outcomes]
     bad = [o for o in outcomes if o.needs_attention]

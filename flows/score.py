@@ -19,12 +19,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from edgeloop._internal import faults
 from edgeloop.batch.annotation import surface
-from edgeloop.batch.scoring import score_batches
+from edgeloop.batch.scoring import remove_partial_scores, score_batches
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.core.keys import CHALLENGER, CHAMPION
 from edgeloop.core.layout import Layout
+from edgeloop.data.lock import change, data_lock, recover, say
 from edgeloop.data.store import DataStore
 from edgeloop.tracking.registry import Registry
 from flows._common import version_data
@@ -132,8 +134,12 @@ def score(
     config: str = "edgeloop.yaml",
     dask_address: str = "",
     dask_workers: int = 0,
+    wait: bool = False,
 ) -> list[dict[str, Any]]:
     """Score accepted batches (all, or ``batch_ids``) with champion and challenger.
+
+    Score files are written whole or not at all; the edge-case queue (in ``data/``) is written
+    and versioned under the data lock, after rolling back what a killed command left there.
 
     Args:
         batch_ids: Batches to score (ids as in ``edgeloop status``); empty = every batch.
@@ -141,8 +147,14 @@ def score(
         dask_address: Score batches on this Dask scheduler (``tcp://host:8786``); its workers
             need the project's files at the same path and the same Prefect API.
         dask_workers: Score batches on a local Dask cluster of this many worker processes.
+        wait: Queue behind another command writing the data instead of refusing.
     """
     settings = load_settings(config)
+    with data_lock(settings, "score", wait=wait):
+        # Before anything is read: a killed ingest's uncommitted batch is not scored.
+        say(recover(settings).notes)
+    for p in remove_partial_scores(settings):
+        say([f"recovered: removed {p}, a score file a killed run left half-written"])
     batches = pending_task(settings, batch_ids or None)
     if dask_address or dask_workers:
         # The runner is entered here rather than set on the flow, so that a parameter picks
@@ -167,10 +179,15 @@ def score(
     written = _alias_major(per_batch)
     if written:
         create_table_artifact(key="scored-batches", table=written, description="new score files")
-    surfaced = surface_task(settings)
+    with data_lock(settings, "score (edge-case queue)", wait=wait):
+        say(recover(settings).notes)
+        with change(settings, "score (edge-case queue)"):
+            surfaced = surface_task(settings)
+            if surfaced:
+                # The queue lives in data/: version it, so data.dvc keeps describing data/.
+                version_data(settings)
+                faults.point("score:versioned")
     if surfaced:
-        # The queue lives in data/: version it, so data.dvc keeps describing data/.
-        version_data(settings)
         create_table_artifact(
             key="edge-cases", table=surfaced, description="edge cases queued for annotation"
         )

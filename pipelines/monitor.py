@@ -61,6 +61,9 @@ class CategoricalReference:
     categories: tuple[str, ...]
     counts: NDArray[np.int64]
     shares: NDArray[np.float64]
+    #: A ``schema.high_cardinality`` column: new values are expected, so one alone is not
+    #: drift (PSI and the test still are).
+    open_set: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ def build_reference(
             categories=cats,
             counts=_readonly(cat_counts),
             shares=_readonly(cat_counts / n),
+            open_set=name in schema.high_cardinality,
         )
     classes = tuple(_label(c) for c in schema.classes)
     target = _counts(_column(frame, schema.target, "the reference"))
@@ -291,7 +295,7 @@ def _categorical_drift(
         test="chi2",
         statistic=stat,
         p_value=p,
-        drifted=n > 0 and (n_unseen > 0 or _drifted(value, p, settings)),
+        drifted=n > 0 and ((n_unseen > 0 and not ref.open_set) or _drifted(value, p, settings)),
         rows=n,
         missing_share=counts_by.get(MISSING, 0) / n if n else 0.0,
         unseen=tuple(unseen),

@@ -62,7 +62,7 @@ COUNT_OR_AMOUNT_WORDS = frozenset(
         "balances", "income", "incomes", "salary", "salaries", "age", "days", "duration",
         "durations", "calls", "visits", "clicks", "orders", "items", "views", "events",
         "purchases", "transactions", "months", "weeks", "years", "hours", "minutes", "seconds",
-        "tenure",
+        "tenure", "charge", "charges", "payment", "payments", "revenue", "spend", "paid",
     }
 )  # fmt: skip
 #: Name prefixes that say "number of": ``n_items``, ``num_visits``, ``nb_orders``.
@@ -94,7 +94,7 @@ def name_words(column: str) -> list[str]:
 def is_count_or_amount(column: str) -> bool:
     """True when the name reads as a count or an amount: one of its words (camelCase and
     ``_``/``-``/space separated) is in ``COUNT_OR_AMOUNT_WORDS``, or it starts with one of
-    ``COUNT_PREFIXES``. ``page_views`` and ``stage`` are not counts by this rule ("age" must be
+    ``COUNT_PREFIXES``. ``page_views`` is a count by this rule, ``stage`` is not ("age" must be
     a whole word)."""
     if column.lower().startswith(COUNT_PREFIXES):
         return True

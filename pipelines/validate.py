@@ -6,9 +6,10 @@ suites). ``validate_frame`` runs the suite with real GX and returns a ``Validati
 
 Row policy (``validation.row_policy`` in the config):
 
-* ``rows`` (default): rows that fail a row-level expectation (nulls, ranges, category sets) are
-  quarantined and the rest is accepted, unless the share of bad rows exceeds
-  ``max_bad_row_fraction``, in which case the whole batch is quarantined.
+* ``rows`` (default): rows that fail a hard row-level expectation (nulls, impossible values, a
+  duplicate id; see the severities below) are quarantined and the rest is accepted, unless the
+  share of bad rows exceeds ``max_bad_row_fraction``, in which case the whole batch is
+  quarantined.
 * ``batch``: any failed expectation quarantines the whole batch.
 
 Table-level failures (missing or extra columns, wrong dtype, row count) always quarantine the
@@ -151,7 +152,11 @@ class FailedExpectation:
             )
         mismatch = self.mismatched_columns
         if mismatch:
-            parts = [f"{k} columns {v}" for k, v in sorted(mismatch.items())]
+            # A wide file can miss or add thousands: the count and the first few say enough.
+            parts = [
+                f"{k} columns {v}" if len(v) <= 10 else f"{len(v)} {k} columns {v[:10]} ..."
+                for k, v in sorted(mismatch.items())
+            ]
             return f"{self.expectation}: {'; '.join(parts)}"
         return f"{self.expectation}{where}: observed {_short(self.observed)}"
 

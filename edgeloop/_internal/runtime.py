@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edgeloop.core.config import ENV_TEMPORARY_PREFECT_API_URL, Settings
 from edgeloop.core.errors import EdgeloopError
@@ -105,11 +106,75 @@ def api_unreachable(exc: BaseException | None) -> bool:
 
 
 def quiet_expected_errors() -> None:
-    """Install the filter on the console handlers Prefect configured (call after importing it)."""
+    """Call after importing Prefect, before the first flow (every flow command does): installs
+    the filter on the console handlers Prefect configured, and makes the temporary server a
+    flow run may start die with the command (``adopt_prefect_server``)."""
 
     for handler in logging.getLogger().handlers:
         if type(handler).__name__ == "PrefectConsoleHandler":
             handler.addFilter(_HideExpected())
+    adopt_prefect_server()
+
+
+#: The switches Prefect's own temporary server runs with: no UI, ephemeral mode.
+_EPHEMERAL_SWITCHES = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+}
+_WARM_UP_THREAD = "prefect-warm-up"
+_adopted = False
+
+
+def _server_command(port: int) -> list[str]:
+    """The command of Prefect's temporary server (as ``SubprocessASGIServer`` runs it)."""
+    spec = importlib.util.find_spec("prefect")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("prefect is not installed")
+    app_dir = str(Path(spec.submodule_search_locations[0]).parent)
+    return [sys.executable, "-m", "uvicorn", "--app-dir", app_dir,
+            "--factory", "prefect.server.api.server:create_app",
+            "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "error", "--lifespan", "on"]  # fmt: skip
+
+
+def adopt_prefect_server() -> None:
+    """Make the temporary server Prefect starts itself (a flow run with no server configured)
+    die with this process, even by SIGKILL: Prefect starts it without a parent-death signal,
+    so a killed command left it running. Nothing to do when a server is configured (or
+    ``warm_up_prefect`` started edgeloop's own), or off Linux."""
+
+    global _adopted
+    # lazy: only flow commands get here, after they imported Prefect
+    from prefect.settings import get_current_settings
+
+    if _adopted or sys.platform != "linux" or get_current_settings().api.url:
+        return
+    # lazy: Prefect imports it itself to start the server (4 s), only when none is configured
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class DiesWithCommand(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            env = {
+                **os.environ,
+                **_EPHEMERAL_SWITCHES,
+                **get_current_settings().to_environment_variables(exclude_unset=True),
+            }
+            # The kernel sends the signal when the *thread* that started the child ends:
+            # only the main thread (a flow run's start) and the warm-up thread (kept alive)
+            # live as long as the process.
+            name = threading.current_thread().name
+            lasting = threading.current_thread() is threading.main_thread()
+            return subprocess.Popen(
+                _server_command(self.port or 0),
+                env=env,
+                preexec_fn=die_with_parent if lasting or name == _WARM_UP_THREAD else None,
+            )
+
+    # Prefect keeps one server per port and a flow run asks for the default one (port None):
+    # this registers ours there, unless a server is registered already (a test harness).
+    DiesWithCommand()
+    _adopted = True
 
 
 def warm_up_prefect(settings: Settings) -> Callable[[], None]:
@@ -131,16 +196,26 @@ def warm_up_prefect(settings: Settings) -> Callable[[], None]:
     if "prefect" not in sys.modules:
         return _TemporaryServer(settings).join
 
+    started = threading.Event()
+
     def boot() -> None:
         # A failure here is left to the flow's own start, which reports it with context.
         with contextlib.suppress(Exception):
             from prefect.server.api.server import SubprocessASGIServer
 
+            adopt_prefect_server()
             SubprocessASGIServer().start()
+        started.set()
+        # The server's parent-death signal fires when the thread that started it ends: this
+        # one lasts as long as the process.
+        threading.Event().wait()
 
-    thread = threading.Thread(target=boot, name="prefect-warm-up", daemon=True)
-    thread.start()
-    return thread.join
+    threading.Thread(target=boot, name=_WARM_UP_THREAD, daemon=True).start()
+
+    def join() -> None:
+        started.wait()
+
+    return join
 
 
 class _TemporaryServer:
@@ -148,9 +223,6 @@ class _TemporaryServer:
 
     def __init__(self, settings: Settings) -> None:
 
-        spec = importlib.util.find_spec("prefect")  # finds the package without importing it
-        if spec is None or not spec.submodule_search_locations:
-            raise RuntimeError("prefect is not installed")
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
@@ -158,22 +230,14 @@ class _TemporaryServer:
         logs = Layout.of(settings).logs
         logs.mkdir(parents=True, exist_ok=True)
         self._log = (logs / "prefect-temporary-server.log").open("ab")
-        # The switches Prefect's own temporary server runs with: no UI, ephemeral mode.
-        env = {
-            **os.environ,
-            "PREFECT_UI_ENABLED": "0",
-            "PREFECT__SERVER_EPHEMERAL": "1",
-            "PREFECT__SERVER_FINAL": "1",
-        }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn",
-             "--app-dir", str(Path(spec.submodule_search_locations[0]).parent),
-             "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log,
+            _server_command(port),
+            env={**os.environ, **_EPHEMERAL_SWITCHES},
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
             preexec_fn=_server_child if sys.platform == "linux" else None,
-        )  # fmt: skip
+        )
         # Before Prefect is imported, so every part of it (its log and event threads too)
         # talks to this server. Links to runs point at the UI `prefect server start` serves on
         # the project's home, as with Prefect's own temporary server. The marker keeps

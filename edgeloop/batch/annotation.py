@@ -20,10 +20,13 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from edgeloop._internal import faults
 from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.keys import CHALLENGER, CHAMPION
 from edgeloop.core.layout import Layout
+from edgeloop.data.exports import safe_cells, write_csv_for_people
+from edgeloop.data.lock import atomic_path, data_lock, track
 from edgeloop.data.readers import load_rules, load_suite
 from edgeloop.data.readers import read_labels as read_export
 from edgeloop.data.store import DataStore
@@ -44,6 +47,8 @@ class LabelImport:
     repeats_dropped: int
     failed: list[str]
     report: str = ""
+    #: Set when the same file (by content) was imported before: nothing is added again.
+    duplicate_of: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,10 +150,12 @@ def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[
         )
         picked["surfaced_at"] = surfaced_at or now_iso()
         picked["model_version"] = champ
-        queue_dir(settings).mkdir(parents=True, exist_ok=True)
-        picked.astype({"predicted": "str"}).to_parquet(
-            queue_dir(settings) / f"{batch}.parquet", index=False
-        )
+        with (
+            data_lock(settings, "score (edge-case queue)"),
+            atomic_path(queue_dir(settings) / f"{batch}.parquet") as tmp,
+        ):
+            picked.astype({"predicted": "str"}).to_parquet(tmp, index=False)
+        faults.point("score:queue-written")
         exclude |= set(picked["row_id"].astype(str))
         out.append({"batch_id": batch, "surfaced": len(picked), "candidates_scored": len(scores)})
     return out
@@ -249,7 +256,7 @@ def export_tasks(
         # reindex: an empty queue has no score columns, and its CSV still gets the header.
         ident = [settings.data_schema.id] if settings.data_schema.id else []
         columns = [*cols[:1], *ident, *cols[1:], *settings.data_schema.features]
-        tasks.reindex(columns=columns).assign(label="").to_csv(p, index=False)
+        write_csv_for_people(tasks.reindex(columns=columns).assign(label=""), p)
         written["files"].append(str(p))
     return written
 
@@ -261,10 +268,26 @@ def import_labels(settings: Settings, path: Path) -> LabelImport:
     Does not version: the caller commits ``data/`` as a new DVC version afterwards.
     """
     raw = read_export(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    with data_lock(settings, "annotate import"):
+        earlier = _imported(settings, digest)
+        if earlier:
+            return LabelImport(path.name, len(raw), 0, 0, 0, [], duplicate_of=earlier)
+        return _store_labels(settings, path, raw, digest)
+
+
+def _imported(settings: Settings, digest: str) -> str:
+    """The import (``<seq>-<hash>``) that added labels from a file with this content, if any.
+
+    (A file whose rows were all rejected may be imported again: it is checked afresh.)
+    """
+    return min((p.stem for p in labels_dir(settings).glob(f"*-{digest}.parquet")), default="")
+
+
+def _store_labels(settings: Settings, path: Path, raw: pd.DataFrame, digest: str) -> LabelImport:
     suite = load_suite(settings.suite_path(settings.annotation.suite))
     queued = read_queue(settings)["row_id"].astype(str).tolist()
     check = check_labels(raw, settings.data_schema, suite, queued)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     seq = (
         len(list(labels_dir(settings).glob("*.parquet")))
         + len(list((labels_dir(settings) / "rejected").glob("*")))
@@ -276,15 +299,15 @@ def import_labels(settings: Settings, path: Path) -> LabelImport:
     if len(check.good):
         good = check.good.assign(imported_at=stamp, label=check.good["label"].astype("str"))
         good["labeled_at"] = good["labeled_at"].fillna(stamp).astype("str")
-        labels_dir(settings).mkdir(parents=True, exist_ok=True)
-        good.astype({"annotator": "str", "source": "str"}).to_parquet(
-            labels_dir(settings) / f"{name}.parquet", index=False
-        )
+        with atomic_path(labels_dir(settings) / f"{name}.parquet") as tmp:
+            good.astype({"annotator": "str", "source": "str"}).to_parquet(tmp, index=False)
+        faults.point("labels:accepted-written")
     if len(check.bad):
         rdir = labels_dir(settings) / "rejected" / name
+        track(rdir)
         rdir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, rdir / f"original{path.suffix}")
-        check.bad.astype("str").to_csv(rdir / "rejected.csv", index=False)
+        safe_cells(check.bad).astype("str").to_csv(rdir / "rejected.csv", index=False)
         lines = [
             f"# Rejected labels from `{path.name}`",
             "",
@@ -295,6 +318,7 @@ def import_labels(settings: Settings, path: Path) -> LabelImport:
         lines += [f"| {r.row_id} | {r.label} | {r.reason} |" for r in check.bad.itertuples()][:200]
         (rdir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
         report = str((rdir / "report.md").relative_to(settings.root))
+        faults.point("labels:rejected-written")
     return LabelImport(
         source=path.name,
         rows=len(raw),

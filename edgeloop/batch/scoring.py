@@ -6,14 +6,17 @@ git-ignored, derived data: any of it can be recomputed from the dataset and the 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pandas as pd
 
+from edgeloop._internal import faults
 from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.keys import CHALLENGER, CHAMPION
 from edgeloop.core.layout import Layout
+from edgeloop.data.lock import atomic_path
 from edgeloop.data.store import DataStore
 from edgeloop.tracking.registry import Registry
 from pipelines.score import score_frame
@@ -49,12 +52,36 @@ def score_batches(settings: Settings, batch_ids: list[str] | None = None) -> lis
             rows = data[data[keys.BATCH_ID] == batch]
             scored = score_frame(models[version], rows, settings.data_schema)
             scored["alias"], scored["version"] = alias, version
-            path.parent.mkdir(parents=True, exist_ok=True)
-            scored.to_parquet(path, index=False)
+            # Whole or not at all: a file that exists is complete (it is never written again).
+            with atomic_path(path) as tmp:
+                scored.to_parquet(tmp, index=False)
+            faults.point("score:file-written")
             written.append(
                 {"batch_id": batch, "alias": alias, "version": version, "rows": len(scored)}
             )
     return written
+
+
+def remove_partial_scores(settings: Settings) -> list[str]:
+    """Delete temporary score files of processes that are gone (a kill mid-write)."""
+    removed = []
+    layout = Layout.of(settings)
+    for p in layout.scores.glob("*/.*.partial"):
+        pid = p.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(str(p.relative_to(layout.root)))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_scores(settings: Settings, version: str) -> pd.DataFrame:

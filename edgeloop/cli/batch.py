@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgeloop.cli._common import F, command_body, config_option, json_option
+from edgeloop.cli.data import WAIT_HELP
 from edgeloop.core.errors import EdgeloopError, GateError
 
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
 
 
-def _dask_usable(*, dask_workers: int | None, dask_address: str | None) -> None:
+def _dask_usable(*, dask_workers: int | None, dask_address: str | None, **_: Any) -> None:
     if dask_workers and dask_address:
         raise click.UsageError("--dask-workers and --dask-address exclude each other")
     # Before the flow starts (its temporary Prefect server alone takes seconds).
@@ -48,8 +49,11 @@ def _show_scored(written: Any) -> None:
     help="Score batches on this Dask scheduler; its workers need the project at the same path "
     "and the same Prefect API (PREFECT_API_URL).",
 )
+@click.option("--wait", is_flag=True, help=WAIT_HELP)
 @command_body(check=_dask_usable, show=_show_scored)
-def score(settings: Settings, dask_workers: int | None, dask_address: str | None) -> Any:
+def score(
+    settings: Settings, dask_workers: int | None, dask_address: str | None, wait: bool
+) -> Any:
     """Score accepted batches with the champion and, in shadow, the challenger.
 
     One Prefect task per batch: sequential by default, in parallel on Dask when asked.
@@ -62,6 +66,7 @@ def score(settings: Settings, dask_workers: int | None, dask_address: str | None
         config=str(settings.source),
         dask_address=dask_address or "",
         dask_workers=dask_workers or 0,
+        wait=wait,
     )
 
 
@@ -166,9 +171,12 @@ def _show_imported(out: Any) -> None:
 @config_option
 @_choice_option("--from", "source", "file", "label-studio")
 @click.option("--no-retrain", is_flag=True, help="Do not start a retrain on label volume.")
+@click.option("--wait", is_flag=True, help=WAIT_HELP)
 @json_option("Print as JSON.")
 @command_body(show=_show_imported, gate=GateError)
-def annotate_import(settings: Settings, path: Path | None, source: str, no_retrain: bool) -> Any:
+def annotate_import(
+    settings: Settings, path: Path | None, source: str, no_retrain: bool, wait: bool
+) -> Any:
     """Import labels (Label Studio JSON export or CSV) into a new dataset version.
 
     Exits 1 when rows were rejected (the report names each with its reason).
@@ -188,7 +196,10 @@ def annotate_import(settings: Settings, path: Path | None, source: str, no_retra
 
     runtime.quiet_expected_errors()
     return import_flow(
-        str(path.resolve()), retrain_on_volume=not no_retrain, config=str(settings.source)
+        str(path.resolve()),
+        retrain_on_volume=not no_retrain,
+        config=str(settings.source),
+        wait=wait,
     )
 
 

@@ -13,6 +13,8 @@ from edgeloop.core.errors import EdgeloopError, ValidationGateError
 if TYPE_CHECKING:
     from edgeloop.core.config import Settings
 
+WAIT_HELP = "Queue behind another command writing the data instead of refusing."
+
 
 @click.command()
 @config_option
@@ -107,9 +109,10 @@ def _quarantined(results: Any) -> str:
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @config_option
+@click.option("--wait", is_flag=True, help=WAIT_HELP)
 @json_option("Print the outcomes as JSON.")
 @command_body(show=_show_outcomes, gate=ValidationGateError, gate_note=_quarantined)
-def ingest(settings: Settings, paths: tuple[Path, ...]) -> Any:
+def ingest(settings: Settings, paths: tuple[Path, ...], wait: bool) -> Any:
     """Validate batch files and add the accepted rows to the versioned dataset.
 
     Exits 1 when rows were quarantined (the report names them), 2 on bad usage or config.
@@ -122,7 +125,7 @@ def ingest(settings: Settings, paths: tuple[Path, ...]) -> Any:
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise EdgeloopError(f"no such file: {', '.join(missing)}")
-    return ingest_flow([str(p) for p in paths], config=str(settings.source))
+    return ingest_flow([str(p) for p in paths], config=str(settings.source), wait=wait)
 
 
 def _show_status(state: Any) -> None:
@@ -160,4 +163,51 @@ def synth(out: Path, rows: int, seed: int, unlabeled: bool) -> None:
     click.echo(f"wrote {len(df)} rows to {out}")
 
 
-COMMANDS = (init, ingest, status, synth)
+def _show_relocated(result: Any) -> None:
+    if result["old"] == result["new"]:
+        click.echo(f"the MLflow store already points at {result['new']}: nothing to do")
+        return
+    click.echo(f"MLflow store: artifact locations {result['old']} -> {result['new']}")
+    for column, count in result["rows"].items():
+        click.echo(f"  - {column}: {count} rewritten")
+    click.secho(result["verified"], fg="green")
+
+
+@click.command()
+@config_option
+@json_option("Print what was rewritten as JSON.")
+@command_body(show=_show_relocated)
+def relocate(settings: Settings) -> Any:
+    """Point the embedded MLflow store at this project's folder after a move or a copy.
+
+    MLflow records absolute artifact locations: this rewrites those of the experiments, runs
+    and model versions (the artifacts themselves are not touched), then loads a model to check.
+    """
+    from edgeloop.core.errors import StoreError
+    from edgeloop.core.keys import CHAMPION
+    from edgeloop.tracking.registry import Registry
+    from edgeloop.tracking.store import relocate as relocate_store
+
+    result = relocate_store(settings).to_dict()
+    if result["missing"]:
+        raise StoreError(
+            f"locations rewritten to {result['new']}, but the artifacts of "
+            f"{', '.join(result['missing'])} are not there: copy the whole mlflow/ folder"
+        )
+    registry = Registry(settings)
+    versions = registry.client.search_model_versions(f"name = '{registry.name}'")
+    if not versions:
+        result["verified"] = "no model registered yet: nothing to load"
+        return result
+    ref = CHAMPION if CHAMPION in registry.aliases() else str(max(int(v.version) for v in versions))
+    try:
+        registry.load(ref)
+    except EdgeloopError:
+        raise
+    except Exception as exc:  # MLflow and the model's loader raise many types
+        raise StoreError(f"locations rewritten, but model {ref} does not load: {exc}") from None
+    result["verified"] = f"model {registry.name} {ref} loads from {result['new']}"
+    return result
+
+
+COMMANDS = (init, ingest, status, synth, relocate)

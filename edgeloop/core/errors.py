@@ -109,3 +109,8 @@ class DeployError(EdgeloopError):
 
 class UpError(EdgeloopError):
     """A part of the local stack could not start (port in use, a child that died)."""
+
+
+class MovedStoreError(StoreError):
+    """The embedded MLflow store keeps its artifacts in another folder (a moved or copied
+    project): the message names both folders and the command that fixes it."""

@@ -17,7 +17,7 @@ import mlflow
 from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import BatchReadError
-from edgeloop.data.readers import file_sha256, read_batch
+from edgeloop.data.readers import check_batch_file, file_sha256, read_batch
 from edgeloop.data.store import DataStore, LedgerEntry
 from edgeloop.data.versioning import git_info
 from edgeloop.tracking.store import ensure_experiment
@@ -79,8 +79,12 @@ class Assessment:
 def assess(
     path: str | Path, settings: Settings, store: DataStore, suite: dict[str, Any]
 ) -> Assessment:
-    """Hash, dedupe, read and validate one file against ``suite`` under the row policy."""
+    """Hash, dedupe, read and validate one file against ``suite`` under the row policy.
+
+    Raises ``BatchReadError`` for what is not a batch file (nothing is recorded: a rerun with
+    the right file or a higher ``validation.max_file_mb`` is not taken for a duplicate)."""
     p = Path(path)
+    check_batch_file(p, settings.validation.max_file_mb)
     try:
         sha = file_sha256(p)
     except OSError as exc:

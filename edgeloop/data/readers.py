@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,30 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def check_batch_file(path: str | Path, max_mb: float = 0) -> None:
+    """Refuse what is not a batch file before anything reads it: a missing file, a broken
+    link, a directory (or a pipe, which would block the read), a file over ``max_mb`` (0: no
+    limit). A link to a file is read as that file."""
+    p = Path(path)
+    if not p.exists():
+        if p.is_symlink():
+            raise BatchReadError(str(p), f"broken symbolic link (to {os.readlink(p)})")
+        raise BatchReadError(str(p), "file not found")
+    if p.is_dir():
+        raise BatchReadError(
+            str(p), f"is a directory, not a batch file: give its files (e.g. {p}/*.csv)"
+        )
+    if not p.is_file():
+        raise BatchReadError(str(p), "not a regular file (a pipe, socket or device)")
+    mb = p.stat().st_size / 2**20
+    if max_mb and mb > max_mb:
+        raise BatchReadError(
+            str(p),
+            f"file is {mb:.0f} MB, over validation.max_file_mb ({max_mb:g} MB; reading takes"
+            " ~6x the size in memory): split it into smaller batches, or raise the limit",
+        )
 
 
 def read_batch(path: str | Path) -> pd.DataFrame:

@@ -23,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from edgeloop._internal import faults
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import StoreError
 from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH, ROW_ID
 from edgeloop.core.layout import Layout
+from edgeloop.data.exports import safe_cells
+from edgeloop.data.lock import atomic_path, data_lock, track
 
 if TYPE_CHECKING:
     from pipelines.validate import ValidationReport
@@ -101,13 +104,16 @@ class DataStore:
         return next((e for e in self.ledger() if e.sha256 == sha256), None)
 
     def _append(self, entry: LedgerEntry) -> None:
+        if any(e.seq == entry.seq for e in self.ledger()):
+            raise StoreError(f"{self.ledger_path}: sequence number {entry.seq} is already taken")
         self.root.mkdir(parents=True, exist_ok=True)
+        # One write of one line: a kill mid-line is cut back by the next command's recovery.
         with self.ledger_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(asdict(entry), sort_keys=True) + "\n")
 
     def next_seq(self) -> int:
-        entries = self.ledger()
-        return (entries[-1].seq + 1) if entries else 1
+        """The next batch number; the caller holds the data lock (``record`` does)."""
+        return max((e.seq for e in self.ledger()), default=0) + 1
 
     # ------------------------------------------------------------------ writes
     def write_reference(self, frame: pd.DataFrame) -> Path:
@@ -131,8 +137,20 @@ class DataStore:
         """File one batch: accepted rows to ``accepted/``; bad rows and the original to quarantine.
 
         ``frame`` is the batch as read; ``report`` carries the decision. An unreadable file has
-        neither: it is copied to quarantine with the reason.
+        neither: it is copied to quarantine with the reason. Under the data lock (re-entrant),
+        each file journaled before it is written (``edgeloop.data.lock``).
         """
+        with data_lock(self.settings, "ingest"):
+            return self._record(source, sha256, frame, report, unreadable_reason)
+
+    def _record(
+        self,
+        source: Path,
+        sha256: str,
+        frame: pd.DataFrame | None,
+        report: ValidationReport | None,
+        unreadable_reason: str,
+    ) -> LedgerEntry:
         seq = self.next_seq()
         batch_id = f"{seq:06d}-{sha256[:12]}"
         now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -145,10 +163,12 @@ class DataStore:
                 encoding="utf-8",
             )
             stored.append(self._rel(qdir))
+            faults.point("ingest:quarantine-written")
             entry = LedgerEntry(
                 seq, sha256, source.name, "unreadable", 0, 0, 0, unreadable_reason, now, stored
             )
             self._append(entry)
+            faults.point("ingest:ledger-written")
             return entry
 
         bad = list(report.bad_rows)
@@ -156,18 +176,20 @@ class DataStore:
         if report.rows_accepted:
             rows = frame.reset_index(drop=True)[good_mask]
             stored.append(self._rel(self._write_accepted(batch_id, rows)))
+            faults.point("ingest:accepted-written")
         if bad:
             qdir = self._quarantine_original(batch_id, source)
             qrows = frame.reset_index(drop=True).iloc[bad].copy()
             qrows.insert(0, "source_row", bad)
             # Quarantined rows can have mixed types (that is often why they are here): keep text.
-            qrows.astype("str").to_csv(qdir / "rows.csv", index=False)
+            safe_cells(qrows).astype("str").to_csv(qdir / "rows.csv", index=False)
             sample = qrows.head(self.settings.validation.report_examples).set_index("source_row")
             (qdir / "report.md").write_text(report.to_markdown(sample), encoding="utf-8")
             (qdir / "report.json").write_text(
                 json.dumps(report.to_dict(), indent=2, default=str), encoding="utf-8"
             )
             stored.append(self._rel(qdir))
+            faults.point("ingest:quarantine-written")
         entry = LedgerEntry(
             seq,
             sha256,
@@ -182,6 +204,7 @@ class DataStore:
             warnings=[f.describe() for f in report.warnings],
         )
         self._append(entry)
+        faults.point("ingest:ledger-written")
         return entry
 
     def _write_accepted(self, batch_id: str, rows: pd.DataFrame) -> Path:
@@ -194,11 +217,13 @@ class DataStore:
             df[schema.target] = None
         self.accepted_dir.mkdir(parents=True, exist_ok=True)
         path = self.accepted_dir / f"{batch_id}.parquet"
-        df.to_parquet(path, index=False)
+        with atomic_path(path) as tmp:
+            df.to_parquet(tmp, index=False)
         return path
 
     def _quarantine_original(self, batch_id: str, source: Path) -> Path:
         qdir = self.quarantine_dir / batch_id
+        track(qdir)
         qdir.mkdir(parents=True, exist_ok=True)
         # The original bytes, untouched: whatever the report says, nothing is lost.
         shutil.copy2(source, qdir / f"original{source.suffix}")
@@ -240,6 +265,42 @@ class DataStore:
         out.loc[has, target] = found[has]
         out["label_source"] = "batch"
         out.loc[has, "label_source"] = "annotation"
+        return out
+
+    def problems(self) -> list[str]:
+        """What breaks the data folder's invariants (none when it is consistent): ledger
+        numbers unique and in order, one entry per content hash, one accepted file per entry
+        with accepted rows (and its row count), no file of a batch the ledger does not know,
+        row ids unique, no temporary file left."""
+        out: list[str] = []
+        entries = self.ledger()
+        seqs = [e.seq for e in entries]
+        if len(set(seqs)) != len(seqs) or seqs != sorted(seqs):
+            out.append(f"ledger sequence numbers not unique and ordered: {seqs}")
+        shas = [e.sha256 for e in entries]
+        if len(set(shas)) != len(shas):
+            out.append("ledger has two entries for the same content")
+        known = {e.batch_id for e in entries}
+        for e in entries:
+            path = self.accepted_dir / f"{e.batch_id}.parquet"
+            if e.rows_accepted and not path.exists():
+                out.append(f"batch {e.batch_id}: {e.rows_accepted} accepted rows, no {path.name}")
+            elif (
+                e.rows_accepted and len(pd.read_parquet(path, columns=[ROW_ID])) != e.rows_accepted
+            ):
+                out.append(f"batch {e.batch_id}: {path.name} does not hold {e.rows_accepted} rows")
+        for folder in (self.accepted_dir, self.quarantine_dir):
+            strays = [
+                p.name for p in folder.glob("*") if p.name.removesuffix(".parquet") not in known
+            ]
+            out += [f"{folder.name}/{name}: no ledger entry" for name in strays]
+        out += [
+            f"{p.relative_to(self.root)}: temporary file left" for p in self.root.rglob("*.partial")
+        ]
+        if not out and (self.reference_path.exists() or self.accepted_dir.exists()):
+            ids = self.load_dataset()[ROW_ID]
+            if ids.duplicated().any():
+                out.append(f"row ids twice in the dataset: {list(ids[ids.duplicated()][:5])}")
         return out
 
     def summary(self) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from edgeloop._internal import faults
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import StoreError
 
@@ -152,8 +153,11 @@ class DataVersioner:
                     repo.add([str(self.data_dir)])
             except Exception as exc:
                 raise StoreError(f"dvc add {self.data_dir} failed: {exc}") from None
+            # The commit point of a change to data/ (edgeloop.data.lock): data.dvc is written.
+            faults.point("data:dvc-added")
             if push:
                 self._push(repo)
+                faults.point("data:dvc-pushed")
         version = self.version()
         if version is None:
             raise StoreError(f"{self.pointer}: DVC wrote no md5")

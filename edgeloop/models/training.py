@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from edgeloop._internal import faults, runtime
 from edgeloop.core import keys
 from edgeloop.core.config import Settings
-from edgeloop.core.errors import EdgeloopError
+from edgeloop.core.errors import EdgeloopError, TrainingError
 from edgeloop.core.keys import TRAINING_EXPERIMENT
 from edgeloop.models.cache import code_hash
 
@@ -118,10 +118,23 @@ def train_and_evaluate(
 
 
 def _trusted_types(model: Any) -> list[str]:
-    """Types skops must be told to trust: our own pipeline's, listed at save time."""
-    import skops.io
+    """Types skops is told to trust: edgeloop's fixed list for this model's estimator family."""
+    from edgeloop.tracking import trusted
 
-    return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+    return trusted.trusted_for_model(model)
+
+
+def _refuse_untrusted(estimator: str, model: Any) -> None:
+    """A model edgeloop would not load is an error naming the type, not MLflow's advice."""
+    from edgeloop.tracking import trusted
+
+    refused = trusted.untrusted_in_model(model)
+    if refused:
+        raise TrainingError(
+            trusted.refusal(
+                f"the model of training.estimator {estimator!r}", refused, "it was not logged"
+            )
+        ) from None
 
 
 def log_retrain(
@@ -140,6 +153,7 @@ def log_retrain(
     import mlflow
     import mlflow.sklearn
     import pandas as pd
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     from edgeloop.data.versioning import git_info
@@ -241,18 +255,23 @@ def log_retrain(
             numeric.append(time_col)
         x_example = x_example.astype({c: "float64" for c in numeric})
         signature = infer_signature(x_example, trained.model.predict_proba(x_example))
-        info = mlflow.sklearn.log_model(
-            trained.model,
-            name="model",
-            signature=signature,
-            input_example=x_example,
-            # Inferring requirements costs ~7 s; these are the ones the model needs.
-            pip_requirements=_requirements(),
-            serialization_format="skops",
-            skops_trusted_types=_trusted_types(trained.model),
-            # `mlflow models serve` and pyfunc then return class probabilities.
-            pyfunc_predict_fn="predict_proba",
-        )
+        try:
+            info = mlflow.sklearn.log_model(
+                trained.model,
+                name="model",
+                signature=signature,
+                input_example=x_example,
+                # Inferring requirements costs ~7 s; these are the ones the model needs.
+                pip_requirements=_requirements(),
+                serialization_format="skops",
+                # MLflow checks the saved model loads with these: what edgeloop loads it with.
+                skops_trusted_types=_trusted_types(trained.model),
+                # `mlflow models serve` and pyfunc then return class probabilities.
+                pyfunc_predict_fn="predict_proba",
+            )
+        except MlflowException:
+            _refuse_untrusted(training.estimator, trained.model)
+            raise
         mlflow.set_tag(keys.TAG_NOTE, f"{reason}: {trained.gates.summary()}")
         return run.info.run_id, info.model_uri
 

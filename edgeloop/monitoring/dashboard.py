@@ -151,6 +151,11 @@ def _png(fig: Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _plain(text: str) -> str:
+    """A name from the data as literal plot text: ``$`` would start mathtext (and can fail)."""
+    return text.replace("$", r"\$")
+
+
 def _labels(history: list[dict[str, Any]]) -> list[str]:
     return [f"#{h['seq']} {h['batch_id'][7:13]}" for h in history]
 
@@ -169,7 +174,7 @@ def _psi_heatmap(history: list[dict[str, Any]], settings: Settings) -> str:
     fig = _figure(max(6.0, 0.55 * len(names) + 3), max(2.5, 0.32 * len(history) + 1.8))
     ax = fig.add_subplot()
     image = ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0.0, vmax=max(2 * threshold, 1e-9))
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_xticks(range(len(names)), [_plain(n) for n in names], rotation=45, ha="right")
     ax.set_yticks(range(len(history)), _labels(history))
     if grid.size <= 400:
         for (i, j), v in np.ndenumerate(grid):

@@ -28,6 +28,7 @@ from edgeloop.core.config import Settings
 from edgeloop.core.errors import MonitoringError
 from edgeloop.core.keys import CHALLENGER, CHAMPION, REFERENCE_BATCH
 from edgeloop.core.layout import Layout
+from edgeloop.data.exports import safe_cells
 from edgeloop.data.store import DataStore, LedgerEntry
 from edgeloop.tracking.registry import Registry
 from edgeloop.tracking.store import configure, ensure_experiment
@@ -360,7 +361,7 @@ def _features_tag(names: list[str]) -> str:
 def _features_csv(report: BatchReport) -> str:
     table = pd.DataFrame([f.to_dict() for f in report.features])
     table["unseen"] = table["unseen"].map(lambda u: ";".join(u))
-    csv: str = table.sort_values("psi", ascending=False).to_csv(index=False)
+    csv: str = safe_cells(table.sort_values("psi", ascending=False)).to_csv(index=False)
     return csv
 
 

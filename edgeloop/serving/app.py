@@ -1,7 +1,8 @@
 """The ASGI app around a ``Service`` (``create_app``) and running it with uvicorn (``serve``).
 
 ``POST /predict`` is a bare ASGI endpoint (no Request/Response objects on the hot path);
-``/healthz``, ``/readyz`` and ``/metrics`` are plain Starlette routes.
+``/healthz``, ``/readyz`` and ``/metrics`` are plain Starlette routes. A ``/predict`` body
+must be sent as JSON (``content_type_error``): anything else is a 415.
 """
 
 from __future__ import annotations
@@ -40,6 +41,35 @@ log = logging.getLogger("edgeloop.service")
 #: hop costs more than scoring a row.
 INLINE_MAX_BODY = 16_384
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+_EXPECTED_TYPE = "'application/json' (UTF-8)"
+
+
+def content_type_error(value: bytes | None) -> str | None:
+    """Why a ``Content-Type`` header is not JSON, or None if it is.
+
+    Accepted: ``application/json`` and the ``application/<anything>+json`` types (RFC 6839:
+    JSON by definition), with any parameters, but a charset only if UTF-8 (JSON's only
+    encoding, RFC 8259). A body sent without a Content-Type is refused too.
+    """
+    if value == b"application/json":  # what nearly every client sends: no parsing
+        return None
+    if value is None:
+        return f"the request has no Content-Type: send the body as {_EXPECTED_TYPE}"
+    text = value.decode("latin-1")
+    media, *params = (part.strip() for part in text.split(";"))
+    media = media.lower()
+    subtype = media.removeprefix("application/")
+    if media == subtype or not (subtype == "json" or subtype.endswith("+json")):
+        return f"the body's Content-Type is {text!r}: send it as {_EXPECTED_TYPE}"
+    for param in params:
+        name, _, charset = param.partition("=")
+        charset = charset.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            return (
+                f"the body's Content-Type is {text!r}: JSON is read as UTF-8 only,"
+                f" send {_EXPECTED_TYPE}"
+            )
+    return None
 
 
 class _PredictEndpoint:
@@ -77,8 +107,11 @@ class _PredictEndpoint:
             f"the body is larger than serving.max_body_bytes ({self.max_body} bytes):"
             " send fewer rows per request"
         )
+        content_type: bytes | None = None
         for key, value in scope["headers"]:
-            if key == b"content-length":
+            if key == b"content-type":
+                content_type = value if content_type is None else content_type
+            elif key == b"content-length":
                 try:
                     if int(value) > self.max_body:
                         return 413, too_big, "", None
@@ -97,6 +130,10 @@ class _PredictEndpoint:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        # Checked once the body is in, so a body too large is still a 413 whatever its type.
+        wrong_type = content_type_error(content_type)
+        if wrong_type is not None:
+            return 415, error_body(wrong_type), "", None
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if size <= INLINE_MAX_BODY:
             return svc.score(body, t0)

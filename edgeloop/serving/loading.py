@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import mlflow.artifacts
-import mlflow.sklearn
 import numpy as np
 from mlflow.models import Model
 from mlflow.utils.file_utils import local_file_uri_to_path
@@ -28,6 +27,7 @@ from edgeloop.serving.predictors import (
     sample_columns,
 )
 from edgeloop.serving.schema import InputSchema
+from edgeloop.tracking import trusted
 
 log = logging.getLogger("edgeloop.service")
 
@@ -118,7 +118,8 @@ def load_version(settings: Settings, client: Any, alias: str, version: str) -> L
             local = local_file_uri_to_path(uri)  # type: ignore[no-untyped-call]
         else:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        model = mlflow.sklearn.load_model(local)
+        # The types skops may build come from edgeloop's fixed list, not the artifact's.
+        model = trusted.load_model(local, f"model v{version}")
         signature = Model.load(local).signature
     schema = InputSchema.from_signature(signature.inputs if signature else None)
     if schema is None:

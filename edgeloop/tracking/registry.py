@@ -17,12 +17,13 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow.sklearn
+import mlflow.artifacts
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -31,6 +32,7 @@ from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.errors import RegistryError
 from edgeloop.core.keys import CHAMPION, REGISTRY_EXPERIMENT
+from edgeloop.tracking import trusted
 from edgeloop.tracking.store import configure, ensure_experiment
 
 
@@ -102,8 +104,14 @@ class Registry:
         return f"models:/{self.name}/{v}" if str(v).isdigit() else f"models:/{self.name}@{v}"
 
     def load(self, alias_or_version: str) -> Any:
-        """The scikit-learn model of an alias or version."""
-        return mlflow.sklearn.load_model(self.model_uri(alias_or_version))
+        """The scikit-learn model of an alias or version, if it asks only for trusted types."""
+        ref = str(alias_or_version)
+        what = f"model v{ref}" if ref.isdigit() else f"model {self.name}@{ref}"
+        with tempfile.TemporaryDirectory(prefix="edgeloop-model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=self.model_uri(ref), dst_path=tmp
+            )
+            return trusted.load_model(local, what)
 
     # ------------------------------------------------------------------ history
     def _history_experiment(self) -> str:

@@ -27,6 +27,7 @@ from edgeloop.core.errors import LabelFileError, LabelGateError
 from edgeloop.data.readers import read_labels
 from edgeloop.data.store import DataStore
 from edgeloop.data.versioning import DataVersioner
+from edgeloop.tracking.store import relocate
 from tests.conftest import edit_config, new_project, production_batch
 
 BUDGET = 12
@@ -59,7 +60,9 @@ def scored(base: Path, tmp_path: Path) -> Settings:
     """A private copy of ``base``: each test may import labels without affecting the others."""
     root = tmp_path / "proj"
     shutil.copytree(base, root, symlinks=True, ignore=shutil.ignore_patterns("tmp", ".prefect"))
-    return load_settings(root / "edgeloop.yaml")
+    settings = load_settings(root / "edgeloop.yaml")
+    relocate(settings)  # a copied project points its MLflow store at its own artifacts
+    return settings
 
 
 # ---------------------------------------------------------------------- helpers

@@ -106,6 +106,19 @@ def test_an_unseen_category_is_drift() -> None:
     assert f.psi > 0  # the unseen bin counts against an EPSILON reference share
 
 
+def test_a_new_value_of_a_high_cardinality_column_alone_is_not_drift() -> None:
+    ref, batch = _frames()
+    schema = SCHEMA.model_copy(update={"high_cardinality": ["region"]})
+    profile = build_reference(ref, schema, SETTINGS, seed=0)
+    regions = batch["region"].to_numpy(dtype=object).copy()
+    regions[:40] = "west"  # new values are expected in an open set (ids, cities, SKUs)
+    f = _by_name(feature_drift(profile, batch.assign(region=regions), SETTINGS))["region"]
+    assert f.unseen == ("west",) and not f.drifted
+    regions[:4000] = "west"  # a new value taking over is still drift, by PSI
+    f = _by_name(feature_drift(profile, batch.assign(region=regions), SETTINGS))["region"]
+    assert f.drifted
+
+
 def test_categorical_share_shift_drifts() -> None:
     ref, batch = _frames()
     profile = build_reference(ref, SCHEMA, SETTINGS, seed=0)

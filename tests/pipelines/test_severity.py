@@ -203,7 +203,7 @@ def test_categorical_sets_are_soft_and_high_cardinality_has_none(setup) -> None:
         ("page_views", True),
         ("stage", False),
         ("temperature", False),
-        ("MonthlyCharges", False),
+        ("MonthlyCharges", True),
     ],
 )
 def test_count_or_amount_names(name: str, expected: bool) -> None:

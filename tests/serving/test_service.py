@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.pipeline import Pipeline
 
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.serving.predlog import Entry, PredictionLog, RowBatch, read_predictions, row_hash
+from edgeloop.tracking.trusted import EXTRA_ENV
 from tests.conftest import new_project, small_reference
 
 FEATURES = ["age", "income", "score", "region"]
@@ -73,15 +75,26 @@ class Hanging(ClassifierMixin, BaseEstimator):
         return self.classes_[np.zeros(len(X), dtype=int)]
 
 
+class Passthrough(TransformerMixin, BaseEstimator):  # type: ignore[misc]  # sklearn is untyped
+    """A harmless transformer of a type edgeloop does not trust: its model must not load."""
+
+    def fit(self, X: Any, y: Any = None) -> Passthrough:
+        return self
+
+    def transform(self, X: Any) -> Any:
+        return X
+
+
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A project (as ``init --data`` makes it) and four logged models: two forests, a failing
-    and a hanging challenger."""
+    """A project (as ``init --data`` makes it) and five models logged with skops: two forests, a
+    failing and a hanging challenger, and a forest behind a transformer of an untrusted type."""
     import mlflow
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
+    from edgeloop.models.training import _trusted_types
     from edgeloop.tracking.store import ensure_experiment
     from pipelines.train import features, fit
 
@@ -101,6 +114,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         models[key] = fit(train, schema, training, seed)
     models["raising"] = Raising().fit(x, train["label"])
     models["hanging"] = Hanging().fit(x, train["label"])
+    models["untrusted"] = Pipeline([("passthrough", Passthrough()), ("model", models["forest_a"])])
+    # The two misbehaving challengers are this module's own types: trusted, as a deployment
+    # would trust a reviewed type, through the environment (the worker process inherits it).
+    # Passthrough is not: its model must be refused.
+    previous = os.environ.get(EXTRA_ENV)
+    os.environ[EXTRA_ENV] = f"{__name__}.Raising,{__name__}.Hanging"
     logged: dict[str, tuple[str, str]] = {}
     for key, model in models.items():
         out = np.full((len(x), 3), 1 / 3)
@@ -109,12 +128,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 model,
                 name="model",
                 signature=infer_signature(x, out),
-                serialization_format="cloudpickle",
+                # As retrain logs them: skops, with the types edgeloop trusts for the model
+                # (the untrusted model's artifact lists its extra type: it must not count).
+                serialization_format="skops",
+                skops_trusted_types=[*_trusted_types(model), f"{__name__}.Passthrough"],
                 pip_requirements=["scikit-learn"],
             )
         logged[key] = (info.model_uri, run.info.run_id)
-    yield {"root": root, "models": models, "logged": logged}
-    _RELEASE.set()
+    try:
+        yield {"root": root, "models": models, "logged": logged}
+    finally:
+        _RELEASE.set()
+        if previous is None:
+            os.environ.pop(EXTRA_ENV, None)
+        else:
+            os.environ[EXTRA_ENV] = previous
 
 
 @pytest.fixture()
@@ -309,6 +337,73 @@ def test_bad_inputs_are_4xx_naming_the_field(stack: dict, make_settings: Callabl
         )
         assert metric(m, "edgeloop_requests_total", endpoint="predict", status="413") == 2
         assert metric(m, "edgeloop_requests_total", endpoint="predict", status="400") == 1
+
+
+@pytest.mark.slow
+def test_a_body_not_sent_as_json_is_a_415(
+    stack: dict[str, Any], make_settings: Callable[..., Settings]
+) -> None:
+    """JSON by Content-Type only: application/json (a UTF-8 charset allowed) or a +json type."""
+    settings = make_settings(max_body_bytes=8192)
+    register(stack, settings, "forest_a", "champion")
+    body = b'{"age": 41, "income": 52000.5, "score": 0.7, "region": "north"}'
+    refused = [
+        ("text/plain", "'text/plain'"),
+        ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+        ("text/json", "'text/json'"),
+        ("application/json; charset=latin-1", "UTF-8 only"),
+        (None, "no Content-Type"),
+    ]
+    accepted = [
+        "application/json",
+        "application/json; charset=utf-8",
+        'Application/JSON;charset="UTF-8"',
+        "application/vnd.edgeloop+json",
+    ]
+    with serving(settings) as client:
+        for content_type, named in refused:
+            headers = {"content-type": content_type} if content_type else {}
+            res = client.post("/predict", content=body, headers=headers)
+            assert res.status_code == 415, (content_type, res.text)
+            assert res.headers["content-type"] == "application/json"
+            error = res.json()
+            assert set(error) == {"error", "field", "row"}, error
+            assert (error["field"], error["row"]) == (None, None)
+            assert named in error["error"] and "'application/json'" in error["error"], error
+        for content_type in accepted:
+            res = client.post("/predict", content=body, headers={"content-type": content_type})
+            assert res.status_code == 200, (content_type, res.text)
+        # The other answers keep their order: too big is a 413, bad JSON a 400, whatever the type.
+        res = client.post("/predict", content=b"x" * 9000, headers={"content-type": "text/plain"})
+        assert res.status_code == 413
+        res = client.post(
+            "/predict", content=b'{"age": 41,', headers={"content-type": "application/json"}
+        )
+        assert res.status_code == 400
+        m = scrape(client)
+        assert metric(m, "edgeloop_requests_total", endpoint="predict", status="415") == len(
+            refused
+        )
+
+
+@pytest.mark.slow
+def test_a_model_asking_for_an_untrusted_type_is_never_served(
+    stack: dict[str, Any], make_settings: Callable[..., Settings]
+) -> None:
+    settings = make_settings()
+    bad = register(stack, settings, "untrusted", "champion")
+    with serving(settings) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        reason = ready.json()["reason"]
+        assert f"v{bad}" in reason and "does not trust" in reason, reason
+        assert f"'{__name__}.Passthrough'" in reason, reason
+        res = client.post("/predict", json=ROW)
+        assert res.status_code == 503 and "does not trust" in res.json()["error"]
+        # A trusted model moved to champion is served at once.
+        good = register(stack, settings, "forest_a", "champion")
+        wait_for(lambda: client.get("/readyz").status_code == 200, what="the trusted model")
+        assert client.post("/predict", json=ROW).json()["model"]["version"] == good
 
 
 @pytest.mark.slow
