@@ -97,7 +97,8 @@ def annotate_import(
             result = import_task(settings, path).to_dict()
             ch.mark("recorded", result=result)
             version = DataVersioner(settings).version() or ""
-            if result["accepted"]:
+            # Rejected rows are kept too (data/labels/rejected/): either way data/ changed.
+            if result["accepted"] or result["rejected"]:
                 version = version_data(settings)
                 ch.mark("versioned")
             backlog = sla(settings).to_dict()

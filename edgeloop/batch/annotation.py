@@ -25,7 +25,7 @@ from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.keys import CHALLENGER, CHAMPION
 from edgeloop.core.layout import Layout
-from edgeloop.data.exports import safe_cells, write_csv_for_people
+from edgeloop.data.exports import markdown_cell, markdown_text, safe_cells, write_csv_for_people
 from edgeloop.data.lock import atomic_path, data_lock, track
 from edgeloop.data.readers import load_rules, load_suite
 from edgeloop.data.readers import read_labels as read_export
@@ -309,13 +309,18 @@ def _store_labels(settings: Settings, path: Path, raw: pd.DataFrame, digest: str
         shutil.copy2(path, rdir / f"original{path.suffix}")
         safe_cells(check.bad).astype("str").to_csv(rdir / "rejected.csv", index=False)
         lines = [
-            f"# Rejected labels from `{path.name}`",
+            f"# Rejected labels from {markdown_text(path.name)}",
             "",
             f"{len(check.bad)} of {len(raw)} rows rejected.",
             "",
         ]
         lines += ["| row_id | label | reason |", "|---|---|---|"]
-        lines += [f"| {r.row_id} | {r.label} | {r.reason} |" for r in check.bad.itertuples()][:200]
+        lines += [
+            "| "
+            + " | ".join(markdown_cell(markdown_text(v)) for v in (r.row_id, r.label, r.reason))
+            + " |"
+            for r in check.bad.itertuples()
+        ][:200]
         (rdir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
         report = str((rdir / "report.md").relative_to(settings.root))
         faults.point("labels:rejected-written")

@@ -1,4 +1,5 @@
-"""CSV files written for people: no cell a spreadsheet would run as a formula.
+"""Files written for people: CSVs with no cell a spreadsheet would run as a formula, and
+markdown with no markup from the data.
 
 OWASP's CSV-injection rule: a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a
 carriage return gets a leading ``'`` so a spreadsheet shows it as text instead of running it.
@@ -42,3 +43,18 @@ def write_csv_for_people(frame: pd.DataFrame, path: Path) -> Path:
     """Write ``frame`` (without its index) as a CSV meant to be opened in a spreadsheet."""
     safe_cells(frame).to_csv(path, index=False)
     return path
+
+
+_MARKUP = str.maketrans({c: "\\" + c for c in "\\`*<>&"})
+
+
+def markdown_text(value: Any) -> str:
+    """A value from the data (a name, a reason) as plain markdown text: no markup, no HTML."""
+    one_line = str(value).replace("\r", " ").replace("\n", " ")
+    # `[text](url)` and `![alt](url)` need `](`: without it brackets are only text.
+    return one_line.translate(_MARKUP).replace("](", "]\\(")
+
+
+def markdown_cell(value: Any) -> str:
+    """A value as one markdown table cell: a pipe or a newline would break the table."""
+    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")

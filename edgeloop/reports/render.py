@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from edgeloop.core.keys import CHALLENGER, CHAMPION
+from edgeloop.data.exports import markdown_cell, markdown_text
 from edgeloop.reports.timestamps import parse_time
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def to_markdown(review: Review) -> str:
 def _header(r: Review) -> str:
     c = r.counts()
     lines = [
-        f"# Weekly review: {_text(r.project)}, {r.start[:10]} to {r.end[:10]}",
+        f"# Weekly review: {markdown_text(r.project)}, {r.start[:10]} to {r.end[:10]}",
         "",
         f"Window: {r.start} to {r.end} ({r.days} days). "
         f"Generated {r.generated_at}. MLflow: {_code(r.tracking_uri)}.",
@@ -85,7 +86,7 @@ def _header(r: Review) -> str:
         f"{_num(r.annotation.get('sla_days'), 1)}-day SLA: "
         f"{_pct(r.annotation.get('within_sla_share'))}",
         f"- Shadow evaluations: {c['shadow_evaluations']}"
-        + (f" (latest: {_text(r.shadow[0].decision)})" if r.shadow else ""),
+        + (f" (latest: {markdown_text(r.shadow[0].decision)})" if r.shadow else ""),
         f"- Promotions: {c['promotions']}, rollbacks: {c['rollbacks']} "
         f"({c['alias_moves']} alias move(s) in all)",
     ]
@@ -96,24 +97,24 @@ _RUN: Column = ("MLflow run", lambda x: _run_link(x.mlflow_url, x.run_id))
 _FLOW: Column = ("Prefect flow run", lambda x: _flow_link(x.flow_run_url))
 
 _MODEL_COLUMNS: list[Column] = [
-    ("alias", lambda am: _text(am[0])),
-    ("version", lambda am: f"v{_text(am[1]['version'])}"),
+    ("alias", lambda am: markdown_text(am[0])),
+    ("version", lambda am: f"v{markdown_text(am[1]['version'])}"),
     ("accuracy", lambda am: _num(am[1].get("accuracy"))),
     ("macro-F1", lambda am: _num(am[1].get("macro_f1"))),
-    ("data version", lambda am: _text((am[1].get("data_version") or "")[:12])),
-    ("since", lambda am: _text(am[1].get("alias_since") or "")),
+    ("data version", lambda am: markdown_text((am[1].get("data_version") or "")[:12])),
+    ("since", lambda am: markdown_text(am[1].get("alias_since") or "")),
     ("MLflow run", lambda am: _run_link(am[1].get("mlflow_url", ""), am[1].get("run_id", ""))),
 ]
 _RETRAIN_COLUMNS: list[Column] = [
     ("when", "at"),
     ("reason", "reason"),
-    ("decision", lambda r: _text(r.decision) or "(no decision)"),
-    ("version", lambda r: f"v{_text(r.version)}" if r.version else "–"),
+    ("decision", lambda r: markdown_text(r.decision) or "(no decision)"),
+    ("version", lambda r: f"v{markdown_text(r.version)}" if r.version else "–"),
     ("accuracy", lambda r: _num(r.accuracy)),
     ("macro-F1", lambda r: _num(r.macro_f1)),
     ("champion accuracy", lambda r: _num(r.champion_accuracy)),
     ("champion macro-F1", lambda r: _num(r.champion_macro_f1)),
-    ("failed gates", lambda r: _text(", ".join(r.failed_gates)) or "–"),
+    ("failed gates", lambda r: markdown_text(", ".join(r.failed_gates)) or "–"),
     _RUN,
     _FLOW,
 ]
@@ -139,13 +140,16 @@ def _performance(r: Review) -> str:
 
 
 _DRIFT_COLUMNS: list[Column] = [
-    ("batch", lambda m: _text(m.batch_id) or "–"),
+    ("batch", lambda m: markdown_text(m.batch_id) or "–"),
     ("when", "at"),
     ("rows", lambda m: _num(m.rows, 0)),
     ("drifted", lambda m: "**yes**" if m.drifted else "no"),
     ("drift share", lambda m: _num(m.drift_share)),
-    ("drifted features", lambda m: _text(", ".join(m.drifted_features)) or "–"),
-    ("highest PSI", lambda m: ", ".join(f"{_text(k)} {v:.3f}" for k, v in m.top_psi) or "–"),
+    ("drifted features", lambda m: markdown_text(", ".join(m.drifted_features)) or "–"),
+    (
+        "highest PSI",
+        lambda m: ", ".join(f"{markdown_text(k)} {v:.3f}" for k, v in m.top_psi) or "–",
+    ),
     ("prediction PSI", lambda m: _num(m.prediction_psi)),
     ("mean confidence", lambda m: _num(m.mean_confidence)),
     ("low-confidence share", lambda m: _num(m.low_confidence_share)),
@@ -230,9 +234,9 @@ def _annotation(r: Review) -> str:
 
 _SHADOW_COLUMNS: list[Column] = [
     ("when", "at"),
-    ("challenger", lambda s: f"v{_text(s.challenger_version)}"),
-    ("champion", lambda s: f"v{_text(s.champion_version)}"),
-    ("decision", lambda s: f"**{_text(s.decision)}**"),
+    ("challenger", lambda s: f"v{markdown_text(s.challenger_version)}"),
+    ("champion", lambda s: f"v{markdown_text(s.champion_version)}"),
+    ("decision", lambda s: f"**{markdown_text(s.decision)}**"),
     ("metric", "metric"),
     ("rows", lambda s: _num(s.n, 0)),
     ("challenger score", lambda s: _num(s.challenger)),
@@ -256,13 +260,13 @@ def _shadow(r: Review) -> str:
             if s.challenger_version == chall["version"] and s.champion_version == champ["version"]
         ]
         now = (
-            f"latest: **{_text(pair[0].decision)}** ({_text(pair[0].summary)})"
+            f"latest: **{markdown_text(pair[0].decision)}** ({markdown_text(pair[0].summary)})"
             if pair
             else "no evaluation of this pair this week"
         )
         lines += [
-            f"In shadow now: challenger v{_text(chall['version'])} vs champion "
-            f"v{_text(champ['version'])}: {now}.",
+            f"In shadow now: challenger v{markdown_text(chall['version'])} vs champion "
+            f"v{markdown_text(champ['version'])}: {now}.",
             "",
         ]
     else:
@@ -274,8 +278,8 @@ _ALIAS_COLUMNS: list[Column] = [
     ("when", "at"),
     ("what", "kind"),
     ("alias", "alias"),
-    ("version", lambda e: f"v{_text(e.version)}" if e.version else "(removed)"),
-    ("was", lambda e: f"v{_text(e.previous)}" if e.previous else "–"),
+    ("version", lambda e: f"v{markdown_text(e.version)}" if e.version else "(removed)"),
+    ("was", lambda e: f"v{markdown_text(e.previous)}" if e.previous else "–"),
     ("who", "actor"),
     ("why", "reason"),
     _RUN,
@@ -411,7 +415,7 @@ def _model_line(m: dict[str, Any] | None) -> str:
     if not m:
         return "none"
     return (
-        f"v{_text(m['version'])} (accuracy {_num(m.get('accuracy'))}, "
+        f"v{markdown_text(m['version'])} (accuracy {_num(m.get('accuracy'))}, "
         f"macro-F1 {_num(m.get('macro_f1'))})"
     )
 
@@ -421,7 +425,7 @@ def _run_link(url: str, run_id: str) -> str:
     if not url:
         return "–"
     if url.startswith(("http://", "https://")):
-        return f"[{_text(run_id[:8])}]({url})"
+        return f"[{markdown_text(run_id[:8])}]({url})"
     return _code(url)
 
 
@@ -431,14 +435,6 @@ def _flow_link(url: str) -> str:
 
 #: What in a line can start markup: emphasis, code, raw HTML, entities. Backslash-escaped,
 #: each shows as itself in any CommonMark viewer and in the HTML page.
-_MARKUP = str.maketrans({c: "\\" + c for c in "\\`*<>&"})
-
-
-def _text(value: Any) -> str:
-    """A value from the data (a name, a reason) as plain markdown text: no markup, no HTML."""
-    one_line = str(value).replace("\r", " ").replace("\n", " ")
-    # `[text](url)` and `![alt](url)` need `](`: without it brackets are only text.
-    return one_line.translate(_MARKUP).replace("](", "]\\(")
 
 
 def _code(value: Any) -> str:
@@ -449,14 +445,9 @@ def _code(value: Any) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _cell(value: Any) -> str:
-    # A pipe or a newline inside a cell would break the table.
-    return str(value).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-
-
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(markdown_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -468,7 +459,7 @@ def _table_of(items: Iterable[Any], columns: Sequence[Column]) -> str:
 
 def _value(item: Any, cell: str | Callable[[Any], object]) -> object:
     # An attribute shown as is is a value from the data or a run (a reason, a file name): text.
-    return _text(getattr(item, cell)) if isinstance(cell, str) else cell(item)
+    return markdown_text(getattr(item, cell)) if isinstance(cell, str) else cell(item)
 
 
 def _with_table(lines: list[str], items: Iterable[Any], columns: Sequence[Column]) -> str:

@@ -365,13 +365,17 @@ def test_conflicting_labels_for_one_id_are_both_rejected(scored: Settings, tmp_p
     assert pd.isna(targets(scored, [a])[a])
 
 
-def test_all_rows_bad_adds_nothing_and_keeps_the_version(scored: Settings, tmp_path: Path) -> None:
+def test_all_rows_bad_adds_no_label_and_versions_the_rejects(
+    scored: Settings, tmp_path: Path
+) -> None:
     a = queued_ids(scored)[0]
     before = DataVersioner(scored).version()
     export = ls_export(scored, [(a, 9)], tmp_path / "all-bad.json")
     err = gate_error(scored, export)
     assert (err.result["accepted"], err.result["rejected"]) == (0, 1)
-    assert err.result["data_version"] == before == DataVersioner(scored).version()
+    # The rejected file is kept in data/ (nothing lost), so it is a new version, and clean.
+    assert err.result["data_version"] == DataVersioner(scored).version() != before
+    assert DataVersioner(scored).is_clean()
     assert read_imported(scored).empty
     assert (rejected_dir(scored, err.result) / "original.json").read_bytes() == export.read_bytes()
 
