@@ -11,7 +11,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import mlflow.artifacts
@@ -124,6 +124,9 @@ def load_version(settings: Settings, client: Any, alias: str, version: str) -> L
     schema = InputSchema.from_signature(signature.inputs if signature else None)
     if schema is None:
         schema = InputSchema.from_settings(settings)
+    row_id = settings.data_schema.id
+    if row_id is not None and row_id not in schema.columns:
+        schema = replace(schema, passthrough=frozenset({row_id}))
     classes = getattr(model, "classes_", None)
     if classes is None:
         classes = settings.data_schema.classes

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 COLUMNS = (
     "ts",
     "request_id",
@@ -46,6 +46,7 @@ COLUMNS = (
     "predicted",
     "probabilities",
     "latency_ms",
+    "row_key",
 )
 
 # `predicted` has no declared type on purpose: SQLite then keeps an integer class an integer and
@@ -61,7 +62,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     version TEXT NOT NULL,
     predicted,
     probabilities TEXT NOT NULL,
-    latency_ms REAL NOT NULL
+    latency_ms REAL NOT NULL,
+    row_key TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 """
@@ -142,8 +144,9 @@ class Entry:
     class_keys: Sequence[str]
     latency_ms: float
 
-    def records(self) -> list[tuple[Any, ...]]:
+    def records(self, key_field: str | None = None) -> list[tuple[Any, ...]]:
         keys = self.class_keys
+        rows = self.batch.rows
         return [
             (
                 self.ts,
@@ -155,11 +158,19 @@ class Entry:
                 cls,
                 orjson.dumps(dict(zip(keys, p, strict=True))).decode(),
                 self.latency_ms,
+                _row_key(rows[i], key_field),
             )
             for i, (h, cls, p) in enumerate(
                 zip(self.batch.hashes(), self.predicted, self.probabilities, strict=True)
             )
         ]
+
+
+def _row_key(row: Mapping[str, Any], field: str | None) -> str | None:
+    if field is None:
+        return None
+    value = row.get(field)
+    return None if value is None else str(value)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -170,6 +181,10 @@ def connect(path: Path) -> sqlite3.Connection:
     # NORMAL in WAL mode: a power cut may lose the last commits, never corrupt the file.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(_DDL)
+    # A log written before the row_key column (schema version 1) gets it, empty for old rows.
+    have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
+    if "row_key" not in have:
+        conn.execute("ALTER TABLE predictions ADD COLUMN row_key TEXT")
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     conn.commit()
     return conn
@@ -186,8 +201,11 @@ class PredictionLog:
         on_drop: Callable[[int], None] | None = None,
         batch_rows: int = 5000,
         linger_seconds: float = 0.2,
+        key_field: str | None = None,
     ) -> None:
         self.path = Path(path)
+        #: The request rows' own id field (``schema.id``), logged as ``row_key``.
+        self.key_field = key_field
         self.max_pending_rows = max_pending_rows
         self.batch_rows = batch_rows
         self.linger_seconds = linger_seconds
@@ -283,7 +301,7 @@ class PredictionLog:
                 if not entries:
                     return  # stopped and drained
                 try:
-                    records = [r for e in entries for r in e.records()]
+                    records = [r for e in entries for r in e.records(self.key_field)]
                     with conn:
                         conn.executemany(sql, records)
                     self.written_rows += len(records)
@@ -326,7 +344,9 @@ def read_predictions(
 
     Columns: ``ts`` (UTC timestamps), ``request_id``, ``row`` (position in the request),
     ``row_hash``, ``alias``, ``version``, ``predicted`` (the class), ``probabilities``
-    (dict class -> p), ``latency_ms``. A missing file reads as an empty frame.
+    (dict class -> p), ``latency_ms``, ``row_key`` (the row's ``schema.id`` value, as text, if
+    the request carried it). A missing file reads as an empty frame; a reader opens it
+    read-only, so it never creates or locks the writer's file.
     """
     import pandas as pd  # lazy: 0.6 s to import; the worker process writes the log without it
 
@@ -343,12 +363,14 @@ def read_predictions(
     if alias is not None:
         where.append("alias = ?")
         params.append(alias)
-    sql = f"SELECT {', '.join(COLUMNS)} FROM predictions"
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    # A log from before the row_key column reads with it empty.
+    have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
+    picked = [c if c in have else f"NULL AS {c}" for c in COLUMNS]
+    sql = f"SELECT {', '.join(picked)} FROM predictions"
     if where:
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY id"
-    # Read-only: a reader must never create or lock the writer's file.
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
     try:
         rows = conn.execute(sql, params).fetchall()
     finally:

@@ -95,6 +95,9 @@ class InputSchema:
     kinds: tuple[str, ...]
     required: tuple[bool, ...]
     source: str = "signature"
+    #: Fields a row may carry beside the model's columns (``schema.id``): accepted, never given
+    #: to the model, kept in the prediction log.
+    passthrough: frozenset[str] = frozenset()
     _index: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     _plan: tuple[tuple[str, Callable[[Any], Any], str, bool], ...] = field(
         default=(), compare=False, repr=False
@@ -158,7 +161,11 @@ class InputSchema:
         """
         ncols = len(self.columns)
         # Every column present and no other key: a dict of exactly ncols keys that has them all.
-        if any(type(r) is not dict or len(r) != ncols for r in rows):
+        extra = self.passthrough
+        if any(
+            type(r) is not dict or len(r) - (sum(k in r for k in extra) if extra else 0) != ncols
+            for r in rows
+        ):
             return None
         cols: list[list[Any]] = []
         try:
@@ -206,8 +213,11 @@ class InputSchema:
                         f"field {name!r} must be {wanted}, got {_json_type(v)}", name, i
                     ) from None
             # Every key found was a column: any other key is one the model does not take.
-            if len(row) != found:
-                extra = next(k for k in row if k not in self._index)
+            if (
+                len(row) - (sum(k in row for k in self.passthrough) if self.passthrough else 0)
+                != found
+            ):
+                extra = next(k for k in row if k not in self._index and k not in self.passthrough)
                 raise InputError(
                     f"unexpected field {extra!r} (the model takes: {self.describe()})", extra, i
                 )

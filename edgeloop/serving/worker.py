@@ -137,6 +137,7 @@ class _Worker:
             Path(config.log_path),
             config.log_pending_rows,
             on_drop=lambda n: self.count(("log_dropped",), n),
+            key_field=config.settings.data_schema.id,
         )
         self._generation = 0
         self.shadow: _Shadow | None = None

@@ -698,6 +698,62 @@ def test_metrics_are_prometheus_text(stack: dict, make_settings: Callable) -> No
     assert families["edgeloop_shadow_healthy"] == "gauge"
 
 
+def test_the_rows_own_id_is_accepted_and_logged_never_given_to_the_model(
+    stack: dict, make_settings: Callable
+) -> None:
+    settings = make_settings()
+    data = yaml.safe_load(settings.source.read_text())
+    data["schema"]["id"] = "customer_id"
+    settings.source.write_text(yaml.safe_dump(data))
+    settings = load_settings(settings.source)
+    register(stack, settings, "forest_a", "champion")
+    with serving(settings) as client:
+        with_ids = [{**r, "customer_id": f"C-{i:04d}"} for i, r in enumerate(ROWS)]
+        answer = client.post("/predict", json=with_ids)
+        assert answer.status_code == 200, answer.text
+        plain = client.post("/predict", json=ROWS)
+        assert answer.json()["predictions"] == plain.json()["predictions"]
+        stray = client.post("/predict", json={**ROW, "customer_id": "C-1", "colour": "red"})
+        assert stray.status_code == 422 and "colour" in stray.json()["error"]
+        path = settings.root / settings.serving.log_path
+        n = 2 * len(ROWS)
+        df = wait_for(
+            lambda: d if len(d := read_predictions(path)) == n else None, what=f"{n} log records"
+        )
+    logged = df.set_index("request_id")
+    keys = logged.loc[answer.json()["request_id"], "row_key"].tolist()
+    assert keys == [f"C-{i:04d}" for i in range(len(ROWS))]
+    assert logged.loc[plain.json()["request_id"], "row_key"].isna().all()
+
+
+def test_a_log_from_before_the_row_key_column_reads_and_grows_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE predictions (id INTEGER PRIMARY KEY, ts REAL NOT NULL, request_id TEXT"
+            " NOT NULL, row INTEGER NOT NULL, row_hash TEXT NOT NULL, alias TEXT NOT NULL, version"
+            " TEXT NOT NULL, predicted, probabilities TEXT NOT NULL, latency_ms REAL NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO predictions (ts, request_id, row, row_hash, alias, version, predicted,"
+            " probabilities, latency_ms) VALUES (1.0, 'r', 0, 'h', 'champion', '1', 0, '{}', 1.0)"
+        )
+    old = read_predictions(path)
+    assert len(old) == 1 and old["row_key"].isna().all()
+    plog = PredictionLog(path, max_pending_rows=10, key_field="customer_id")
+    plog.start()
+    batch = RowBatch([{**ROW, "customer_id": 7}])
+    assert plog.submit(
+        Entry(2.0, "s", "champion", "1", batch, [0], [[1.0, 0.0, 0.0]], ["0", "1", "2"], 1.0)
+    )
+    assert plog.flush(10)
+    plog.close()
+    keys = read_predictions(path)["row_key"]
+    assert keys.isna().tolist() == [True, False] and keys.iloc[1] == "7"
+
+
 def test_prediction_log_is_bounded_and_drops_are_counted(tmp_path: Path) -> None:
     dropped: list[int] = []
     plog = PredictionLog(tmp_path / "p.db", max_pending_rows=3, on_drop=dropped.append)
