@@ -33,6 +33,25 @@ def _of_project(project: Path) -> list:  # type: ignore[type-arg]
     return found
 
 
+def _cmd(proc) -> str:  # type: ignore[no-untyped-def]
+    """A process's command line; empty once it has ended (a zombie has none to read)."""
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _alive(proc) -> bool:  # type: ignore[no-untyped-def]
+    import psutil
+
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 def _kill_at(project: Path, seconds: float, *args: str, after_server: bool = False) -> list[str]:
     """Start ``edgeloop ARGS``, SIGKILL it after ``seconds`` (counted from the moment its
     temporary Prefect server started, with ``after_server``); its descendants' commands."""
@@ -53,20 +72,14 @@ def _kill_at(project: Path, seconds: float, *args: str, after_server: bool = Fal
     while time.monotonic() < deadline and proc.poll() is None:
         with contextlib.suppress(psutil.Error):
             children = psutil.Process(proc.pid).children(recursive=True) or children
-        if after_server and any("create_app" in " ".join(c.cmdline()) for c in children):
+        if after_server and any("create_app" in _cmd(c) for c in children):
             deadline, after_server = time.monotonic() + seconds, False
         time.sleep(0.1)
-    seen = []
-    for c in children:
-        with contextlib.suppress(psutil.Error):
-            seen.append(" ".join(c.cmdline()))
+    seen = [cmd for cmd in map(_cmd, children) if cmd]
     proc.kill()  # the command only, not its process group: no exit hook runs
     proc.wait(timeout=30)
     assert_gone(
-        lambda: (
-            [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-            + _of_project(project)
-        ),
+        lambda: [c for c in children if _alive(c)] + _of_project(project),
         f"a child of 'edgeloop {' '.join(args)}' killed at {seconds} s",
         # The server gets SIGTERM from its parent's death and shuts down: seconds on a busy
         # machine (CI once saw it still exiting after 5 s).
