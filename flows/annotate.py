@@ -16,12 +16,16 @@ from edgeloop._internal import faults
 from edgeloop.batch.annotation import LabelImport, import_labels, labels_since_last_retrain, sla
 from edgeloop.core import keys
 from edgeloop.core.config import Settings, load_settings
-from edgeloop.core.errors import LabelGateError
+from edgeloop.core.errors import LabelGateError, PromotionGateError
+from edgeloop.core.keys import CHALLENGER
 from edgeloop.data.lock import change, data_lock, recover, say
 from edgeloop.data.versioning import DataVersioner, git_info
+from edgeloop.models.promotion import promote
+from edgeloop.tracking.registry import Registry
 from edgeloop.tracking.store import ensure_experiment
 from flows._common import flow_run_url, version_data
 from flows.retrain import request_retrain
+from flows.shadow_evaluate import shadow_evaluate_flow
 
 
 @task(name="import-labels", cache_policy=NO_CACHE)
@@ -76,6 +80,23 @@ def _recover(settings: Settings) -> None:
         say([f"recovered: recorded the MLflow run of the label import {result['source']}"])
 
 
+def refresh_shadow(settings: Settings, config: str) -> dict[str, Any] | None:
+    """The challenger's shadow evaluation on the labels now in (None without a challenger);
+    with ``shadow.auto_promote`` a "promote" decision of the rule moves the champion."""
+    if CHALLENGER not in Registry(settings).aliases():
+        return None
+    out: dict[str, Any] = {**shadow_evaluate_flow(config=config), "promoted": False}
+    if settings.shadow.auto_promote and out["promote"]:
+        try:
+            done = promote(
+                settings, reason="shadow.auto_promote: the rule's decision on new labels"
+            )
+            out.update(promoted=True, promotion=done.to_dict())
+        except PromotionGateError as exc:  # the evidence changed between the two reads
+            out["promotion"] = exc.result.to_dict()
+    return out
+
+
 @flow(name="annotate-import")
 def annotate_import(
     path: str, retrain_on_volume: bool = True, config: str = "edgeloop.yaml", wait: bool = False
@@ -108,6 +129,10 @@ def annotate_import(
             faults.point("labels:mlflow-logged")
     if result.get("duplicate_of"):
         say([f"{result['source']}: already imported as {result['duplicate_of']}: no labels added"])
+    if result["accepted"]:
+        # Before a label-volume retrain may replace the challenger, its evidence is brought up
+        # to date with these labels (and acted on with shadow.auto_promote).
+        result["shadow"] = refresh_shadow(settings, config)
     n = settings.annotation.retrain_after_labels
     if retrain_on_volume and n and result["accepted"]:
         new = labels_since_last_retrain(settings)

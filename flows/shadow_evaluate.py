@@ -1,4 +1,5 @@
-"""Prefect flow: compare champion and challenger on shadow-scored, labeled rows."""
+"""Prefect flow: compare champion and challenger on shadow-scored rows (docs/loop.md, the
+promotion rule)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,13 @@ def compare_task(settings: Settings) -> ShadowReport:
     return shadow_evaluate(settings)
 
 
+def _num(v: Any, spec: str = "+.4f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 @flow(name="shadow-evaluate")
 def shadow_evaluate_flow(config: str = "edgeloop.yaml") -> dict[str, Any]:
-    """Evaluate the challenger against the champion on the same labeled rows.
+    """Evaluate the challenger against the champion on the rows both scored (the promotion rule).
 
     Args:
         config: Path of the edgeloop.yaml to use.
@@ -36,12 +41,20 @@ def shadow_evaluate_flow(config: str = "edgeloop.yaml") -> dict[str, Any]:
     score_task(settings)
     report = compare_task(settings)
     c = report.comparison
-    create_markdown_artifact(
-        key="shadow-evaluation",
-        markdown=(
-            f"# Shadow: v{report.challenger} vs champion v{report.champion}\n\n"
-            f"**{'promote' if report.promote else 'keep champion'}** — {report.summary}\n\n"
-            f"- rows: {c['n']}, agreement: {c['agreement']}\n- MLflow run: `{report.run_id}`\n"
-        ),
-    )
+    head = {"promote": "promote", "keep": "keep champion"}.get(report.state, "need more labels")
+    lines = [
+        f"# Shadow: v{report.challenger} vs champion v{report.champion}",
+        "",
+        f"**{head}** — {report.summary}",
+        "",
+        f"- rule: {c.get('rule')}; rows scored by both: {c.get('n_rows')}, labeled: {c['n']},"
+        f" labeled disagreements: {c.get('n_disagreements')}, agreement: {c['agreement']}",
+        f"- {c['metric']} delta {_num(c['delta'])}; accuracy confidence sequence"
+        f" [{_num(c.get('cs_low'))}, {_num(c.get('cs_high'))}] (valid at every look)",
+    ]
+    if report.state == "need_more":
+        lines.append(f"- labels needed: {report.labels_needed}, days: {_num(report.days_needed, '.1f')}"
+                     f" at {_num(report.labels_per_day, '.1f')} labels/day")  # fmt: skip
+    lines.append(f"- MLflow run: `{report.run_id}`")
+    create_markdown_artifact(key="shadow-evaluation", markdown="\n".join(lines) + "\n")
     return report.to_dict()

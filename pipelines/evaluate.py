@@ -1,14 +1,17 @@
 """Evaluation stage: the same metric keys every time, per class and per slice; the gates.
 
-``evaluate`` returns a flat ``{name: float}`` (MLflow-ready, comparable run by run);
-``baseline_metrics`` scores a trivial model on the same holdout (keys prefixed ``baseline_``);
-``check_gates`` turns the candidate's, champion's and baseline's metrics into a ``GateResult``.
+``evaluate`` returns a flat ``{name: float}`` (MLflow-ready, comparable run by run), with the
+holdout groups of ``holdout_groups`` when given (``reference_``, ``production_``, ``recent_`` and
+``present_weighted_`` keys); ``baseline_metrics`` scores a trivial model on the same holdout (keys
+prefixed ``baseline_``); ``check_gates`` turns the candidate's, champion's and baseline's metrics
+into a ``GateResult``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,7 +27,15 @@ from sklearn.metrics import (
 )
 
 from edgeloop.core.config import GateSettings, SchemaSettings, SliceSettings
-from edgeloop.core.keys import METRIC_BASELINE_PREFIX
+from edgeloop.core.keys import (
+    BATCH_ID,
+    METRIC_BASELINE_PREFIX,
+    METRIC_PRESENT_PREFIX,
+    METRIC_PRODUCTION_PREFIX,
+    METRIC_RECENT_PREFIX,
+    METRIC_REFERENCE_PREFIX,
+    REFERENCE_BATCH,
+)
 
 
 def slice_mask(df: pd.DataFrame, sl: SliceSettings) -> np.ndarray:
@@ -53,24 +64,130 @@ SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")
 BASELINE_PREFIX = METRIC_BASELINE_PREFIX
 
 
-def _scores(y_true: np.ndarray, y_pred: np.ndarray, classes: list[Any]) -> dict[str, float]:
+def _scores(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: list[Any],
+    weight: np.ndarray | None = None,
+) -> dict[str, float]:
+    """``SCORES`` of the rows; with ``weight``, each row counts its weight (rows of weight 0 and
+    a total weight of 0 count as no rows)."""
+    if weight is not None:
+        keep = weight > 0
+        y_true, y_pred, weight = y_true[keep], y_pred[keep], weight[keep]
     if len(y_true) == 0:
         return dict.fromkeys(SCORES, math.nan)
     with warnings.catch_warnings():
         # A slice may lack a class the model predicts: sklearn warns, the mean over the
         # classes present is still the balanced accuracy.
         warnings.simplefilter("ignore", UserWarning)
-        balanced = float(balanced_accuracy_score(y_true, y_pred))
+        balanced = float(balanced_accuracy_score(y_true, y_pred, sample_weight=weight))
+    f1 = {"labels": classes, "zero_division": 0, "sample_weight": weight}
     return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "accuracy": float(accuracy_score(y_true, y_pred, sample_weight=weight)),
         "balanced_accuracy": balanced,
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
-        ),
-        "weighted_f1": float(
-            f1_score(y_true, y_pred, labels=classes, average="weighted", zero_division=0)
-        ),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", **f1)),
+        "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", **f1)),
     }
+
+
+#: The holdout groups, by metric-key prefix (see ``holdout_groups``).
+GROUP_PREFIXES = {
+    "reference": METRIC_REFERENCE_PREFIX,
+    "production": METRIC_PRODUCTION_PREFIX,
+    "recent": METRIC_RECENT_PREFIX,
+    "present_weighted": METRIC_PRESENT_PREFIX,
+}
+
+
+@dataclass(frozen=True)
+class HoldoutGroups:
+    """Row weights of the holdout's groups (one array per group, 0 = not in the group).
+
+    ``reference``: the reference rows, alike. ``production``: every labeled production row;
+    ``recent``: those of ``recent_batches``. In both, a batch weighs in proportion to its rows
+    (its traffic) and a row within its batch by ``row_weight`` (1 / inclusion probability).
+    ``present_weighted``: ``reference`` and ``recent`` mixed with shares ``reference_share``
+    and ``1 - reference_share`` (renormalised when one side has no rows).
+    """
+
+    weights: dict[str, np.ndarray]
+    recent_batches: list[str]
+    reference_share: float
+
+    def rows(self, group: str) -> int:
+        return int((self.weights[group] > 0).sum())
+
+    def effective_rows(self, group: str) -> float:
+        """Kish's effective sample size, (sum w)^2 / sum w^2: what unequal weights leave."""
+        w = self.weights[group]
+        total = float((w * w).sum())
+        return float(w.sum()) ** 2 / total if total > 0 else 0.0
+
+
+def holdout_groups(
+    frame: pd.DataFrame,
+    batch_rows: Mapping[str, int],
+    *,
+    recent_batches: int,
+    reference_share: float,
+    row_weight: np.ndarray | None = None,
+) -> HoldoutGroups:
+    """The holdout groups of ``frame`` (the holdout rows, with their ``batch_id``).
+
+    ``batch_rows``: every production batch of the dataset, in arrival order, with its number
+    of rows (labeled or not). ``row_weight``: per holdout row, 1 / its inclusion probability
+    (``None``: all 1). Without a ``batch_id`` column every row is a reference row.
+    """
+    n = len(frame)
+    weight = np.ones(n) if row_weight is None else np.asarray(row_weight, dtype="float64")
+    if BATCH_ID in frame.columns:
+        batch = frame[BATCH_ID].astype("str").to_numpy()
+    else:
+        batch = np.full(n, REFERENCE_BATCH, dtype=object)
+    reference = (batch == REFERENCE_BATCH).astype("float64")
+    present_batches = set(batch.tolist())
+    labeled = [b for b in batch_rows if b != REFERENCE_BATCH and b in present_batches]
+    # Batches of the holdout the caller did not list come last (a caller passing no order).
+    labeled += sorted(present_batches - set(labeled) - {REFERENCE_BATCH})
+    recent = labeled[-recent_batches:] if recent_batches > 0 else []
+
+    def traffic(batches: list[str]) -> np.ndarray:
+        """Each batch's share in proportion to its rows, spread over its rows by weight."""
+        out = np.zeros(n)
+        sizes = {b: float(batch_rows.get(b, 0) or (batch == b).sum()) for b in batches}
+        total = sum(sizes.values())
+        for b in batches:
+            inside = batch == b
+            mass = float(weight[inside].sum())
+            if total > 0 and mass > 0:
+                out[inside] = weight[inside] / mass * sizes[b] / total
+        return out
+
+    production, latest = traffic(labeled), traffic(recent)
+    ref = reference / reference.sum() if reference.sum() else reference
+    share = reference_share if ref.sum() and latest.sum() else (1.0 if ref.sum() else 0.0)
+    weights = {
+        "reference": reference,
+        "production": production,
+        "recent": latest,
+        "present_weighted": share * ref + (1.0 - share) * latest,
+    }
+    return HoldoutGroups(weights, recent, reference_share)
+
+
+def group_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, groups: HoldoutGroups, classes: list[Any]
+) -> dict[str, float]:
+    """``SCORES`` per holdout group, with its rows and effective rows, keys prefixed by group."""
+    out: dict[str, float] = {}
+    for group, prefix in GROUP_PREFIXES.items():
+        w = groups.weights[group]
+        for k, v in _scores(y_true, y_pred, classes, w).items():
+            out[f"{prefix}{k}"] = v
+        out[f"{prefix}rows"] = float(groups.rows(group))
+        out[f"{prefix}effective_rows"] = round(groups.effective_rows(group), 3)
+    return out
 
 
 def evaluate(
@@ -79,8 +196,10 @@ def evaluate(
     frame: pd.DataFrame,
     schema: SchemaSettings,
     slices: list[SliceSettings],
+    groups: HoldoutGroups | None = None,
 ) -> dict[str, float]:
-    """Overall, per-class and per-slice metrics with fixed keys (NaN when a slice is empty)."""
+    """Overall, per-class and per-slice metrics with fixed keys (NaN when a slice is empty);
+    with ``groups``, the metrics of each holdout group too (``group_metrics``)."""
     classes = list(schema.classes)
     out = {**_scores(y_true, y_pred, classes), "rows": float(len(y_true))}
     p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
@@ -94,6 +213,8 @@ def evaluate(
         for k, v in _scores(y_true[m], y_pred[m], classes).items():
             out[f"slice_{sl.name}_{k}"] = v
         out[f"slice_{sl.name}_rows"] = float(m.sum())
+    if groups is not None:
+        out.update(group_metrics(y_true, y_pred, groups, classes))
     return out
 
 
@@ -159,11 +280,49 @@ class GateResult:
         return out
 
 
-def _floor(name: str, value: float, bound: float) -> GateCheck:
+def _floor(name: str, value: float, bound: float, where: str = "") -> GateCheck:
     ok = not math.isnan(value) and value >= bound
     shown = "n/a (no rows)" if math.isnan(value) else f"{value:.4f}"
     return GateCheck(
-        name, value, bound, ok, f"{name}: {shown} {'>=' if ok else '<'} floor {bound:.4f}"
+        name,
+        value,
+        bound,
+        ok,
+        f"{name}: {shown} {'>=' if ok else '<'} floor {bound:.4f}{f' ({where})' if where else ''}",
+    )
+
+
+def _group(metrics: dict[str, float], group: str) -> tuple[str, str]:
+    """(key prefix, description) of a holdout group in ``metrics``; the overall holdout when
+    the group has no rows there (or ``metrics`` predates the groups)."""
+    prefix = GROUP_PREFIXES.get(group, "")
+    rows = metrics.get(f"{prefix}rows", 0.0) if prefix else 0.0
+    if not prefix or not rows or math.isnan(rows):
+        note = "" if group == "overall" else f", no {group} rows"
+        return "", f"overall holdout{note}"
+    eff = metrics.get(f"{prefix}effective_rows", rows)
+    return prefix, f"{group} holdout, {int(rows)} rows, effective {eff:.1f}"
+
+
+def _versus_champion(
+    name: str,
+    candidate: dict[str, float],
+    champion: dict[str, float],
+    group: str,
+    allowed: float,
+    metric: str,
+) -> GateCheck:
+    prefix, where = _group(candidate, group)
+    cand, champ = candidate[f"{prefix}{metric}"], champion.get(f"{prefix}{metric}", math.nan)
+    delta = cand - champ
+    ok = not math.isnan(delta) and delta >= -allowed - 1e-9  # "at most this much worse"
+    return GateCheck(
+        name,
+        delta,
+        -allowed,
+        ok,
+        f"{name}: {metric} {cand:.4f} vs champion {champ:.4f} (delta {delta:+.4f},"
+        f" allowed >= {-allowed:+.4f}; {where})",
     )
 
 
@@ -237,10 +396,19 @@ def check_gates(
     All metric sets must come from the same holdout rows. ``baseline`` is ``baseline_metrics``'
     output; it is required when ``gates.min_lift_over_baseline`` is set. A slice or a class
     with fewer than ``gates.min_slice_rows`` holdout rows is "not judged" (recorded, passes).
+
+    The floors judge ``gates.floors_on`` (the reference holdout: forgetting), non-inferiority
+    judges ``gates.compare_on`` (the present-weighted holdout: a candidate that fixes what the
+    traffic became is not rejected for the reference rows it trades), and
+    ``reference_non_inferiority`` bounds the trade (``gates.reference_max_regression``). A group
+    without rows (or metrics without groups) falls back to the overall holdout.
     """
+    floors, where = _group(candidate, gates.floors_on)
+    if not floors and f"{METRIC_REFERENCE_PREFIX}rows" not in candidate:
+        where = ""  # metrics without groups: the holdout is the only one
     checks = [
-        _floor("min_accuracy", candidate["accuracy"], gates.min_accuracy),
-        _floor("min_macro_f1", candidate["macro_f1"], gates.min_macro_f1),
+        _floor("min_accuracy", candidate[f"{floors}accuracy"], gates.min_accuracy, where),
+        _floor("min_macro_f1", candidate[f"{floors}macro_f1"], gates.min_macro_f1, where),
     ]
     for name, bound in sorted(gates.slice_floors.items()):
         rows = int(candidate.get(f"slice_{name}_rows", 0))
@@ -257,19 +425,29 @@ def check_gates(
             raise ValueError("gates.min_lift_over_baseline is set: pass the baseline's metrics")
         checks.append(_lift(candidate, baseline, gates))
     if champion is not None:
-        cand, champ = candidate[gates.metric], champion[gates.metric]
-        delta = cand - champ
-        ok = delta >= -gates.max_regression - 1e-9  # "at most this much worse", float-safe
         checks.append(
-            GateCheck(
+            _versus_champion(
                 "non_inferiority",
-                delta,
-                -gates.max_regression,
-                ok,
-                f"non_inferiority: {gates.metric} {cand:.4f} vs champion {champ:.4f}"
-                f" (delta {delta:+.4f}, allowed >= {-gates.max_regression:+.4f})",
+                candidate,
+                champion,
+                gates.compare_on,
+                gates.max_regression,
+                gates.metric,
             )
         )
+        forgetting = gates.reference_max_regression
+        has_reference = bool(_group(candidate, "reference")[0])
+        if forgetting is not None and gates.compare_on != "reference" and has_reference:
+            checks.append(
+                _versus_champion(
+                    "reference_non_inferiority",
+                    candidate,
+                    champion,
+                    "reference",
+                    forgetting,
+                    gates.metric,
+                )
+            )
     return GateResult(checks, baseline=gates.baseline if baseline is not None else "")
 
 

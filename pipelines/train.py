@@ -27,6 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from edgeloop.core.config import SchemaSettings, TrainingSettings
 from edgeloop.core.errors import TrainingError
+from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH
 from pipelines.timecol import epoch_unit, parse_time
 
 ROW_ID = "row_id"
@@ -52,6 +53,27 @@ def holdout_mask(row_ids: pd.Series, fraction: float, seed: int) -> np.ndarray:
     so successive models are compared on the same rows.
     """
     return row_hash(row_ids, seed) < fraction
+
+
+def batch_holdout_mask(
+    data: pd.DataFrame, fraction: float, seed: int, per_batch: int
+) -> np.ndarray:
+    """``holdout_mask`` plus, in every production batch, its ``per_batch`` labeled rows with the
+    smallest hash (the batch's first rows by hash), so each labeled batch is in the holdout.
+
+    Still a function of the row ids and the seed alone, and stable as labels arrive: a new
+    label can push a row out of its batch's top-up (into training), never pull a training row
+    in, so a model trained on an earlier version is never scored on rows it learned from.
+    Without a ``batch_id`` column, or with ``per_batch`` 0, it is ``holdout_mask``.
+    """
+    mask = holdout_mask(data[ROW_ID], fraction, seed)
+    if per_batch <= 0 or BATCH_ID not in data.columns or not len(data):
+        return mask
+    batch = data[BATCH_ID].astype("str").to_numpy()
+    hashed = pd.Series(row_hash(data[ROW_ID], seed))
+    rank = hashed.groupby(batch).rank(method="first").to_numpy()
+    topped: np.ndarray = mask | ((batch != REFERENCE_BATCH) & (rank <= per_batch))
+    return topped
 
 
 def row_hash(row_ids: pd.Series, seed: int) -> np.ndarray:
@@ -101,8 +123,8 @@ def time_holdout_mask(
 def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int) -> Split:
     """Labeled rows → (train, holdout); checks there is enough of both and every class to learn.
 
-    ``training.split``: ``hash`` (a fixed hash of the row id, see ``holdout_mask``) or ``time``
-    (the most recent rows, see ``time_holdout_mask``).
+    ``training.split``: ``hash`` (a fixed hash of the row id topped up per production batch,
+    see ``batch_holdout_mask``) or ``time`` (the most recent rows, see ``time_holdout_mask``).
     """
     if ROW_ID not in df.columns:
         raise TrainingError(
@@ -120,7 +142,9 @@ def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, 
     if training.split == "time":
         mask = time_holdout_mask(data, schema, training.holdout_fraction, seed)
     else:
-        mask = holdout_mask(data[ROW_ID], training.holdout_fraction, seed)
+        mask = batch_holdout_mask(
+            data, training.holdout_fraction, seed, training.holdout_min_per_batch
+        )
     train, holdout = data[~mask], data[mask]
     if training.max_rows and len(train) > training.max_rows:
         # Deterministic subset: the rows with the smallest hash (another seed than the split).

@@ -2,7 +2,9 @@
 
 Layout (under ``data/``, so DVC versions it with the dataset and nothing is lost)::
 
-    data/annotation/queue/<batch_id>.parquet   edge cases surfaced from a batch (with reasons)
+    data/annotation/queue/<batch_id>.parquet   rows surfaced from a batch: edge cases (with
+                                               reasons) and the evaluation sample, each with
+                                               its inclusion_prob and purpose
     data/labels/<seq>-<hash>.parquet           accepted labels of one import
     data/labels/rejected/<seq>-<hash>/         the import file as received, bad rows, report.md
 """
@@ -23,7 +25,14 @@ from mlflow.tracking import MlflowClient
 from edgeloop._internal import faults
 from edgeloop.core import keys
 from edgeloop.core.config import Settings
-from edgeloop.core.keys import CHALLENGER, CHAMPION
+from edgeloop.core.keys import (
+    CHALLENGER,
+    CHAMPION,
+    PURPOSE_EDGE_CASE,
+    PURPOSE_EVALUATION,
+    QUEUE_INCLUSION_PROB,
+    QUEUE_PURPOSE,
+)
 from edgeloop.core.layout import Layout
 from edgeloop.data.exports import markdown_cell, markdown_text, safe_cells, write_csv_for_people
 from edgeloop.data.lock import atomic_path, data_lock, track
@@ -32,7 +41,7 @@ from edgeloop.data.readers import read_labels as read_export
 from edgeloop.data.store import DataStore
 from edgeloop.tracking.registry import Registry
 from edgeloop.tracking.store import ensure_experiment
-from pipelines.edge_cases import SCORE_COLUMNS, select
+from pipelines.edge_cases import SCORE_COLUMNS, evaluation_sample, excluded_mask, select
 from pipelines.labels import check_labels
 
 
@@ -72,6 +81,10 @@ class Backlog:
         return asdict(self)
 
 
+#: The ``reasons`` of the evaluation sample's rows (what annotators see of why a row is there).
+EVALUATION_REASON = "evaluation sample"
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -85,10 +98,12 @@ def labels_dir(settings: Settings) -> Path:
 
 
 def read_queue(settings: Settings) -> pd.DataFrame:
-    """Every edge case ever surfaced (one row per row id)."""
+    """Every row ever surfaced (one row per row id). Queue files written before the evaluation
+    sample have no ``inclusion_prob``/``purpose``: those rows read as missing values there."""
     files = sorted(queue_dir(settings).glob("*.parquet"))
     if not files:
-        return pd.DataFrame(columns=["row_id", "batch_id", "reasons", "surfaced_at", "predicted"])
+        columns = ["row_id", "batch_id", "reasons", "surfaced_at", "predicted"]
+        return pd.DataFrame(columns=[*columns, QUEUE_INCLUSION_PROB, QUEUE_PURPOSE])
     return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
@@ -104,7 +119,15 @@ def read_labels(settings: Settings) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------- surfacing
 def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[str, Any]]:
-    """Select edge cases from every batch scored by the current champion and not yet surfaced."""
+    """Queue edge cases and the evaluation sample of every batch scored by the current champion
+    and not yet surfaced.
+
+    With ``edge_cases.evaluation_share`` above 0 the edge cases get ``budget - round(share *
+    budget)`` rows, chosen as before (``inclusion_prob`` 1: deterministic given the scores),
+    and a Poisson sample of the batch's other rows, of expected size ``round(share * budget)``,
+    is queued beside them with each row's inclusion probability
+    (``pipelines.edge_cases.evaluation_sample``; seeded by ``seeds.split`` and the batch id).
+    """
     reg = Registry(settings)
     aliases = reg.aliases()
     if CHAMPION not in aliases:
@@ -133,21 +156,13 @@ def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[
             .loc[scores["row_id"], list(schema.features)]
             .reset_index(drop=True)
         )
-        chall_pred = None
+        other = None
         chall_file = layout.score_file(batch, CHALLENGER, chall) if chall else None
         if chall_file is not None and chall_file.exists():
-            other = (
-                pd.read_parquet(chall_file).set_index("row_id").loc[scores["row_id"], "predicted"]
-            )
-            chall_pred = other.to_numpy()
-        picked = select(
-            scores,
-            settings.edge_cases,
-            features=rows,
-            challenger_predicted=chall_pred,
-            rules=rules,
-            exclude=exclude,
-        )
+            # The challenger's scores of the same rows, in the champion's order.
+            other = pd.read_parquet(chall_file).set_index("row_id").loc[scores["row_id"]]
+            other = other.reset_index()
+        picked = _queue_batch(settings, batch, scores, rows, other, rules, exclude)
         picked["surfaced_at"] = surfaced_at or now_iso()
         picked["model_version"] = champ
         with (
@@ -157,8 +172,67 @@ def surface(settings: Settings, *, surfaced_at: str | None = None) -> list[dict[
             picked.astype({"predicted": "str"}).to_parquet(tmp, index=False)
         faults.point("score:queue-written")
         exclude |= set(picked["row_id"].astype(str))
-        out.append({"batch_id": batch, "surfaced": len(picked), "candidates_scored": len(scores)})
+        evaluation = int((picked[QUEUE_PURPOSE] == PURPOSE_EVALUATION).sum())
+        out.append(
+            {
+                "batch_id": batch,
+                "surfaced": len(picked),
+                "evaluation_sample": evaluation,
+                "candidates_scored": len(scores),
+            }
+        )
     return out
+
+
+def _queue_batch(
+    settings: Settings,
+    batch: str,
+    scores: pd.DataFrame,
+    features: pd.DataFrame,
+    challenger: pd.DataFrame | None,
+    rules: Any,
+    exclude: set[str],
+) -> pd.DataFrame:
+    """One batch's queue rows: its edge cases, then its evaluation sample."""
+    ec = settings.edge_cases
+    evaluation_size = round(ec.evaluation_share * ec.budget) if ec.budget > 0 else 0
+    edge_budget = ec.budget - evaluation_size
+    chall_pred = None if challenger is None else challenger["predicted"].to_numpy()
+    picked = select(
+        # No rows when the evaluation sample takes the whole budget (a budget of 0 is no limit).
+        scores if ec.budget == 0 or edge_budget > 0 else scores.iloc[:0],
+        ec.model_copy(update={"budget": edge_budget}),
+        features=features,
+        challenger_predicted=chall_pred,
+        rules=rules,
+        exclude=exclude,
+    )
+    picked[QUEUE_INCLUSION_PROB] = 1.0
+    picked[QUEUE_PURPOSE] = PURPOSE_EDGE_CASE
+    drawn = evaluation_sample(
+        scores,
+        challenger=challenger,
+        exclude=excluded_mask(scores["row_id"], exclude | set(picked["row_id"].astype(str))),
+        expected_size=evaluation_size,
+        uniform_share=ec.evaluation_uniform_share,
+        seed=_evaluation_seed(settings, batch),
+    )
+    drawn["reasons"] = EVALUATION_REASON
+    drawn[QUEUE_PURPOSE] = PURPOSE_EVALUATION
+    if "cluster" in picked.columns:
+        drawn["cluster"] = -1  # not clustered: the sample is not drawn by cluster
+    columns = list(dict.fromkeys([*picked.columns, *drawn.columns]))
+    parts = [df for df in (picked, drawn) if len(df)] or [picked]
+    both = pd.concat(parts, ignore_index=True).reindex(columns=columns)
+    floats = ["confidence", "margin", "priority", QUEUE_INCLUSION_PROB]
+    return both.astype({c: "float64" for c in floats if c in both.columns})
+
+
+def _evaluation_seed(settings: Settings, batch: str) -> int:
+    """The evaluation sample's seed: ``seeds.split`` hashed with the batch id (stable across
+    processes, unlike ``hash``)."""
+    digest = hashlib.sha256(f"{settings.seeds.split}/{batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
 
 
 # ---------------------------------------------------------------------- export
@@ -200,6 +274,9 @@ def label_studio_tasks(tasks: pd.DataFrame, settings: Settings) -> list[dict[str
             row_id=str(rec["row_id"]),
             batch_id=str(rec["batch_id"]),
             reasons=str(rec["reasons"]),
+            # Edge case or evaluation sample, for the labeling tool's filters; the inclusion
+            # probability is not shown (it tells how much the models disagree).
+            purpose=_purpose(rec),
             surfaced_at=str(rec["surfaced_at"]),
             # One readable line for a Text control in the labeling UI.
             row=", ".join(f"{k}={_plain(rec[k])}" for k in features),
@@ -224,6 +301,12 @@ def label_studio_tasks(tasks: pd.DataFrame, settings: Settings) -> list[dict[str
             }
         )
     return out
+
+
+def _purpose(rec: dict[str, Any]) -> str:
+    """A queued row's purpose; rows queued before the evaluation sample were edge cases."""
+    value = rec.get(QUEUE_PURPOSE)
+    return str(value) if isinstance(value, str) and value else PURPOSE_EDGE_CASE
 
 
 def label_studio_config(settings: Settings) -> str:
@@ -252,11 +335,14 @@ def export_tasks(
         written["files"].append(str(p))
     if "csv" in formats:
         p = out_dir / f"tasks-{stamp}.csv"
-        cols = ["row_id", "batch_id", "reasons", "surfaced_at", "predicted", "confidence", "margin"]
+        cols = ["row_id", "batch_id", "reasons", QUEUE_PURPOSE, "surfaced_at", "predicted"]
+        cols += ["confidence", "margin"]
         # reindex: an empty queue has no score columns, and its CSV still gets the header.
         ident = [settings.data_schema.id] if settings.data_schema.id else []
         columns = [*cols[:1], *ident, *cols[1:], *settings.data_schema.features]
-        write_csv_for_people(tasks.reindex(columns=columns).assign(label=""), p)
+        purpose = [_purpose(r) for r in tasks.reindex(columns=[QUEUE_PURPOSE]).to_dict("records")]
+        shown = tasks.reindex(columns=columns).assign(**{QUEUE_PURPOSE: purpose}, label="")
+        write_csv_for_people(shown, p)
         written["files"].append(str(p))
     return written
 

@@ -125,10 +125,19 @@ def reproduce(settings: Settings, version: str) -> Any:
 
 
 def _show_shadow(report: Any) -> None:
-    colour = "green" if report["promote"] else "yellow"
+    state = report.get("state") or ("promote" if report["promote"] else "keep")
+    colour = {"promote": "green", "keep": "yellow"}.get(state, "cyan")
     click.secho(report["summary"], fg=colour)
     c = report["comparison"]
-    click.echo(f"rows {c['n']}, agreement {c['agreement']}, MLflow run {report['run_id']}")
+
+    def bound(v: Any) -> str:
+        return "n/a" if v is None else f"{v:+.4f}"
+
+    click.echo(
+        f"state {state}; rows {c.get('n_rows', c['n'])} scored by both, {c['n']} labeled;"
+        f" confidence sequence [{bound(c.get('cs_low'))}, {bound(c.get('cs_high'))}];"
+        f" agreement {c['agreement']}, MLflow run {report['run_id']}"
+    )
 
 
 @click.command("shadow-evaluate")
@@ -136,7 +145,7 @@ def _show_shadow(report: Any) -> None:
 @json_option("Print as JSON.")
 @command_body(show=_show_shadow)
 def shadow_evaluate(settings: Settings) -> Any:
-    """Compare challenger and champion on labeled rows both scored in shadow (an MLflow run)."""
+    """Compare challenger and champion on the rows both scored in shadow (an MLflow run)."""
     from edgeloop._internal import runtime
     from flows.shadow_evaluate import shadow_evaluate_flow
 

@@ -179,6 +179,24 @@ class TrainingSettings(_Frozen):
     #: Train on at most this many labeled rows (0 = all); a deterministic subset.
     max_rows: Annotated[int, Field(ge=0)] = 0
     slices: list[SliceSettings] = Field(default_factory=list)
+    #: With ``split: hash``, every production batch with labeled rows holds out at least this
+    #: many of them (those with the smallest row-id hash), beside the hash share: each labeled
+    #: batch is in the holdout. Rows only ever leave this top-up as labels arrive, never join
+    #: it, so no model is scored on rows it trained on. 0 = the plain hash split.
+    holdout_min_per_batch: Annotated[int, Field(ge=0)] = 1
+    #: The "recent" holdout: the labeled holdout rows of the last this many production batches
+    #: that have any (arrival order).
+    recent_batches: Annotated[int, Field(ge=1)] = 3
+    #: Weight of the reference holdout in the present-weighted metrics; the recent holdout has
+    #: the rest, each of its batches in proportion to its rows (its traffic). Renormalised when
+    #: one side has no rows (no labeled production rows yet: the reference alone).
+    reference_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    #: Weights of labeled production rows within their batch: ``uniform`` = every labeled row
+    #: alike (biased towards the edge cases, the champion's hard rows); ``inclusion`` = 1 / the
+    #: row's inclusion probability (annotation queue ``inclusion_prob``; rows labeled at ingest,
+    #: edge cases and queue files without the column count 1): unbiased for the batch's traffic,
+    #: but a few evaluation-sample rows then carry most of the weight (see ``*_effective_rows``).
+    holdout_weights: Literal["uniform", "inclusion"] = "uniform"
 
 
 class GateSettings(_Frozen):
@@ -201,6 +219,16 @@ class GateSettings(_Frozen):
     baseline: Literal["most_frequent", "stratified"] = "most_frequent"
     #: Class -> minimum recall on the holdout (``init`` writes floors for rare classes).
     class_recall_floors: dict[str, float] = Field(default_factory=dict)
+    #: The holdout that non-inferiority (``max_regression``) judges: ``present_weighted``
+    #: (reference and recent production rows by ``training.reference_share``), ``recent``,
+    #: ``reference`` or ``overall`` (every holdout row alike, as before production rows counted).
+    compare_on: Literal["present_weighted", "recent", "reference", "overall"] = "present_weighted"
+    #: The holdout ``min_accuracy`` / ``min_macro_f1`` judge: ``reference`` (guards against
+    #: forgetting; the overall holdout when it has no reference rows) or ``overall``.
+    floors_on: Literal["reference", "overall"] = "reference"
+    #: The candidate may be worse than the champion on ``metric`` on the reference holdout by
+    #: at most this much (forgetting guard beside the present-weighted comparison); ``null`` = off.
+    reference_max_regression: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.05
 
 
 class RegistrySettings(_Frozen):
@@ -230,16 +258,35 @@ class ServingSettings(_Frozen):
 
 
 class ShadowSettings(_Frozen):
-    """Shadow evaluation and the promotion rule."""
+    """Shadow evaluation and the promotion rule (docs/loop.md, "The promotion rule")."""
 
-    #: Rows with ground truth needed before a comparison counts as evidence.
+    #: ``macro_f1`` only (the fixed-sample bootstrap rule): labeled rows scored by both models
+    #: before a comparison counts as evidence. The ``accuracy`` rule needs no such count.
     min_samples: Annotated[int, Field(ge=1)] = 200
-    #: Confidence level of the interval on the challenger-minus-champion delta.
+    #: Confidence level of the confidence sequence (and of the fixed-sample interval shown
+    #: beside it) on the challenger-minus-champion delta: 1 - confidence is the chance that the
+    #: rule ever promotes a challenger that is not better, however often it is checked.
     confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    #: ``macro_f1`` only: paired bootstrap resamples of its interval.
     bootstrap_samples: Annotated[int, Field(ge=100)] = 2000
+    #: ``accuracy``: the sequential rule (importance-weighted paired difference, confidence
+    #: sequence, valid under repeated looks). ``macro_f1``: the fixed-sample bootstrap rule on
+    #: the labeled rows (not valid under repeated looks, biased by the edge-case selection).
     metric: Literal["accuracy", "macro_f1"] = "accuracy"
-    #: Promote when the lower bound of the delta is above this (0 = "better with confidence").
+    #: Promote when the lower bound of the delta is above this (0 = "better with confidence");
+    #: keep the champion when the upper bound is below it.
     min_delta_lower_bound: float = 0.0
+    #: The confidence sequence is tightest at this many rows scored by both models (its mixture
+    #: parameter is tuned to it); any value keeps it valid, it only moves where it is sharpest.
+    cs_tuned_rows: Annotated[int, Field(ge=10)] = 1000
+    #: Labeled rows where the two models predict different classes (the only rows that carry
+    #: evidence) before the sequential rule decides: the confidence sequence is asymptotic and
+    #: its variance estimate needs a few of them.
+    min_labeled_disagreements: Annotated[int, Field(ge=1)] = 10
+    #: When labels come back (``annotate import``) and a challenger is in shadow, its evidence is
+    #: re-evaluated before a label-volume retrain may replace it; with this on, a "promote"
+    #: decision of the rule also moves the champion there (never without the rule).
+    auto_promote: bool = False
 
 
 class EdgeCaseSettings(_Frozen):
@@ -269,6 +316,16 @@ class EdgeCaseSettings(_Frozen):
     #: Seed of the clustering (sample and k-means start): the same batch and seed always give
     #: the same clusters and so the same selection.
     cluster_seed: int = 0
+    #: Share of ``budget`` spent on the evaluation sample: rows drawn at random, with known
+    #: inclusion probabilities, from the rows not chosen as edge cases, so that the
+    #: champion-vs-challenger comparison is unbiased for the whole traffic. The edge cases get
+    #: ``budget - round(evaluation_share * budget)`` rows; the sample's expected size is the
+    #: rest (0 = off; no sample when ``budget`` is 0, no limit).
+    evaluation_share: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    #: Share of the evaluation sample's weight spread uniformly over the rows; the rest goes to
+    #: rows where champion and challenger disagree or their probabilities differ. Above 0, so
+    #: every row has a positive inclusion probability (the importance weights need it).
+    evaluation_uniform_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
 
     @field_validator("n_clusters")
     @classmethod

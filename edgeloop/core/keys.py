@@ -61,6 +61,14 @@ TAG_SOURCE: Final = "edgeloop.source"
 TAG_DEPLOYED_AT: Final = "edgeloop.deployed_at"
 TAG_WINDOW_START: Final = "edgeloop.window_start"
 TAG_WINDOW_END: Final = "edgeloop.window_end"
+TAG_SHADOW_STATE: Final = "edgeloop.shadow_state"
+"""On shadow runs: ``promote``, ``keep`` or ``need_more`` (``TAG_DECISION`` stays promote/keep:
+need_more is "keep" there, so a reader of the decision never promotes on it)."""
+TAG_SHADOW_RULE: Final = "edgeloop.shadow_rule"
+"""On shadow runs: ``confidence-sequence`` or ``bootstrap`` (``shadow.metric: macro_f1``)."""
+TAG_SHADOW_BIASED: Final = "edgeloop.shadow_biased"
+"""On shadow runs: ``true`` when rows of batches queued before the evaluation sample (labeled
+rows only, so a sample chosen by the champion's uncertainty) are part of the evidence."""
 TAG_DATA_VERSION: Final = "dvc.data_version"
 TAG_GIT_COMMIT: Final = "git.commit"
 TAG_GIT_DIRTY: Final = "git.dirty"
@@ -84,6 +92,37 @@ RESERVED_COLUMNS: Final = (ROW_ID, BATCH_ID)
 REFERENCE_BATCH: Final = "reference"
 """The ``batch_id`` of the rows of the reference set."""
 
+# ---------------------------------------------------------------- annotation queue columns
+QUEUE_INCLUSION_PROB: Final = "inclusion_prob"
+"""Probability that the row was queued given its batch's scores: 1.0 for edge cases, q_i for
+rows of the evaluation sample (absent in queue files written before the evaluation sample)."""
+QUEUE_PURPOSE: Final = "purpose"
+"""Why the row was queued: ``PURPOSE_EDGE_CASE`` or ``PURPOSE_EVALUATION``."""
+PURPOSE_EDGE_CASE: Final = "edge_case"
+PURPOSE_EVALUATION: Final = "evaluation"
+
+# ---------------------------------------------------------------- label-free estimates (CBPE)
+# Metrics of a monitoring run (``pipelines.performance``): each batch's accuracy estimated
+# from the calibrated top-1 confidence, beside the accuracy on its labeled rows where any.
+METRIC_CBPE_ACCURACY_CHAMPION: Final = "cbpe_accuracy_champion"
+METRIC_CBPE_ACCURACY_CHALLENGER: Final = "cbpe_accuracy_challenger"
+METRIC_TRUE_ACCURACY_CHAMPION: Final = "true_accuracy_champion"
+"""Accuracy on the batch's rows labeled when it was monitored (a sample: may be biased)."""
+METRIC_TRUE_ACCURACY_CHALLENGER: Final = "true_accuracy_challenger"
+CBPE_LOW_SUFFIX: Final = "_low"
+"""``cbpe_accuracy_<alias>_low`` / ``_high``: the estimate's approximate 95 % interval."""
+CBPE_HIGH_SUFFIX: Final = "_high"
+METRIC_CBPE_MACRO_F1_PREFIX: Final = "cbpe_macro_f1_"
+"""``cbpe_macro_f1_champion`` / ``_challenger``."""
+METRIC_CBPE_CALIBRATED_PREFIX: Final = "cbpe_calibrated_"
+"""``cbpe_calibrated_<alias>``: 1 when the estimate used a calibration, 0 for raw confidence."""
+TAG_CBPE_FLAGS: Final = "edgeloop.cbpe_flags"
+"""On monitoring runs: what the estimates suggest ("; "-separated, empty when nothing)."""
+CALIBRATION_ARTIFACT: Final = "calibration/confidence.json"
+"""On a retrain run: the candidate's top-1 confidence -> P(correct) calibration (holdout)."""
+CHAMPION_CALIBRATION_ARTIFACT: Final = "calibration/champion.json"
+"""On a retrain run: the champion's calibration on the same holdout (``version`` inside)."""
+
 # ---------------------------------------------------------------- Prefect
 RETRAIN_FLOW: Final = "retrain"
 
@@ -95,3 +134,10 @@ def deployment_name(project: str, flow_name: str) -> str:
 
 #: Prefix of the trivial baseline's metrics on a retrain run (``baseline_macro_f1``, ...).
 METRIC_BASELINE_PREFIX: Final = "baseline_"
+#: Prefixes of a retrain's holdout-group metrics (``recent_accuracy``, ...): the reference rows,
+#: every labeled production row, the last ``training.recent_batches`` batches, and the mix of
+#: reference and recent weighted to the present (``training.reference_share``).
+METRIC_REFERENCE_PREFIX: Final = "reference_"
+METRIC_PRODUCTION_PREFIX: Final = "production_"
+METRIC_RECENT_PREFIX: Final = "recent_"
+METRIC_PRESENT_PREFIX: Final = "present_weighted_"

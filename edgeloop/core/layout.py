@@ -146,5 +146,10 @@ class Layout:
     def dashboard(self) -> Path:
         return self.reports / "dashboard.html"
 
+    @property
+    def loop_effect(self) -> Path:
+        """The demo's honest measure: frozen model vs loop vs oracle per batch."""
+        return self.reports / "loop-effect.json"
+
     def weekly_review(self, date: str, suffix: str) -> Path:
         return self.reports / f"weekly-{date}{suffix}"

@@ -100,7 +100,13 @@ def run_demo(config: Path) -> int:
             rt = labels["retrain"]
             retrains.append((f"labels after {path.stem}", rt))
             step(f"    label-volume retrain: {rt.get('status')}: {rt.get('message')}")
-        promo = _shadow_and_promote(settings)
+        # The label import evaluated the challenger (and promoted it on the rule's word) before
+        # any retrain it started; without labels, the evaluation runs here.
+        promo = (
+            _shadow_line(labels["shadow"])
+            if labels.get("shadow")
+            else _shadow_and_promote(settings)
+        )
         if promo.get("evaluated"):
             promotions.append({**promo, "after": path.stem})
             step(f"    shadow: {promo['line']}")
@@ -111,7 +117,12 @@ def run_demo(config: Path) -> int:
 
     console.print(outcomes_table(results, notes))
     console.print(retrains_table(retrains))
-    console.print(_loop_table(loop_rows))
+    effect = _loop_effect(settings, loop_rows)
+    console.print(_loop_table(effect))
+    if effect is not None:
+        from edgeloop.reports.terminal import loop_effect_line
+
+        console.print(loop_effect_line(effect.to_dict()))
     for p in promotions:
         console.print(f"[bold]Shadow decision after {p['after']}:[/] {p['line']}")
         if p.get("evidence_run_id"):
@@ -133,9 +144,12 @@ def run_demo(config: Path) -> int:
     from flows.weekly_review import weekly_review
 
     written = weekly_review(config=str(settings.source))
+    from edgeloop.core.layout import Layout
     from edgeloop.monitoring.dashboard import dashboard_path
 
     console.print(f"monitoring dashboard: {dashboard_path(settings)}")
+    if effect is not None:
+        console.print(f"loop effect (frozen vs loop vs oracle): {Layout.of(settings).loop_effect}")
     console.print(f"weekly review: {written['markdown']} and {Path(written['html']).name}")
     problems = _check(results)
     _print_ui_commands(console, settings)
@@ -199,6 +213,18 @@ def _shadow_and_promote(settings: Any) -> dict[str, Any]:
         return {"evaluated": True, "line": line, **exc.result.to_dict()}
 
 
+def _shadow_line(report: dict[str, Any]) -> dict[str, Any]:
+    """The shadow evaluation (and auto-promotion) the label import ran, as the demo shows it."""
+    if report.get("promoted"):
+        line = f"[green]promoted v{report['challenger']}[/] over v{report['champion']}: {report['summary']}"
+    else:
+        line = (
+            f"[yellow]kept champion v{report['champion']}[/] (challenger v{report['challenger']}):"
+            f" {report['summary']}"
+        )
+    return {"evaluated": True, "line": line, "evidence_run_id": report.get("run_id", "")}
+
+
 def _simulated_annotation(settings: Any, stream_dir: Path, step_no: int) -> dict[str, Any]:
     """The SIMULATED ANNOTATOR (demo stand-in) answers the open tasks; the labels are imported."""
     from edgeloop.batch.annotation import label_studio_tasks, open_tasks
@@ -227,7 +253,7 @@ def _simulated_annotation(settings: Any, stream_dir: Path, step_no: int) -> dict
     line = f"{len(tasks)} edge cases queued, {res['accepted']} labeled by the simulated annotator"
     if res["rejected"]:
         line += f" ({res['rejected']} rejected)"
-    return {"line": line, "retrain": res.get("retrain")}
+    return {"line": line, "retrain": res.get("retrain"), "shadow": res.get("shadow")}
 
 
 def _truth(settings: Any, stream_dir: Path) -> dict[str, Any]:
@@ -252,12 +278,14 @@ def _truth(settings: Any, stream_dir: Path) -> dict[str, Any]:
 
 
 def _batch_accuracy(settings: Any, outcome: dict[str, Any], stream_dir: Path) -> dict[str, Any]:
-    """Accuracy on the whole batch (true labels): the frozen first model vs the loop's champion."""
+    """Accuracy on the whole batch (true labels): the frozen first model, the loop's champion
+    and the oracle (``edgeloop.demo.effect``)."""
     import pandas as pd
 
     from edgeloop.core.keys import CHAMPION
     from edgeloop.core.layout import Layout
     from edgeloop.data.store import DataStore
+    from edgeloop.demo.effect import oracle_accuracy
     from edgeloop.tracking.registry import Registry
     from pipelines.train import features
 
@@ -280,33 +308,70 @@ def _batch_accuracy(settings: Any, outcome: dict[str, Any], stream_dir: Path) ->
         loop, version = frozen, "1"
     return {
         "batch": outcome["source"],
+        "batch_id": batch,
         "rows": len(rows),
         "frozen": float((frozen == y).mean()),
         "loop": float((loop == y).mean()),
+        "oracle": oracle_accuracy(settings, data, truth, batch),
         "loop_version": version,
     }
 
 
-def _loop_table(rows: list[dict[str, Any]]) -> Any:
+def _loop_effect(settings: Any, rows: list[dict[str, Any]]) -> Any:
+    """The measure over every batch of this run, written to ``reports/loop-effect.json``
+    (None on a rerun that added no batch: the last measure stays)."""
+    if not rows:
+        return None
+    from edgeloop.batch.annotation import read_labels, read_queue
+    from edgeloop.demo.effect import BatchEffect, loop_effect, write_loop_effect
+
+    queue = read_queue(settings)
+    labeled = set(read_labels(settings)["row_id"].astype(str))
+    spent = queue[queue["row_id"].astype(str).isin(labeled)]["batch_id"].value_counts()
+    effect = loop_effect(
+        [
+            BatchEffect(
+                batch=r["batch"], rows=r["rows"], frozen=r["frozen"], loop=r["loop"],
+                oracle=r["oracle"], labels=int(spent.get(r["batch_id"], 0)),
+                loop_version=str(r["loop_version"]),
+            )
+            for r in rows
+        ]
+    )  # fmt: skip
+    write_loop_effect(settings, effect)
+    return effect
+
+
+def _loop_table(effect: Any) -> Any:
     from rich.table import Table
 
     t = Table(
-        title="Accuracy on each batch (all rows, true labels): frozen first model vs the loop's champion"
+        title="Accuracy on each batch (all rows, true labels): frozen first model, the loop's"
+        " champion, and an oracle trained on every true label before the batch"
     )
-    for c in ("batch", "rows", "frozen v1", "loop champion", "champion version", "difference"):
+    for c in ("batch", "rows", "frozen v1", "loop champion", "oracle", "labels", "version", "loop - frozen"):  # fmt: skip
         t.add_column(c)
-    for r in rows:
-        d = r["loop"] - r["frozen"]
+    if effect is None:
+        return t
+    for r in effect.batches:
+        d = r.loop - r.frozen
         style = "green" if d > 0 else "red" if d < 0 else "white"
         t.add_row(
-            r["batch"], str(r["rows"]), f"{r['frozen']:.3f}", f"{r['loop']:.3f}", f"v{r['loop_version']}",
-            f"[{style}]{d:+.3f}[/]",
+            r.batch, str(r.rows), f"{r.frozen:.3f}", f"{r.loop:.3f}", f"{r.oracle:.3f}",
+            str(r.labels), f"v{r.loop_version}", f"[{style}]{d:+.3f}[/]",
         )  # fmt: skip
-    if rows:
-        n = sum(r["rows"] for r in rows)
-        fz = sum(r["frozen"] * r["rows"] for r in rows) / n
-        lp = sum(r["loop"] * r["rows"] for r in rows) / n
-        t.add_row("all batches", str(n), f"{fz:.3f}", f"{lp:.3f}", "", f"{lp - fz:+.3f}")
+    n = sum(r.rows for r in effect.batches)
+    fz = sum(r.frozen * r.rows for r in effect.batches) / n
+    lp = sum(r.loop * r.rows for r in effect.batches) / n
+    oc = sum(r.oracle * r.rows for r in effect.batches) / n
+    labels = sum(r.labels for r in effect.batches)
+    t.add_row("all batches", str(n), f"{fz:.3f}", f"{lp:.3f}", f"{oc:.3f}", str(labels), "", f"{lp - fz:+.3f}")  # fmt: skip
+    rec = "n/a (no drifted batch)" if effect.recovery is None else f"{effect.recovery:.2f}"
+    t.caption = (
+        f"recovery on the drifted batches ({len(effect.drifted_batches)}: oracle - frozen"
+        f" >= {effect.drift_gap}) = (loop - frozen) / (oracle - frozen) = {rec};"
+        f" labeled share {effect.labeled_share:.1%}"
+    )
     return t
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from edgeloop.models.fit_worker import FitWorker
     from pipelines.evaluate import GateResult
+    from pipelines.performance import ConfidenceCalibration
     from pipelines.train import Split
 
 
@@ -49,6 +50,13 @@ class Trained:
     seconds: dict[str, float]
     #: The trivial baseline (``gates.baseline``) on the same holdout, keys ``baseline_<metric>``.
     baseline_metrics: dict[str, float] = field(default_factory=dict)
+    #: Top-1 confidence -> P(correct) of the candidate and of the champion, both fitted on this
+    #: holdout (``pipelines.performance``): the monitor's label-free estimates (CBPE) use them.
+    calibration: ConfidenceCalibration | None = None
+    champion_calibration: ConfidenceCalibration | None = None
+    #: The holdout's groups (``pipelines.evaluate.holdout_groups``): recent batches, weighting,
+    #: and per batch of the holdout its rows, share of the present and both models' accuracy.
+    holdout: dict[str, Any] = field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -96,13 +104,22 @@ def train_and_evaluate(
         seconds["fit_wait_seconds"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     y_true = tr.target(split.holdout, schema)
-    metrics = ev.evaluate(y_true, y_pred, split.holdout, schema, list(training.slices))
+    weights, holdout = _row_weights(settings, dataset, split.holdout)
+    groups = ev.holdout_groups(
+        split.holdout,
+        _batch_rows(dataset),
+        recent_batches=training.recent_batches,
+        reference_share=training.reference_share,
+        row_weight=weights,
+    )
+    slices = list(training.slices)
+    metrics = ev.evaluate(y_true, y_pred, split.holdout, schema, slices, groups)
     metrics["train_rows"] = float(len(split.train))
-    champ = None
+    champ = champ_pred = None
     if champion is not None:
-        champ = ev.evaluate(
-            y_true, champion.predict(x_hold), split.holdout, schema, list(training.slices)
-        )
+        champ_pred = champion.predict(x_hold)
+        champ = ev.evaluate(y_true, champ_pred, split.holdout, schema, slices, groups)
+    holdout |= _holdout_summary(split.holdout, groups, y_true, y_pred, champ_pred)
     baseline = ev.baseline_metrics(
         tr.target(split.train, schema),
         y_true,
@@ -114,7 +131,144 @@ def train_and_evaluate(
     )
     gates = ev.check_gates(metrics, champ, settings.gates, baseline)
     seconds["evaluate_seconds"] = time.perf_counter() - t2
-    return Trained(model, split, y_true, y_pred, metrics, champ, gates, seconds, baseline)
+    t3 = time.perf_counter()
+    calibration, champion_calibration = _calibrations(
+        model, champion, x_hold, y_true, settings.seeds.split
+    )
+    seconds["calibration_seconds"] = time.perf_counter() - t3
+    return Trained(
+        model,
+        split,
+        y_true,
+        y_pred,
+        metrics,
+        champ,
+        gates,
+        seconds,
+        baseline,
+        calibration=calibration,
+        champion_calibration=champion_calibration,
+        holdout=holdout,
+    )
+
+
+#: Holdout rows a calibration is fitted on at most (a seeded sample of a larger holdout): its
+#: 101 confidence cells are well filled by then, and the extra ``predict_proba`` stays cheap.
+CALIBRATION_MAX_ROWS = 20_000
+
+
+def _calibrations(
+    model: Any, champion: Any, x_hold: Any, y_true: Any, seed: int
+) -> tuple[ConfidenceCalibration, ConfidenceCalibration | None]:
+    """Candidate's and champion's confidence calibrations on the same holdout rows.
+
+    The champion is recalibrated here, on the candidate's holdout, so the monitor compares the
+    two models' estimates through calibrations fitted on the same rows (on the demo stream this
+    made the estimated challenger-minus-champion difference closer to the true one: docs/loop.md).
+    """
+    import numpy as np
+
+    from pipelines import performance as pf
+
+    if len(x_hold) > CALIBRATION_MAX_ROWS:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(x_hold), CALIBRATION_MAX_ROWS, replace=False))
+        x_hold, y_true = x_hold.iloc[keep], np.asarray(y_true)[keep]
+    champ = pf.model_calibration(champion, x_hold, y_true) if champion is not None else None
+    return pf.model_calibration(model, x_hold, y_true), champ
+
+
+# ---------------------------------------------------------------------- holdout groups
+def _batch_rows(dataset: pd.DataFrame) -> dict[str, int]:
+    """Every production batch of the dataset in arrival order, with its rows (its traffic)."""
+    if keys.BATCH_ID not in dataset.columns:
+        return {}
+    batch = dataset[keys.BATCH_ID].astype("str")
+    counts = batch.value_counts()
+    return {b: int(counts[b]) for b in batch.unique() if b != keys.REFERENCE_BATCH}
+
+
+def _row_weights(
+    settings: Settings, dataset: pd.DataFrame, holdout: pd.DataFrame
+) -> tuple[Any, dict[str, Any]]:
+    """1 / inclusion probability of each holdout row, and what it rests on.
+
+    Rows labeled at ingest and edge cases count 1 (their labels did not depend on a draw);
+    an evaluation-sample row counts 1 / (q x the share of its batch's sample labeled so far:
+    pending labels are taken as missing at random within the batch). The queue lives in the
+    data folder, so the weights follow from the data version. Labeled rows of queue files
+    written before ``inclusion_prob`` count 1 too (``unknown_inclusion_rows``: biased towards
+    the champion's hard rows).
+    """
+    import numpy as np
+    import pandas as pd
+
+    from edgeloop.core.layout import Layout
+
+    mode = settings.training.holdout_weights
+    ones = np.ones(len(holdout))
+    info: dict[str, Any] = {"weights": mode, "unknown_inclusion_rows": 0}
+    files = sorted(Layout.of(settings).queue.glob("*.parquet"))
+    if mode == "uniform" or not files or "label_source" not in holdout.columns:
+        return ones, info
+    prob_col, purpose_col = keys.QUEUE_INCLUSION_PROB, keys.QUEUE_PURPOSE
+    queue = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    queue = queue.reindex(columns=[keys.ROW_ID, keys.BATCH_ID, prob_col, purpose_col])
+    queue[keys.ROW_ID] = queue[keys.ROW_ID].astype("str")
+    queue = queue.drop_duplicates(keys.ROW_ID, keep="last")
+    target = settings.data_schema.target
+    labeled = set(dataset.loc[dataset[target].notna(), keys.ROW_ID].astype("str"))
+    is_sample = queue[purpose_col] == keys.PURPOSE_EVALUATION
+    sample = queue[is_sample]
+    done = sample[keys.ROW_ID].isin(labeled).groupby(sample[keys.BATCH_ID]).mean()
+    share = queue[keys.BATCH_ID].map(done).where(is_sample)
+    queue["p"] = queue[prob_col].astype("float64") * share.fillna(1.0).astype("float64")
+    by_id = queue.set_index(keys.ROW_ID)["p"]
+    ids = holdout[keys.ROW_ID].astype("str")
+    annotated = ((holdout["label_source"] == "annotation") & ids.isin(by_id.index)).to_numpy()
+    prob = ids.map(by_id).to_numpy(dtype="float64", na_value=np.nan)
+    known = annotated & ~np.isnan(prob) & (prob > 0)
+    weights = ones.copy()
+    weights[known] = 1.0 / np.minimum(prob[known], 1.0)
+    info["unknown_inclusion_rows"] = int((annotated & ~known).sum())
+    return weights, info
+
+
+def _holdout_summary(
+    holdout: pd.DataFrame, groups: Any, y_true: Any, y_pred: Any, champ_pred: Any
+) -> dict[str, Any]:
+    """The groups' rows and, per batch of the holdout, its rows, share and both accuracies."""
+    import numpy as np
+
+    batch = (
+        holdout[keys.BATCH_ID].astype("str").to_numpy()
+        if keys.BATCH_ID in holdout.columns
+        else np.full(len(holdout), keys.REFERENCE_BATCH, dtype=object)
+    )
+    right = np.asarray(y_pred) == np.asarray(y_true)
+    champ_right = None if champ_pred is None else np.asarray(champ_pred) == np.asarray(y_true)
+    present = groups.weights["present_weighted"]
+    batches = []
+    for b in dict.fromkeys(batch.tolist()):
+        inside = batch == b
+        champ_acc = None if champ_right is None else round(float(champ_right[inside].mean()), 4)
+        batches.append(
+            {
+                "batch": b,
+                "rows": int(inside.sum()),
+                "present_share": round(float(present[inside].sum()), 4),
+                "recent": b in groups.recent_batches,
+                "accuracy": round(float(right[inside].mean()), 4),
+                "champion_accuracy": champ_acc,
+            }
+        )
+    return {
+        "recent_batches": list(groups.recent_batches),
+        "reference_share": groups.reference_share,
+        "rows": {g: groups.rows(g) for g in groups.weights},
+        "effective_rows": {g: round(groups.effective_rows(g), 1) for g in groups.weights},
+        "batches": batches,
+    }
 
 
 def _trusted_types(model: Any) -> list[str]:
@@ -196,12 +350,25 @@ def log_retrain(
                 "gate_max_regression": settings.gates.max_regression,
                 "gate_baseline": settings.gates.baseline,
                 "split": training.split,
+                # The holdout groups: with the seed and the data version they fix every weight.
+                "holdout_min_per_batch": training.holdout_min_per_batch,
+                "recent_batches": training.recent_batches,
+                "reference_share": training.reference_share,
+                "holdout_weights": training.holdout_weights,
+                "gate_compare_on": settings.gates.compare_on,
+                "gate_floors_on": settings.gates.floors_on,
+                "gate_reference_max_regression": settings.gates.reference_max_regression,
+                "recent_holdout_batches": ",".join(trained.holdout.get("recent_batches", [])),
             }
         )
         mlflow.log_metrics({k: v for k, v in trained.metrics.items()})
         mlflow.log_metrics(trained.baseline_metrics)
         champ = trained.champion_metrics or {}
-        mlflow.log_metrics({f"champion_{k}": champ.get(k, math.nan) for k in ev.SCORES})
+        grouped = [f"{g}{k}" for g in ("", *ev.GROUP_PREFIXES.values()) for k in ev.SCORES]
+        mlflow.log_metrics({f"champion_{k}": champ.get(k, math.nan) for k in grouped})
+        mlflow.log_metric(
+            "unknown_inclusion_rows", trained.holdout.get("unknown_inclusion_rows", 0)
+        )
         mlflow.log_metrics(trained.seconds)
         for c in trained.gates.checks:
             mlflow.set_tag(f"{keys.TAG_GATE_PREFIX}{c.name}", "passed" if c.passed else "failed")
@@ -233,7 +400,9 @@ def log_retrain(
             (t / "gates.json").write_text(
                 json.dumps(trained.gates.to_dict(), indent=2, default=str)
             )
+            (t / "holdout.json").write_text(json.dumps(trained.holdout, indent=2, default=str))
             mlflow.log_artifacts(str(t), artifact_path="evaluation")
+        _log_calibrations(settings, trained)
         if settings.source and Path(settings.source).exists():
             mlflow.log_artifact(str(settings.source), artifact_path="config")
         pointer = settings.path("data").with_suffix(".dvc")
@@ -274,6 +443,28 @@ def log_retrain(
             raise
         mlflow.set_tag(keys.TAG_NOTE, f"{reason}: {trained.gates.summary()}")
         return run.info.run_id, info.model_uri
+
+
+def _log_calibrations(settings: Settings, trained: Trained) -> None:
+    """The calibrations as small JSON artifacts (``keys.CALIBRATION_ARTIFACT``, and the
+    champion's with its version); the monitor reads them for its label-free estimates."""
+    import mlflow
+
+    from edgeloop.tracking.registry import Registry
+
+    if trained.calibration is not None:
+        mlflow.log_dict(trained.calibration.to_dict(), keys.CALIBRATION_ARTIFACT)
+    if trained.champion_calibration is not None:
+        # The version holding the alias now: the one the flow loaded for this comparison,
+        # unless a promotion ran within the retrain (no lock orders the two; it would only
+        # mislabel an estimate that informs, never decides).
+        version = Registry(settings).aliases().get(keys.CHAMPION, "")
+        if version:
+            mlflow.set_tag(keys.TAG_CHAMPION_VERSION, version)
+            mlflow.log_dict(
+                {"version": version, **trained.champion_calibration.to_dict()},
+                keys.CHAMPION_CALIBRATION_ARTIFACT,
+            )
 
 
 def _requirements() -> list[str]:

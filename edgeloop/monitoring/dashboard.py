@@ -8,7 +8,9 @@ artifact ``dashboard/dashboard.html``. Plots:
 * drift per feature over time: PSI heatmap, batches x the most drifted features;
 * the share of drifted features per batch against the batch threshold;
 * confidence: the latest batch's top-1 probability histogram against the earlier batches';
-* champion and challenger accuracy per batch (on labeled rows);
+* champion and challenger accuracy per batch: on labeled rows, and estimated without labels
+  (CBPE, ``edgeloop.monitoring.estimates``) with its approximate 95 % band; the estimates'
+  flags (ask for labels, a likely regression) are listed under the table;
 * the annotation backlog and the labeling SLA (``edgeloop.batch.annotation.sla``).
 """
 
@@ -65,7 +67,10 @@ def render(settings: Settings, history: list[dict[str, Any]], backlog: dict[str,
         ("Drift per feature over time (PSI)", _psi_heatmap(history, settings)),
         ("Share of drifted features per batch", _drift_share(history, settings)),
         ("Champion confidence", _confidence(history, settings)),
-        ("Champion vs challenger accuracy (labeled rows)", _accuracy(history)),
+        (
+            "Champion vs challenger accuracy: labeled rows and label-free estimate (CBPE)",
+            _accuracy(history),
+        ),
         ("Annotation backlog and SLA", _backlog(backlog)),
     ]
     m = settings.monitoring
@@ -84,6 +89,7 @@ def render(settings: Settings, history: list[dict[str, Any]], backlog: dict[str,
         f"(or its test p &lt; {m.p_value} with PSI &gt; {m.psi_threshold / 2:g}); a batch drifts "
         f"when at least {m.drift_share_threshold:.0%} of its features do.</p>",
         _table(history),
+        _flags(history),
     ]
     for title, png in figures:
         parts.append(f"<figure><figcaption><h2>{esc(title)}</h2></figcaption>")
@@ -111,7 +117,8 @@ def _table(history: list[dict[str, Any]]) -> str:
     head = (
         "<table><tr><th>#</th><th>batch</th><th>rows</th><th>drift share</th>"
         "<th>drifted features</th><th>prediction PSI</th><th>mean confidence</th>"
-        "<th>champion acc.</th><th>challenger acc.</th><th>agreement</th></tr>"
+        "<th>champion acc.</th><th>challenger acc.</th><th>champion est.</th>"
+        "<th>challenger est.</th><th>agreement</th></tr>"
     )
     rows = [head]
     for h in reversed(history[-TABLE_BATCHES:]):
@@ -124,10 +131,39 @@ def _table(history: list[dict[str, Any]]) -> str:
             f'<td class="l">{html.escape(t.get(keys.TAG_DRIFTED_FEATURES, ""))}</td>'
             f"<td>{_fmt(m.get('prediction_psi'))}</td><td>{_fmt(m.get('mean_confidence'))}</td>"
             f"<td>{_fmt(m.get('champion_accuracy'))}</td>"
-            f"<td>{_fmt(m.get('challenger_accuracy'))}</td><td>{_fmt(m.get('agreement'))}</td></tr>"
+            f"<td>{_fmt(m.get('challenger_accuracy'))}</td><td>{_estimate(m, keys.CHAMPION)}</td>"
+            f"<td>{_estimate(m, keys.CHALLENGER)}</td><td>{_fmt(m.get('agreement'))}</td></tr>"
         )
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _estimate(m: dict[str, float], alias: str) -> str:
+    """A CBPE estimate for the table: value, band, and "raw" when uncalibrated."""
+    name = f"cbpe_accuracy_{alias}"
+    if name not in m:
+        return "–"
+    low, high = m.get(name + keys.CBPE_LOW_SUFFIX), m.get(name + keys.CBPE_HIGH_SUFFIX)
+    band = f" ({low:.2f}–{high:.2f})" if low is not None and high is not None else ""
+    raw = " raw" if m.get(keys.METRIC_CBPE_CALIBRATED_PREFIX + alias) == 0 else ""
+    return f"{m[name]:.3f}{band}{raw}"
+
+
+def _flags(history: list[dict[str, Any]]) -> str:
+    """The label-free estimates' flags of the latest batches (they inform, never promote)."""
+    items = [
+        f"<li><b>{html.escape(h['batch_id'])}</b>: {html.escape(flag)}</li>"
+        for h in reversed(history[-TABLE_BATCHES:])
+        for flag in h["tags"].get(keys.TAG_CBPE_FLAGS, "").split("; ")
+        if flag
+    ]
+    if not items:
+        return ""
+    return (
+        "<h2>What the label-free estimates suggest</h2><p>CBPE estimates accuracy from the"
+        " calibrated confidence; it cannot see concept drift, so these ask for labels and"
+        " never promote.</p><ul>" + "".join(items) + "</ul>"
+    )
 
 
 def _backlog_table(backlog: dict[str, Any]) -> str:
@@ -238,21 +274,33 @@ def _confidence(history: list[dict[str, Any]], settings: Settings) -> str:
 
 
 def _accuracy(history: list[dict[str, Any]]) -> str:
-    if not any("champion_accuracy" in h["metrics"] for h in history):
+    cbpe = keys.METRIC_CBPE_ACCURACY_CHAMPION
+    if not any("champion_accuracy" in h["metrics"] or cbpe in h["metrics"] for h in history):
         return ""
     x = np.arange(len(history))
     fig = _figure(max(6.0, 0.4 * len(history) + 2), 3.2)
     ax = fig.add_subplot()
-    for name, style in (("champion_accuracy", "o-"), ("challenger_accuracy", "s--")):
-        y = np.array([h["metrics"].get(name, np.nan) for h in history], dtype=float)
+
+    def series(name: str) -> np.ndarray:
+        return np.array([h["metrics"].get(name, np.nan) for h in history], dtype=float)
+
+    for alias, color in ((keys.CHAMPION, "#1f77b4"), (keys.CHALLENGER, "#ff7f0e")):
+        y = series(f"{alias}_accuracy")
         if np.isfinite(y).any():
-            ax.plot(x, y, style, label=name.split("_")[0])
+            ax.plot(x, y, "o-" if alias == keys.CHAMPION else "s-", color=color,
+                    label=f"{alias} (labeled rows)")  # fmt: skip
+        est = series(f"cbpe_accuracy_{alias}")
+        if np.isfinite(est).any():
+            ax.plot(x, est, ":", marker=".", color=color, label=f"{alias} (estimated, CBPE)")
+            low = series(f"cbpe_accuracy_{alias}{keys.CBPE_LOW_SUFFIX}")
+            high = series(f"cbpe_accuracy_{alias}{keys.CBPE_HIGH_SUFFIX}")
+            ax.fill_between(x, low, high, color=color, alpha=0.12, lw=0)
     labeled = [int(h["metrics"].get("labeled_rows", 0)) for h in history]
     ax.set_xticks(x, [f"{lbl}\n({n} labeled)" for lbl, n in zip(_labels(history), labeled, strict=True)],
                   rotation=45, ha="right", fontsize=8)  # fmt: skip
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", fontsize=7)
     return _png(fig)
 
 

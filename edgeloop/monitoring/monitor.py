@@ -7,7 +7,9 @@ one run per batch in ``<project>-monitoring``. Every metric is logged at the bat
 sequence number as its step, so MLflow charts them over time. The names are fixed (the weekly
 report reads them): see ``METRICS`` and ``TAGS``. Each run also carries
 ``SOFT_FAILURES_METRIC``: the batch's soft expectations that failed at ingest (from the ledger),
-a drift signal that does not enter the drift decision.
+a drift signal that does not enter the drift decision, and the label-free accuracy estimates
+of champion and challenger (``CBPE_METRICS``, ``edgeloop.monitoring.estimates``) with their
+flags (``keys.TAG_CBPE_FLAGS``): they ask for labels, they never promote.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from edgeloop.core.keys import CHALLENGER, CHAMPION, REFERENCE_BATCH
 from edgeloop.core.layout import Layout
 from edgeloop.data.exports import safe_cells
 from edgeloop.data.store import DataStore, LedgerEntry
+from edgeloop.monitoring.estimates import BatchEstimates, Calibrations, estimate_batch
 from edgeloop.tracking.registry import Registry
 from edgeloop.tracking.store import configure, ensure_experiment
 from pipelines.monitor import BatchReport, ReferenceProfile, batch_report, build_reference
@@ -50,6 +53,15 @@ METRICS = (
     "challenger_accuracy",  # ... and a challenger score file
     "agreement",  # only when a challenger score file exists
 )
+#: Label-free estimates (CBPE) and the accuracy on labeled rows they can be checked against;
+#: ``cbpe_accuracy_<alias>_low``/``_high``, ``cbpe_macro_f1_<alias>`` and
+#: ``cbpe_calibrated_<alias>`` (1/0) are logged beside them.
+CBPE_METRICS = (
+    keys.METRIC_CBPE_ACCURACY_CHAMPION,
+    keys.METRIC_CBPE_ACCURACY_CHALLENGER,
+    keys.METRIC_TRUE_ACCURACY_CHAMPION,
+    keys.METRIC_TRUE_ACCURACY_CHALLENGER,
+)
 #: Soft expectations (severity "warning") the batch failed at ingest: unusual values, new
 #: categories. Logged beside ``METRICS`` (not in it: the weekly report's record has no field yet).
 SOFT_FAILURES_METRIC = "soft_expectations_failed"
@@ -67,6 +79,7 @@ TAGS = (
 HISTOGRAM_TAG = keys.TAG_CONFIDENCE_HISTOGRAM
 #: The drifted-features tag is cut to this many characters (MLflow allows 8000).
 MAX_FEATURES_TAG = 500
+MAX_FLAGS_TAG = 2000
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,18 @@ class BatchMonitoring:
     agreement: float | None = None
     #: Soft expectations the batch failed at ingest (the ledger's warnings).
     soft_expectations_failed: int = 0
+    #: Label-free estimates (CBPE): accuracy and its approximate 95 % interval per model, and
+    #: whether a calibration was used (False: raw confidence).
+    cbpe_accuracy_champion: float | None = None
+    cbpe_accuracy_champion_low: float | None = None
+    cbpe_accuracy_champion_high: float | None = None
+    cbpe_calibrated_champion: bool | None = None
+    cbpe_accuracy_challenger: float | None = None
+    cbpe_accuracy_challenger_low: float | None = None
+    cbpe_accuracy_challenger_high: float | None = None
+    cbpe_calibrated_challenger: bool | None = None
+    #: What the estimates suggest (ask for labels, a likely regression, no calibration).
+    cbpe_flags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -232,6 +257,7 @@ def monitor_batches(
     profile = _profile(settings, reference)
     positions = data.groupby("batch_id", sort=False).indices
     aliases = Registry(settings).aliases()
+    calibrations = Calibrations(settings)
     for entry in todo:
         champ_v, champ_file = _pick(
             _score_files(layout, entry.batch_id, CHAMPION), aliases.get(CHAMPION)
@@ -250,17 +276,21 @@ def monitor_batches(
             continue  # removed since it was listed
         rows = data.iloc[positions.get(entry.batch_id, [])]
         report = _report(settings, profile, rows, entry.batch_id, champ_file, chall_file)
+        estimates = estimate_batch(
+            settings, calibrations, rows["row_id"], (champ_v, champ_file), (chall_v, chall_file)
+        )
         run_id = _log_run(
             settings,
             exp,
             entry,
             report,
+            estimates,
             champion_version=champ_v,
             challenger_version=chall_v,
             flow_run_id=flow_run_id,
             flow_run_url=flow_run_url,
         )
-        results[entry.batch_id] = _result(entry, run_id, report, champ_v, chall_v)
+        results[entry.batch_id] = _result(entry, run_id, report, estimates, champ_v, chall_v)
     # Ledger order: the last one is the newest batch.
     monitored = [results[e.batch_id] for e in accepted if e.batch_id in results]
     return MonitorSummary(exp, monitored, skipped, not_scored, reference_rows=len(reference))
@@ -326,7 +356,7 @@ def metric_key(feature: str) -> str:
     return "psi." + re.sub(r"[^\w.\- ]", "_", feature)
 
 
-def _metrics(report: BatchReport) -> dict[str, float]:
+def _metrics(report: BatchReport, estimates: BatchEstimates) -> dict[str, float]:
     out: dict[str, float] = {
         "rows": report.rows,
         "labeled_rows": report.labeled_rows,
@@ -340,6 +370,13 @@ def _metrics(report: BatchReport) -> dict[str, float]:
         value = getattr(report, name)
         if value is not None:
             out[name] = value
+    for name, value in (
+        (keys.METRIC_TRUE_ACCURACY_CHAMPION, report.champion_accuracy),
+        (keys.METRIC_TRUE_ACCURACY_CHALLENGER, report.challenger_accuracy),
+    ):
+        if value is not None:
+            out[name] = value
+    out.update(estimates.metrics())
     for f in report.features:
         out[metric_key(f.feature)] = f.psi
     # NaN (an empty batch, an all-missing column) is not a measurement: leave it out.
@@ -370,6 +407,7 @@ def _log_run(
     experiment_id: str,
     entry: LedgerEntry,
     report: BatchReport,
+    estimates: BatchEstimates,
     *,
     champion_version: str,
     challenger_version: str,
@@ -383,7 +421,7 @@ def _log_run(
         f"{'DRIFT' if report.drifted else 'no drift'}: {report.n_drifted} of "
         f"{len(report.features)} features drifted (share {report.drift_share:.2f}, threshold "
         f"{m.drift_share_threshold})" + (f": {', '.join(drifted[:10])}" if drifted else "")
-    )
+    ) + "".join(f"\n\n{f}" for f in estimates.flags)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-{entry.batch_id}") as run:
         mlflow.set_tags(
             {
@@ -398,6 +436,7 @@ def _log_run(
                 keys.TAG_FLOW_RUN_ID: flow_run_id,
                 keys.TAG_FLOW_RUN_URL: flow_run_url,
                 HISTOGRAM_TAG: json.dumps(list(report.confidence.counts)),
+                keys.TAG_CBPE_FLAGS: "; ".join(estimates.flags)[:MAX_FLAGS_TAG],
                 keys.TAG_NOTE: note,
             }
         )
@@ -414,19 +453,28 @@ def _log_run(
         )
         # step = the batch's ledger sequence number: the MLflow UI charts batches in order.
         mlflow.log_metrics(
-            {**_metrics(report), SOFT_FAILURES_METRIC: float(len(entry.warnings))}, step=entry.seq
+            {**_metrics(report, estimates), SOFT_FAILURES_METRIC: float(len(entry.warnings))},
+            step=entry.seq,
         )
         mlflow.log_text(_features_csv(report), "drift/features.csv")
         mlflow.log_dict(report.to_dict(), "drift/report.json")
+        mlflow.log_dict(estimates.to_dict(), "performance/estimates.json")
         run_id: str = run.info.run_id
         return run_id
 
 
 def _result(
-    entry: LedgerEntry, run_id: str, report: BatchReport, champ_v: str, chall_v: str
+    entry: LedgerEntry,
+    run_id: str,
+    report: BatchReport,
+    estimates: BatchEstimates,
+    champ_v: str,
+    chall_v: str,
 ) -> BatchMonitoring:
     def finite(v: float) -> float | None:
         return v if v == v else None
+
+    champ, chall = estimates.champion, estimates.challenger
 
     return BatchMonitoring(
         batch_id=entry.batch_id,
@@ -448,6 +496,15 @@ def _result(
         challenger_accuracy=report.challenger_accuracy,
         agreement=report.agreement,
         soft_expectations_failed=len(entry.warnings),
+        cbpe_accuracy_champion=champ.accuracy.estimate if champ else None,
+        cbpe_accuracy_champion_low=champ.accuracy.low if champ else None,
+        cbpe_accuracy_champion_high=champ.accuracy.high if champ else None,
+        cbpe_calibrated_champion=champ.calibrated if champ else None,
+        cbpe_accuracy_challenger=chall.accuracy.estimate if chall else None,
+        cbpe_accuracy_challenger_low=chall.accuracy.low if chall else None,
+        cbpe_accuracy_challenger_high=chall.accuracy.high if chall else None,
+        cbpe_calibrated_challenger=chall.calibrated if chall else None,
+        cbpe_flags=list(estimates.flags),
     )
 
 
@@ -475,4 +532,20 @@ def _from_history(settings: Settings, entry: LedgerEntry, h: dict[str, Any]) -> 
         challenger_accuracy=m.get("challenger_accuracy"),
         agreement=m.get("agreement"),
         soft_expectations_failed=int(m.get(SOFT_FAILURES_METRIC, len(entry.warnings))),
+        **_cbpe_from_history(m, t),
     )
+
+
+def _cbpe_from_history(m: dict[str, float], t: dict[str, str]) -> dict[str, Any]:
+    """The ``BatchMonitoring`` CBPE fields of a logged run (None where it logged none)."""
+    out: dict[str, Any] = {}
+    for alias in (CHAMPION, CHALLENGER):
+        name = f"cbpe_accuracy_{alias}"
+        out[name] = m.get(name)
+        out[name + "_low"] = m.get(name + keys.CBPE_LOW_SUFFIX)
+        out[name + "_high"] = m.get(name + keys.CBPE_HIGH_SUFFIX)
+        calibrated = m.get(keys.METRIC_CBPE_CALIBRATED_PREFIX + alias)
+        out[f"cbpe_calibrated_{alias}"] = None if calibrated is None else calibrated > 0
+    flags = t.get(keys.TAG_CBPE_FLAGS, "")
+    out["cbpe_flags"] = [f for f in flags.split("; ") if f]
+    return out

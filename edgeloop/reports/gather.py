@@ -46,6 +46,8 @@ SHADOW_METRICS = (
     "agreement",
     "mcnemar_p",
 )
+#: The sequential rule's figures (runs logged before it have none of them).
+SHADOW_RULE_METRICS = ("n_rows", "cs_low", "cs_high", "labels_needed", "days_needed")
 
 
 @dataclass
@@ -166,11 +168,23 @@ def monitoring(w: Window) -> tuple[bool, list[MonitoredBatch]]:
                 drifted_features=_names(tags.get(keys.TAG_DRIFTED_FEATURES, "")),
                 top_psi=tuple(top[:3]),
                 **_refs(w, r),
+                **_cbpe(m, tags),
             )
         )
     # Batch order, not run order: a batch monitored again later still sits in its place.
     out.sort(key=lambda x: (x.batch_index is None, x.batch_index or 0, x.at))
     return True, out
+
+
+def _cbpe(m: dict[str, float], tags: dict[str, str]) -> dict[str, Any]:
+    """A monitoring run's label-free estimates (``edgeloop.monitoring.estimates``)."""
+    calibrated = m.get(keys.METRIC_CBPE_CALIBRATED_PREFIX + keys.CHAMPION)
+    return {
+        "cbpe_accuracy_champion": _metric(m, keys.METRIC_CBPE_ACCURACY_CHAMPION),
+        "cbpe_accuracy_challenger": _metric(m, keys.METRIC_CBPE_ACCURACY_CHALLENGER),
+        "cbpe_calibrated_champion": None if calibrated is None else calibrated > 0,
+        "cbpe_flags": tuple(f for f in tags.get(keys.TAG_CBPE_FLAGS, "").split("; ") if f),
+    }
 
 
 def quarantined(w: Window, data_runs: list[Run]) -> list[QuarantinedBatch]:
@@ -236,6 +250,8 @@ def _shadow_evaluation(w: Window, r: Run) -> ShadowEvaluation:
         metric=r.data.params.get("metric", ""),
         **_metrics(r.data.metrics, SHADOW_METRICS),
         **_refs(w, r),
+        state=tags.get(keys.TAG_SHADOW_STATE, tags.get(keys.TAG_DECISION, "")),
+        **_metrics(r.data.metrics, SHADOW_RULE_METRICS),
     )
 
 

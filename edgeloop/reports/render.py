@@ -53,6 +53,7 @@ def sections(review: Review) -> list[tuple[str, str]]:
         ("annotation", _annotation(review)),
         ("shadow", _shadow(review)),
         ("aliases", _aliases(review)),
+        *([("loop_effect", _loop_effect(review))] if review.loop_effect else []),
     ]
 
 
@@ -155,6 +156,13 @@ _DRIFT_COLUMNS: list[Column] = [
     ("low-confidence share", lambda m: _num(m.low_confidence_share)),
     ("champion accuracy", lambda m: _num(m.champion_accuracy)),
     ("challenger accuracy", lambda m: _num(m.challenger_accuracy)),
+    (
+        "champion est. (CBPE)",
+        lambda m: (
+            _num(m.cbpe_accuracy_champion) + (" raw" if m.cbpe_calibrated_champion is False else "")
+        ),
+    ),
+    ("challenger est. (CBPE)", lambda m: _num(m.cbpe_accuracy_challenger)),
     _RUN,
     _FLOW,
 ]
@@ -176,7 +184,14 @@ def _drift(r: Review) -> str:
         top = ", ".join(f"{_code(f)} ({n})" for f, n in features.most_common(5))
         lines.append(f"Features that drifted most often: {top}.")
     lines.append("")
-    return _with_table(lines, r.monitoring, _DRIFT_COLUMNS)
+    table = _with_table(lines, r.monitoring, _DRIFT_COLUMNS)
+    flagged = [(m.batch_id, f) for m in r.monitoring for f in m.cbpe_flags]
+    if not flagged:
+        return table
+    # The label-free estimates (CBPE) inform: each flag asks for labels, none promotes.
+    notes = ["Label-free estimates (CBPE: calibrated confidence; blind to concept drift):", ""]
+    notes += [f"- {_code(b)}: {markdown_text(f)}" for b, f in flagged]
+    return table.rstrip("\n") + "\n\n" + "\n".join(notes) + "\n"
 
 
 _QUARANTINE_COLUMNS: list[Column] = [
@@ -237,12 +252,16 @@ _SHADOW_COLUMNS: list[Column] = [
     ("challenger", lambda s: f"v{markdown_text(s.challenger_version)}"),
     ("champion", lambda s: f"v{markdown_text(s.champion_version)}"),
     ("decision", lambda s: f"**{markdown_text(s.decision)}**"),
+    ("state", lambda s: markdown_text(s.state.replace("_", " "))),
     ("metric", "metric"),
     ("rows", lambda s: _num(s.n, 0)),
+    ("rows scored by both", lambda s: _num(s.n_rows, 0)),
     ("challenger score", lambda s: _num(s.challenger)),
     ("champion score", lambda s: _num(s.champion)),
     ("delta", lambda s: _signed(s.delta)),
-    ("CI", lambda s: f"[{_signed(s.ci_low)}, {_signed(s.ci_high)}]"),
+    ("CI (one look)", lambda s: f"[{_signed(s.ci_low)}, {_signed(s.ci_high)}]"),
+    ("confidence sequence", lambda s: f"[{_signed(s.cs_low)}, {_signed(s.cs_high)}]"),
+    ("labels needed", lambda s: _num(s.labels_needed, 0)),
     ("agreement", lambda s: _num(s.agreement)),
     ("McNemar p", lambda s: _num(s.mcnemar_p)),
     _RUN,
@@ -292,6 +311,25 @@ def _aliases(r: Review) -> str:
 
 
 # ---------------------------------------------------------------------- html
+def _loop_effect(r: Review) -> str:
+    e = r.loop_effect or {}
+    lines = [
+        "## Loop effect (demo: true labels known)",
+        "",
+        "Accuracy on every row of each batch: the frozen first model, the loop's champion when the"
+        " batch arrived, and an oracle trained on every true label before it. Recovery ="
+        f" (loop - frozen) / (oracle - frozen) on the drifted batches: **{_num(e.get('recovery'), 2)}**;"
+        f" labeled share {_pct(e.get('labeled_share'))}.",
+        "",
+    ]
+    rows = [
+        [str(b.get("batch")), b.get("rows"), _num(b.get("frozen"), 3),
+         _num(b.get("loop"), 3), _num(b.get("oracle"), 3), b.get("labels")]
+        for b in e.get("batches") or []
+    ]  # fmt: skip
+    return "\n".join(lines) + _table(["batch", "rows", "frozen", "loop", "oracle", "labels"], rows)
+
+
 def to_html(review: Review) -> str:
     """One self-contained page: the markdown rendered, charts inlined as base64 PNGs."""
     # html=False: reasons and file names come from data; they must not become markup.
@@ -346,6 +384,14 @@ def _performance_png(r: Review) -> bytes | None:
         pts = [(parse_time(m.at), m.champion_accuracy) for m in labeled]
         ax.plot(*zip(*pts, strict=True), color="tab:green", linestyle=":", marker=".",
                 label="champion accuracy on labeled batches")  # fmt: skip
+    estimated = [
+        (parse_time(m.at), m.cbpe_accuracy_champion)
+        for m in r.monitoring
+        if m.cbpe_accuracy_champion is not None
+    ]
+    if estimated:
+        ax.plot(*zip(*estimated, strict=True), color="tab:purple", linestyle=":", marker="+",
+                label="champion accuracy estimated without labels (CBPE)")  # fmt: skip
     ax.set_title(f"Model performance, {r.start[:10]} to {r.end[:10]}")
     ax.set_ylabel("score")
     ax.set_ylim(0, 1.05)

@@ -59,6 +59,12 @@ class MonitoredBatch:
     run_id: str
     mlflow_url: str
     flow_run_url: str
+    #: Label-free accuracy estimates (CBPE); ``calibrated`` False: raw confidence (biased).
+    cbpe_accuracy_champion: float | None = None
+    cbpe_accuracy_challenger: float | None = None
+    cbpe_calibrated_champion: bool | None = None
+    #: What the estimates suggest (ask for labels, a likely regression): they never promote.
+    cbpe_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,14 @@ class ShadowEvaluation:
     run_id: str
     mlflow_url: str
     flow_run_url: str
+    #: ``promote``, ``keep`` or ``need_more`` (``decision`` says need_more as "keep").
+    state: str = ""
+    n_rows: float | None = None
+    #: The confidence sequence on the accuracy delta (what the rule decides on).
+    cs_low: float | None = None
+    cs_high: float | None = None
+    labels_needed: float | None = None
+    days_needed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,8 @@ class Review:
     label_imports: list[LabelImport] = field(default_factory=list)
     shadow: list[ShadowEvaluation] = field(default_factory=list)
     alias_events: list[AliasMove] = field(default_factory=list)
+    #: The demo's frozen-vs-loop-vs-oracle measure (``reports/loop-effect.json``), if written.
+    loop_effect: dict[str, Any] | None = None
 
     def counts(self) -> dict[str, int]:
         """The headline numbers (also the metrics of the review's MLflow run)."""

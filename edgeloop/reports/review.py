@@ -26,6 +26,7 @@ from edgeloop.core.layout import Layout
 from edgeloop.reports import gather
 from edgeloop.reports.render import NOTHING
 from edgeloop.reports.result import Review
+from edgeloop.reports.status import read_loop_effect
 from edgeloop.reports.timestamps import iso, utc
 from edgeloop.tracking.store import configure, ensure_experiment, is_embedded, tracking_uri
 
@@ -69,6 +70,7 @@ def build_review(settings: Settings, *, now: datetime | None = None, days: int =
         label_imports=label_imports,
         shadow=gather.shadow(window),
         alias_events=gather.alias_events(window),
+        loop_effect=read_loop_effect(settings),
     )
 
 

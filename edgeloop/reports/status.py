@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,6 +57,8 @@ class ProjectStatus:
     models: dict[str, Any]
     #: The annotation backlog and its SLA (``annotation.sla``).
     annotation: Backlog
+    #: The demo's frozen-vs-loop-vs-oracle measure (``reports/loop-effect.json``), if written.
+    loop_effect: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +99,18 @@ def project_status(settings: Settings) -> ProjectStatus:
         ),
         models=models_status(settings),
         annotation=sla(settings),
+        loop_effect=read_loop_effect(settings),
     )
+
+
+def read_loop_effect(settings: Settings) -> dict[str, Any] | None:
+    """The loop-effect measure the demo wrote in this project (None elsewhere or unreadable)."""
+    path = Layout.of(settings).loop_effect
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:

@@ -94,13 +94,45 @@ def print_status(state: dict[str, Any]) -> None:
             f" median {a['median_hours_to_label']} h / p90 {a['p90_hours_to_label']} h to label,"
             f" {_num(a['within_sla_share'])} within the {a['sla_days']}-day SLA"
         )
+    effect = state.get("loop_effect")
+    if effect:
+        console.print(loop_effect_line(effect))
     console.print(f"MLflow: {s['mlflow_tracking_uri']}")
     console.print(f"Prefect: home {s['prefect_home']}, API {s['prefect_api_url']}")
     console.print(f"DVC remote: {s['dvc_remote']}")
 
 
+def loop_effect_line(effect: dict[str, Any]) -> str:
+    """One line for the demo's loop-effect measure (``reports/loop-effect.json``)."""
+    rec = effect.get("recovery")
+    share = effect.get("labeled_share") or 0.0
+    return (
+        f"loop effect (demo, true labels): recovery {_num(rec)} of the oracle's gain on"
+        f" {len(effect.get('drifted_batches') or [])} drifted batches, {share:.1%} of rows labeled"
+    )
+
+
 def _num(v: Any) -> str:
     return "n/a" if v is None else f"{v:.4f}"
+
+
+#: A retrain's holdout groups, by metric-key prefix (``pipelines.evaluate.GROUP_PREFIXES``).
+HOLDOUT_GROUPS = ("reference_", "recent_", "present_weighted_")
+
+
+def holdout_group_lines(m: dict[str, Any], ch: dict[str, Any]) -> list[str]:
+    """One line per holdout group the metrics have: accuracy and macro-F1, the champion's, rows."""
+    lines = []
+    for g in HOLDOUT_GROUPS:
+        if not m.get(f"{g}rows"):
+            continue
+        parts = []
+        for k in ("accuracy", "macro_f1"):
+            champ = f" (champion {_num(ch.get(f'{g}{k}'))})" if ch else ""
+            parts.append(f"{k} {_num(m.get(f'{g}{k}'))}{champ}")
+        rows = f"{int(m[f'{g}rows'])} rows, effective {m.get(f'{g}effective_rows') or 0:.1f}"
+        lines.append(f"{g.rstrip('_')}: {', '.join(parts)}; {rows}")
+    return lines
 
 
 def print_retrain(result: dict[str, Any]) -> None:
@@ -123,6 +155,8 @@ def print_retrain(result: dict[str, Any]) -> None:
                 extra.append(f"baseline {f'{strategy} ' if strategy else ''}{_num(b)}{lift}")
             shown = f" ({'; '.join(extra)})" if extra else ""
             console.print(f"  {k}: {_num(m[k])}{shown}")
+    for line in holdout_group_lines(m, ch):
+        console.print(f"  {line}")
     for note in result.get("notes") or []:
         console.print(f"  [yellow]recovered:[/] {note}")
     if result.get("run_id"):
@@ -135,7 +169,7 @@ def retrains_table(retrains: list[tuple[str, dict[str, Any]]]) -> Table:
     """The demo's retrains: decision, alias, holdout metrics vs the champion's on the same rows."""
     table = Table(title="Retrains (holdout metrics; champion scored on the same rows)")
     for col in ("when", "decision", "version", "data version", "macro-F1", "champion macro-F1",
-                "scanner C macro-F1", "gates"):  # fmt: skip
+                "scanner C macro-F1", "present-weighted macro-F1 (champion)", "gates"):  # fmt: skip
         table.add_column(col)
     for when, r in retrains:
         m, ch = r.get("metrics") or {}, r.get("champion_metrics") or {}
@@ -148,6 +182,8 @@ def retrains_table(retrains: list[tuple[str, dict[str, Any]]]) -> Table:
             _num(m.get("macro_f1")),
             _num(ch.get("macro_f1")) if ch else "-",
             _num(m.get("slice_scanner_c_macro_f1")),
+            _num(m.get("present_weighted_macro_f1"))
+            + (f" ({_num(ch.get('present_weighted_macro_f1'))})" if ch else ""),
             "failed: " + ", ".join(failed) if failed else ("passed" if r.get("gates") else "-"),
         )
     return table

@@ -65,7 +65,8 @@ def demo_settings(root: Path) -> Settings:
                 "max_regression": 0.02,
             },
             # The demo stream is small: tens of labeled rows per batch reach the shadow comparison.
-            "shadow": {"min_samples": 50},
+            # Its champion moves as soon as the rule says so (on each label import).
+            "shadow": {"min_samples": 50, "auto_promote": True},
             "edge_cases": {"budget": 25, "max_class_share": 0.4},
             # Retrain once two batches' worth of edge cases are labeled.
             "annotation": {"retrain_after_labels": 40},

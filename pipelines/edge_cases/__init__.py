@@ -13,7 +13,9 @@ Strategies, each usable alone or combined (configured under ``edge_cases`` in th
   fitted on a sample of them); the budget is filled in priority order, skipping rows whose class
   or cluster is full, so the others fill it; when too few classes or clusters have candidates,
   fewer rows than the budget are selected (a cap is never lifted to fill the budget);
-* dedupe: rows already queued or labeled are never selected again.
+* dedupe: rows already queued or labeled are never selected again;
+* the evaluation sample (``evaluation``): beside the edge cases, a Poisson sample of the other
+  rows with known inclusion probabilities, for an unbiased champion-vs-challenger comparison.
 
 Vectorised over NumPy arrays: one boolean mask per strategy, no copy of the batch per strategy.
 Only the head of the priority order that the budget needs is sorted, looked up in the exclusion
@@ -21,14 +23,21 @@ set and clustered, so a 1M-row batch costs a few passes over a few of its column
 
 Modules: ``rules`` (parse the rules file's text, one mask per rule), ``selection`` (``select``:
 masks, priority order, the walk under the caps), ``clusters`` (the cluster cap's k-means),
-``arrow`` (Arrow text compared in place, ids read at a few rows). The rules file itself is read
-by ``edgeloop.data.readers.load_rules``.
+``arrow`` (Arrow text compared in place, ids read at a few rows), ``evaluation``
+(``evaluation_sample``: the sample's inclusion probabilities and its draw). The rules file itself
+is read by ``edgeloop.data.readers.load_rules``.
 """
 
 from pipelines.edge_cases.arrow import _Column as _Column
 from pipelines.edge_cases.arrow import _excluded_at as _excluded_at
 from pipelines.edge_cases.clusters import SAMPLE_PER_CLUSTER
 from pipelines.edge_cases.clusters import _fit_clusters as _fit_clusters
+from pipelines.edge_cases.evaluation import (
+    comparison_weights,
+    evaluation_sample,
+    excluded_mask,
+    inclusion_probabilities,
+)
 from pipelines.edge_cases.rules import OPS, SCORE_COLUMNS, Condition, Rule, parse_rules, rule_masks
 from pipelines.edge_cases.selection import _candidates as _candidates
 from pipelines.edge_cases.selection import _fill as _fill
@@ -41,6 +50,10 @@ __all__ = [
     "SCORE_COLUMNS",
     "Condition",
     "Rule",
+    "comparison_weights",
+    "evaluation_sample",
+    "excluded_mask",
+    "inclusion_probabilities",
     "parse_rules",
     "rule_masks",
     "select",

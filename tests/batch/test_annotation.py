@@ -31,6 +31,9 @@ from edgeloop.tracking.store import relocate
 from tests.conftest import edit_config, new_project, production_batch
 
 BUDGET = 12
+#: The evaluation sample's expected size (evaluation_share 0.2 of 12, rounded): the edge cases
+#: get the other 10 rows of the budget.
+EVALUATION = 2
 STRATEGIES = {"low_confidence", "small_margin", "disagreement"}
 # Every test works on a project the retrain, ingest and score flows built (``base``).
 pytestmark = pytest.mark.slow
@@ -149,11 +152,14 @@ def test_score_flow_queues_at_most_budget_rows_with_reasons(scored: Settings) ->
     from flows.score import score
 
     queue = read_queue(scored)
-    assert 0 < len(queue) <= BUDGET
     assert queue["row_id"].is_unique
+    assert set(queue["purpose"]) <= {"edge_case", "evaluation"}
+    edge = queue[queue["purpose"] == "edge_case"]
+    assert 0 < len(edge) <= BUDGET - EVALUATION
+    assert (edge["inclusion_prob"] == 1.0).all()
     scores = read_scores(scored, "1").set_index("row_id")
     assert set(queue["row_id"]) <= set(scores.index)
-    for rec in queue.itertuples():
+    for rec in edge.itertuples():
         assert rec.reasons and set(rec.reasons.split(";")) <= STRATEGIES, rec.reasons
         assert rec.model_version == "1"
         assert str(rec.predicted) == str(scores.loc[rec.row_id, "predicted"])
@@ -165,8 +171,17 @@ def test_score_flow_queues_at_most_budget_rows_with_reasons(scored: Settings) ->
     stamps = pd.to_datetime(queue["surfaced_at"], utc=True, format="ISO8601")
     assert stamps.notna().all()
     assert (abs(pd.Timestamp.now(tz="UTC") - stamps) < pd.Timedelta(hours=1)).all()
-    cap = math.ceil(BUDGET * scored.edge_cases.max_class_share)
-    assert queue["predicted"].value_counts().max() <= cap
+    cap = math.ceil((BUDGET - EVALUATION) * scored.edge_cases.max_class_share)
+    assert edge["predicted"].value_counts().max() <= cap
+    # The evaluation sample: other rows, no challenger yet so every eligible row alike.
+    sample = queue[queue["purpose"] == "evaluation"]
+    assert (sample["reasons"] == "evaluation sample").all()
+    assert (sample["cluster"] == -1).all() and sample["priority"].isna().all()
+    assert sample["inclusion_prob"].tolist() == pytest.approx(
+        [EVALUATION / (120 - len(edge))] * len(sample)
+    )
+    for rec in sample.itertuples():
+        assert str(rec.predicted) == str(scores.loc[rec.row_id, "predicted"])
     # Scoring again surfaces nothing new: the batch was surfaced already.
     score(config=str(scored.source))
     assert read_queue(scored)["row_id"].tolist() == queue["row_id"].tolist()
@@ -186,6 +201,9 @@ def test_export_tasks_writes_label_studio_json_and_csv(scored: Settings, tmp_pat
         rec = queue.loc[data["row_id"]]
         assert data["batch_id"] == rec["batch_id"]
         assert data["reasons"] == rec["reasons"] and data["reasons"]
+        # The purpose is shown; the inclusion probability (how much the models disagree) not.
+        assert data["purpose"] == rec["purpose"]
+        assert "inclusion_prob" not in data and "inclusion_prob" not in data["row"]
         assert data["surfaced_at"] == rec["surfaced_at"]
         assert features <= set(data) and data["row"]
         (pred,) = task["predictions"]
@@ -200,7 +218,58 @@ def test_export_tasks_writes_label_studio_json_and_csv(scored: Settings, tmp_pat
     csv = pd.read_csv(csv_path, dtype={"row_id": "str"})
     assert sorted(csv["row_id"]) == sorted(t["data"]["row_id"] for t in tasks)
     assert {"row_id", "batch_id", "reasons", "surfaced_at", "predicted", "label"} <= set(csv)
+    assert "inclusion_prob" not in csv.columns
+    assert (csv.set_index("row_id")["purpose"] == queue.loc[csv["row_id"], "purpose"]).all()
     assert csv["label"].isna().all()
+
+
+def test_evaluation_sample_with_a_challenger_has_the_designs_probabilities(
+    scored: Settings, tmp_path: Path
+) -> None:
+    """With a challenger, each sampled row's ``inclusion_prob`` is the ``q_i`` computed from both
+    models' score files, over the batch's rows that are not edge cases."""
+    from edgeloop.core.layout import Layout
+    from edgeloop.tracking.registry import Registry
+    from flows.ingest import ingest
+    from flows.retrain import retrain
+    from flows.score import score
+    from pipelines.edge_cases import comparison_weights, inclusion_probabilities
+    from tests.conftest import small_reference
+
+    config = str(scored.source)
+    labeled = tmp_path / "labeled.csv"
+    small_reference(150, 51).to_csv(labeled, index=False)
+    ingest([str(labeled)], config=config)
+    assert retrain(reason="challenger", config=config)["alias"] == "challenger"
+    batch = tmp_path / "b2.csv"
+    production_batch(400, 52).to_csv(batch, index=False)
+    ingest([str(batch)], config=config)
+    before = set(queued_ids(scored))
+    # Half of the budget to the evaluation sample, a third of its weight uniform.
+    edit_config(scored.root, edge_cases={"evaluation_share": 0.5, "evaluation_uniform_share": 0.3})
+    score(config=config)
+
+    queue = read_queue(scored)
+    new = queue[~queue["row_id"].isin(before)]
+    (batch_id,) = set(new["batch_id"])
+    aliases = Registry(scored).aliases()
+    layout = Layout.of(scored)
+    champ = pd.read_parquet(layout.score_file(batch_id, "champion", aliases["champion"]))
+    chall = pd.read_parquet(layout.score_file(batch_id, "challenger", aliases["challenger"]))
+    chall = chall.set_index("row_id").loc[champ["row_id"]].reset_index()
+    edge = new[new["purpose"] == "edge_case"]
+    sample = new[new["purpose"] == "evaluation"]
+    assert 0 < len(edge) <= BUDGET // 2 and len(sample) > 0
+    eligible = ~champ["row_id"].isin(set(edge["row_id"])).to_numpy()
+    q = inclusion_probabilities(comparison_weights(champ, chall), eligible, BUDGET // 2, 0.3)
+    q_of = dict(zip(champ["row_id"], q, strict=True))
+    assert sample["inclusion_prob"].tolist() == pytest.approx([q_of[r] for r in sample["row_id"]])
+    assert sum(q) == pytest.approx(BUDGET // 2) and (q[eligible] > 0).all()
+    # Disagreeing rows are likelier to be drawn than agreeing ones.
+    disagree = (champ["predicted"].astype(str) != chall["predicted"].astype(str)).to_numpy()
+    assert (eligible & disagree).any()
+    assert q[eligible & disagree].mean() > q[eligible & ~disagree].mean()
+    assert sample["challenger_predicted"].notna().all()
 
 
 # ---------------------------------------------------------------------- import: good labels

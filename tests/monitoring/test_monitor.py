@@ -236,12 +236,16 @@ def test_dashboard_page_is_self_contained(tmp_path: Path) -> None:
                    **{f"psi.{c}": (0.4 if drifted else 0.02 * i) for c in SCHEMA.features}}  # fmt: skip
         if i % 2:
             metrics["champion_accuracy"] = 0.9 - 0.05 * i
+        metrics.update({"cbpe_accuracy_champion": 0.8 - 0.01 * i,
+                        "cbpe_accuracy_champion_low": 0.7, "cbpe_accuracy_champion_high": 0.9,
+                        "cbpe_calibrated_champion": float(i > 1)})  # fmt: skip
         history.append({
             "batch_id": f"{i:06d}-abcdef012345", "seq": i, "run_id": f"r{i}", "start_time": i,
             "metrics": metrics,
             "tags": {"edgeloop.drifted": str(drifted).lower(),
                      "edgeloop.drifted_features": "age,<b>income</b>" if drifted else "",
-                     "edgeloop.confidence_histogram": json.dumps([1] * 20)},
+                     "edgeloop.confidence_histogram": json.dumps([1] * 20),
+                     "edgeloop.cbpe_flags": "ask for labels: <i>v2</i>; likely regression" * drifted},
         })  # fmt: skip
     backlog = {"queued": 40, "open": 10, "labeled": 30, "oldest_open_hours": 80.5,
                "median_hours_to_label": 20.0, "p90_hours_to_label": 50.0,
@@ -251,8 +255,76 @@ def test_dashboard_page_is_self_contained(tmp_path: Path) -> None:
     assert "<script" not in page and "://" not in page
     assert "&lt;b&gt;income&lt;/b&gt;" in page  # tag text is escaped
     assert page.index("000005-abcdef012345") < page.index("000001-abcdef012345")  # newest first
+    # The label-free estimates: value, band, "raw" for an uncalibrated one; flags, escaped.
+    assert "<td>0.750 (0.70–0.90)</td>" in page and "<td>0.790 (0.70–0.90) raw</td>" in page
+    assert "ask for labels: &lt;i&gt;v2&lt;/i&gt;</li>" in page and "likely regression</li>" in page
     empty = render(settings, [], {"queued": 0, "sla_days": 3.0})
     assert "No batch has been monitored yet" in empty and "<img" not in empty
+
+
+def test_label_free_estimates_flag_but_never_decide(tmp_path: Path) -> None:
+    from edgeloop.core.config import settings_from_dict
+    from edgeloop.monitoring.estimates import BatchEstimates, ModelEstimate, flags
+    from pipelines.performance import AccuracyEstimate
+
+    settings = settings_from_dict(
+        {"schema": SCHEMA.model_dump(), "gates": {"min_accuracy": 0.8, "max_regression": 0.02}},
+        root=tmp_path,
+        source=tmp_path / "e.yaml",
+    )
+
+    def est(version: str, acc: float, se: float = 0.02, source: str = "own") -> ModelEstimate:
+        a = AccuracyEstimate(acc, se, acc - 2 * se, acc + 2 * se, 100, source != "raw")
+        return ModelEstimate(version, a, None, source)
+
+    assert flags(settings, est("3", 0.9), est("4", 0.9)) == []
+    assert flags(settings, est("3", 0.9), None) == []
+    low = flags(settings, est("3", 0.7), None)
+    assert len(low) == 1 and low[0].startswith("ask for labels: champion v3") and "0.8" in low[0]
+    worse = flags(settings, est("3", 0.9), est("4", 0.8))
+    assert len(worse) == 1 and worse[0].startswith("likely regression: challenger v4")
+    # Within the estimates' noise (one standard error of the difference): no flag.
+    assert flags(settings, est("3", 0.9, 0.05), est("4", 0.85, 0.05)) == []
+    # A raw (uncalibrated) estimate is flagged as such, is not held against the floor, and is
+    # not compared with a calibrated one.
+    raw = flags(settings, est("1", 0.5, source="raw"), est("2", 0.9))
+    assert len(raw) == 1 and raw[0].startswith("champion v1 has no calibration")
+    both = BatchEstimates(est("1", 0.5, source="raw"), est("2", 0.9), raw)
+    m = both.metrics()
+    assert m["cbpe_accuracy_champion"] == 0.5 and m["cbpe_calibrated_champion"] == 0.0
+    assert m["cbpe_accuracy_challenger_low"] == pytest.approx(0.86)
+    assert m["cbpe_calibrated_challenger"] == 1.0 and "cbpe_macro_f1_champion" not in m
+    assert both.to_dict()["champion"]["source"] == "raw"
+
+
+def test_the_weekly_review_shows_the_estimates_and_their_flags() -> None:
+    from edgeloop.reports.render import to_html, to_markdown
+    from edgeloop.reports.result import MonitoredBatch, Review
+
+    def batch(i: int, est: float, calibrated: bool, flags: tuple[str, ...]) -> MonitoredBatch:
+        return MonitoredBatch(
+            batch_id=f"00000{i}-b", batch_index=i, at=f"2026-01-0{i}T00:00:00+00:00",
+            rows=100.0, labeled_rows=0.0, drift_share=0.1, n_drifted_features=0.0,
+            prediction_psi=0.01, mean_confidence=0.6, low_confidence_share=0.2,
+            champion_accuracy=None, challenger_accuracy=None, agreement=None, drifted=False,
+            drifted_features=(), top_psi=(), run_id=f"r{i}", mlflow_url="", flow_run_url="",
+            cbpe_accuracy_champion=est, cbpe_accuracy_challenger=0.71 if i == 2 else None,
+            cbpe_calibrated_champion=calibrated, cbpe_flags=flags,
+        )  # fmt: skip
+
+    review = Review(
+        project="p", start="2026-01-01T00:00:00+00:00", end="2026-01-08T00:00:00+00:00",
+        days=7, generated_at="2026-01-08T00:00:00+00:00", tracking_uri="sqlite:///x",
+        monitoring=[batch(1, 0.6, False, ("champion v1 has no calibration",)),
+                    batch(2, 0.812, True, ("likely regression: challenger v2 *estimated*",))],
+        monitoring_enabled=True,
+    )  # fmt: skip
+    md = to_markdown(review)
+    assert "champion est. (CBPE)" in md and "challenger est. (CBPE)" in md
+    assert "0.6000 raw" in md and "0.8120" in md and "0.7100" in md
+    assert "- `000001-b`: champion v1 has no calibration" in md
+    assert "likely regression: challenger v2 \\*estimated\\*" in md  # data is not markup
+    assert "<em>" not in to_html(review)
 
 
 # ---------------------------------------------------------------------- real stores
@@ -340,6 +412,37 @@ def test_monitor_flow_flags_drift_logs_runs_and_retrains(project: Path, tmp_path
     assert "champion_accuracy" in n.metrics and "challenger_accuracy" in n.metrics
     assert "champion_accuracy" not in d.metrics  # no labeled rows in the drifted batch
 
+    # Label-free estimates (CBPE) on both batches. The champion's calibration is its
+    # recalibration on the challenger's holdout (same rows as the challenger's own).
+    for run in (n, d):
+        for metric in ("cbpe_accuracy_champion", "cbpe_accuracy_challenger"):
+            assert run.metrics[metric + "_low"] <= run.metrics[metric]
+            assert run.metrics[metric] <= run.metrics[metric + "_high"]
+        assert run.metrics["cbpe_calibrated_champion"] == 1.0
+        assert run.metrics["cbpe_calibrated_challenger"] == 1.0
+    assert n.metrics["true_accuracy_champion"] == n.metrics["champion_accuracy"]
+    assert "true_accuracy_champion" not in d.metrics
+    # Calibrated, the estimate is near the accuracy on the labeled batch; raw confidence is not
+    # what the estimate is. (Only the champion: the challenger trained on most of these rows.)
+    assert abs(n.metrics["cbpe_accuracy_champion"] - n.metrics["champion_accuracy"]) < 0.15
+    assert n.metrics["cbpe_accuracy_champion"] != pytest.approx(n.metrics["mean_confidence"])
+    normal_run = runs[normal_id].info.run_id
+    est = json.loads(
+        Path(
+            client.download_artifacts(normal_run, "performance/estimates.json", str(tmp_path))
+        ).read_text()
+    )
+    assert est["champion"]["version"] == "1" and est["champion"]["source"] == "challenger-holdout"
+    assert est["challenger"]["version"] == "2" and est["challenger"]["source"] == "own"
+    assert by_batch[normal_id]["cbpe_accuracy_champion"] == n.metrics["cbpe_accuracy_champion"]
+    v2_run = _registry_run(settings, "2")
+    shared = json.loads(
+        Path(
+            client.download_artifacts(v2_run, "calibration/champion.json", str(tmp_path))
+        ).read_text()
+    )
+    assert shared["version"] == "1" and shared["format"] == 1 and shared["rows"] > 0
+
     # The dashboard: self-contained HTML with inline images, logged to the newest run.
     page = Path(out["dashboard"])
     assert page == project / "reports" / "dashboard.html"
@@ -377,6 +480,11 @@ def test_monitor_flow_flags_drift_logs_runs_and_retrains(project: Path, tmp_path
     assert [b.batch_id for b in retried.drifted] == [drifted_id]
     assert len(client.search_runs([exp])) == 2
 
+    # The estimates never move an alias.
+    from edgeloop.tracking.registry import Registry
+
+    assert Registry(settings).aliases()["champion"] == "1"
+
     # A second run is a no-op: no new run, no retrain.
     again = monitor(config=config)
     assert again["monitored"] == [] and again["retrain"] is None and again["events"] == []
@@ -384,6 +492,58 @@ def test_monitor_flow_flags_drift_logs_runs_and_retrains(project: Path, tmp_path
     assert len(client.search_runs([exp])) == 2
     reasons = [r.data.tags.get("edgeloop.reason", "") for r in client.search_runs([training])]
     assert sum(r.startswith("drift") for r in reasons) == 1
+
+
+def _registry_run(settings: Any, version: str) -> str:
+    from edgeloop.tracking.registry import Registry
+
+    return str(Registry(settings).version(version).run_id)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_version_without_a_calibration_is_estimated_raw_and_flagged(
+    project: Path, tmp_path: Path
+) -> None:
+    """Versions registered before calibrations were stored (or with an unreadable one): the
+    monitor falls back to the raw mean confidence, flags it, and does not fail."""
+    from urllib.parse import urlparse
+
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.core.config import load_settings
+    from edgeloop.monitoring.monitor import monitor_batches
+    from flows.ingest import ingest
+    from flows.retrain import retrain
+    from flows.score import score
+
+    edit_config(project, training={"params": {"n_estimators": 20, "n_jobs": 1}},
+                gates={"min_accuracy": 0.0})  # fmt: skip
+    config = str(project / "edgeloop.yaml")
+    settings = load_settings(config)
+    assert retrain(reason="v1", config=config)["alias"] == "champion"
+    run = MlflowClient().get_run(_registry_run(settings, "1"))
+    calibration = Path(urlparse(run.info.artifact_uri).path) / "calibration" / "confidence.json"
+    assert json.loads(calibration.read_text())["method"] == "isotonic"
+    calibration.write_text("{not json")  # unreadable
+    results = []
+    for i, seed in enumerate((31, 32)):
+        batch = tmp_path / f"batch-{i}.csv"
+        small_reference(120, seed).to_csv(batch, index=False)
+        ingest([str(batch)], config=config)
+        score(config=config)
+        (result,) = monitor_batches(settings).monitored
+        results.append(result)
+        calibration.unlink(missing_ok=True)  # the second batch: no file, as before this change
+    for b in results:
+        assert b.cbpe_calibrated_champion is False and b.cbpe_accuracy_challenger is None
+        assert b.mean_confidence is not None
+        assert b.cbpe_accuracy_champion == pytest.approx(b.mean_confidence)
+        assert any("v1 has no calibration" in f for f in b.cbpe_flags)
+        logged = MlflowClient().get_run(b.run_id).data
+        assert logged.metrics["cbpe_calibrated_champion"] == 0.0
+        assert "has no calibration" in logged.tags["edgeloop.cbpe_flags"]
+        assert "has no calibration" in logged.tags["mlflow.note.content"]
 
 
 @pytest.mark.slow

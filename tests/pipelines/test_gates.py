@@ -19,7 +19,7 @@ from edgeloop.core.config import (
     settings_from_dict,
 )
 from edgeloop.models.cache import RetrainSummary
-from edgeloop.models.training import train_and_evaluate
+from edgeloop.models.training import Trained, train_and_evaluate
 from edgeloop.reports.terminal import print_retrain
 from pipelines.evaluate import baseline_metrics, check_gates, evaluate
 from pipelines.train import Split, features, fit, split, target
@@ -284,3 +284,246 @@ def test_cached_summary_takes_the_baseline_from_the_run_metrics(
     print_retrain(old.to_dict())
     out = capsys.readouterr().out
     assert "macro_f1: 0.8000\n" in out and "baseline" not in out
+
+
+# --------------------------------------------------------------------------- the present
+from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH  # noqa: E402
+from pipelines.evaluate import HoldoutGroups, holdout_groups  # noqa: E402
+
+#: Gates judging the present (the defaults) on accuracy, without floors.
+PRESENT = GateSettings(metric="accuracy", max_regression=0.02)
+
+
+def _holdout(reference: int, batches: dict[str, int]) -> pd.DataFrame:
+    """Holdout rows: ``reference`` reference rows, then each batch's rows."""
+    ids = [REFERENCE_BATCH] * reference + [b for b, n in batches.items() for _ in range(n)]
+    return pd.DataFrame({"row_id": [f"r{i}" for i in range(len(ids))], BATCH_ID: ids})
+
+
+def _groups(frame: pd.DataFrame, sizes: dict[str, int], **kw: object) -> HoldoutGroups:
+    return holdout_groups(
+        frame, sizes, recent_batches=int(kw.pop("recent", 2)), reference_share=0.2, **kw
+    )
+
+
+def test_present_weights_mix_reference_and_the_recent_batches_by_traffic() -> None:
+    frame = _holdout(10, {"b1": 4, "b2": 2, "b3": 5})
+    # b3 carried twice b2's traffic: it weighs twice as much, however many rows it has labeled.
+    groups = _groups(frame, {"b1": 100, "b2": 50, "b3": 100})
+    w = groups.weights
+    assert groups.recent_batches == ["b2", "b3"]
+    batch = frame[BATCH_ID].to_numpy()
+    assert w["present_weighted"].sum() == pytest.approx(1.0)
+    assert w["present_weighted"][batch == REFERENCE_BATCH].sum() == pytest.approx(0.2)
+    assert w["present_weighted"][batch == "b2"].sum() == pytest.approx(0.8 / 3)
+    assert w["present_weighted"][batch == "b3"].sum() == pytest.approx(0.8 * 2 / 3)
+    assert (w["present_weighted"][batch == "b1"] == 0).all()  # older than the recent batches
+    assert w["recent"][batch == "b1"].sum() == 0 and w["production"][batch == "b1"].sum() > 0
+    assert groups.rows("recent") == 7 and groups.rows("reference") == 10
+    assert groups.effective_rows("reference") == pytest.approx(10.0)
+
+
+def test_inclusion_weights_act_within_a_batch_only() -> None:
+    frame = _holdout(0, {"b1": 4, "b2": 2})
+    weight = np.array([1.0, 1.0, 1.0, 7.0, 1.0, 1.0])  # one row drawn with probability 1/7
+    w = _groups(frame, {"b1": 10, "b2": 10}, row_weight=weight).weights["recent"]
+    assert w[:4].sum() == pytest.approx(0.5) and w[4:].sum() == pytest.approx(0.5)
+    assert w[3] == pytest.approx(7 * w[0])
+
+
+def test_no_production_rows_means_the_reference_alone_and_no_batch_column_is_reference() -> None:
+    only_reference = _groups(_holdout(8, {}), {"b1": 100})
+    present = only_reference.weights["present_weighted"]
+    assert present.sum() == pytest.approx(1.0) and only_reference.rows("recent") == 0
+    plain = pd.DataFrame({"row_id": ["a", "b", "c"]})
+    groups = holdout_groups(plain, {}, recent_batches=3, reference_share=0.2)
+    assert groups.rows("reference") == 3 and groups.rows("production") == 0
+
+
+def _drifted_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, pd.DataFrame, HoldoutGroups]:
+    """The issue's case: 300 reference rows and 20 of a recent drifted batch. The champion is
+    right on every reference row and on 5 drifted ones; the candidate loses 14 reference rows
+    (4.7 %) and is right on 10 drifted ones: worse overall, much better on the present."""
+    frame = _holdout(300, {"b9": 20})
+    y = np.zeros(320, dtype=int)
+    champion, candidate = y.copy(), y.copy()
+    champion[305:] = 1
+    candidate[:14] = 1
+    candidate[310:] = 1
+    return y, champion, candidate, frame, _groups(frame, {"b9": 150})
+
+
+BINARY = SCHEMA.model_copy(update={"classes": [0, 1]})
+
+
+def test_a_candidate_that_fixes_the_drift_passes_on_the_present_and_failed_overall() -> None:
+    y, champion, candidate, frame, groups = _drifted_case()
+    cand = evaluate(y, candidate, frame, BINARY, [], groups)
+    champ = evaluate(y, champion, frame, BINARY, [], groups)
+    assert cand["recent_accuracy"] == pytest.approx(0.5)
+    assert champ["recent_accuracy"] == pytest.approx(0.25)
+    assert cand["reference_accuracy"] == pytest.approx(286 / 300)
+    assert cand["present_weighted_accuracy"] == pytest.approx(0.2 * 286 / 300 + 0.8 * 0.5)
+    assert champ["present_weighted_accuracy"] == pytest.approx(0.4)
+    assert cand["present_weighted_rows"] == 320 and cand["recent_effective_rows"] == 20
+    assert cand["accuracy"] - champ["accuracy"] == pytest.approx(-9 / 320)
+
+    result = check_gates(cand, champ, PRESENT)
+    assert result.passed, result.summary()
+    check = next(c for c in result.checks if c.name == "non_inferiority")
+    assert "present_weighted holdout, 320 rows" in check.detail
+    assert check.value == pytest.approx(0.2 * (286 / 300 - 1) + 0.8 * 0.25)
+    forgetting = next(c for c in result.checks if c.name == "reference_non_inferiority")
+    assert forgetting.passed and forgetting.value == pytest.approx(-14 / 300)
+
+    # Every holdout row alike (the rule before production rows counted): rejected.
+    overall = check_gates(cand, champ, PRESENT.model_copy(update={"compare_on": "overall"}))
+    assert [c.name for c in overall.failed] == ["non_inferiority"]
+    assert "overall holdout" in overall.failed[0].detail
+    recent = check_gates(cand, champ, PRESENT.model_copy(update={"compare_on": "recent"}))
+    assert recent.passed and "recent holdout, 20 rows" in recent.checks[-2].detail
+
+
+def test_forgetting_the_reference_fails_however_good_the_present() -> None:
+    y, champion, candidate, frame, groups = _drifted_case()
+    candidate[:20] = 1  # 6.7 % of the reference lost
+    cand = evaluate(y, candidate, frame, BINARY, [], groups)
+    champ = evaluate(y, champion, frame, BINARY, [], groups)
+    result = check_gates(cand, champ, PRESENT)
+    assert [c.name for c in result.failed] == ["reference_non_inferiority"]
+    assert "reference holdout, 300 rows" in result.failed[0].detail
+    off = PRESENT.model_copy(update={"reference_max_regression": None})
+    assert check_gates(cand, champ, off).passed
+    assert "reference_non_inferiority" not in [c.name for c in check_gates(cand, champ, off).checks]
+
+
+def test_floors_judge_the_reference_holdout_unless_told_overall() -> None:
+    y, _, candidate, frame, groups = _drifted_case()
+    cand = evaluate(y, candidate, frame, BINARY, [], groups)
+    assert cand["accuracy"] < 0.94 < cand["reference_accuracy"]
+    floors = GateSettings(min_accuracy=0.94)
+    result = check_gates(cand, None, floors)
+    assert result.passed
+    assert "(reference holdout, 300 rows" in result.checks[0].detail
+    overall = check_gates(cand, None, floors.model_copy(update={"floors_on": "overall"}))
+    assert [c.name for c in overall.failed] == ["min_accuracy"]
+
+
+def test_metrics_without_groups_are_judged_on_the_overall_holdout() -> None:
+    plain = {"accuracy": 0.8, "macro_f1": 0.7, "weighted_f1": 0.7, "balanced_accuracy": 0.7}
+    result = check_gates(plain, {**plain, "accuracy": 0.9}, PRESENT)
+    assert [c.name for c in result.checks] == ["min_accuracy", "min_macro_f1", "non_inferiority"]
+    assert "overall holdout, no present_weighted rows" in result.failed[0].detail
+
+
+def test_train_and_evaluate_weights_the_evaluation_sample_by_its_inclusion_probability(
+    tmp_path: Path,
+) -> None:
+    """A real split and fit; the queue file under the data folder gives one batch's labeled
+    rows their inclusion probabilities, and the retrain's groups use them."""
+    from edgeloop.core import keys
+    from edgeloop.core.layout import Layout
+
+    data = imbalanced(1500)
+    batch = np.where(np.arange(1500) < 900, REFERENCE_BATCH, "000001-b")
+    batch[1200:] = "000002-c"
+    data[BATCH_ID] = batch
+    data["label_source"] = np.where(np.arange(1500) % 3 == 0, "annotation", "batch")
+    settings = _settings(tmp_path, min_lift_over_baseline=None, class_recall_floors={})
+    queue = data[data["label_source"] == "annotation"][["row_id", BATCH_ID]].copy()
+    queue[keys.QUEUE_INCLUSION_PROB] = np.where(queue[BATCH_ID] == "000002-c", 0.25, 1.0)
+    queue[keys.QUEUE_PURPOSE] = np.where(
+        queue[BATCH_ID] == "000002-c", keys.PURPOSE_EVALUATION, keys.PURPOSE_EDGE_CASE
+    )
+    folder = Layout.of(settings).queue
+    folder.mkdir(parents=True)
+    queue.to_parquet(folder / "000002-c.parquet", index=False)
+
+    def weighted_by(mode: str) -> Trained:
+        training = settings.training.model_copy(update={"holdout_weights": mode})
+        return train_and_evaluate(settings.model_copy(update={"training": training}), data)
+
+    uniform, weighted = weighted_by("uniform"), weighted_by("inclusion")
+    assert uniform.holdout["weights"] == "uniform"
+    assert weighted.holdout["weights"] == "inclusion"
+    assert weighted.holdout["unknown_inclusion_rows"] == 0
+    assert weighted.holdout["recent_batches"] == ["000001-b", "000002-c"]
+    assert {b["batch"] for b in weighted.holdout["batches"]} == {
+        REFERENCE_BATCH,
+        "000001-b",
+        "000002-c",
+    }
+    m, u = weighted.metrics, uniform.metrics
+    assert m["recent_rows"] == u["recent_rows"] > 0
+    # The sampled rows count 4x in their batch: fewer effective rows than rows.
+    assert m["recent_effective_rows"] < u["recent_effective_rows"] <= u["recent_rows"]
+    for key in ("reference_accuracy", "production_macro_f1", "present_weighted_accuracy"):
+        assert key in m and not math.isnan(m[key])
+    assert m["reference_rows"] + m["production_rows"] == m["rows"]
+
+
+def test_retrain_output_shows_the_holdout_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    y, champion, candidate, frame, groups = _drifted_case()
+    cand = evaluate(y, candidate, frame, BINARY, [], groups)
+    champ = evaluate(y, champion, frame, BINARY, [], groups)
+    summary = RetrainSummary(
+        status="registered",
+        reason="test",
+        data_version="abc",
+        metrics=cand,
+        champion_metrics=champ,
+        gates=check_gates(cand, champ, PRESENT).to_dict(),
+    )
+    print_retrain(summary.to_dict())
+    out = capsys.readouterr().out
+    assert "recent: accuracy 0.5000 (champion 0.2500), macro_f1 " in out
+    assert "; 20 rows, effective 20.0" in out
+    assert "present_weighted: accuracy 0.5907 (champion 0.4000)" in out
+    assert "reference: accuracy 0.9533 (champion 1.0000)" in out
+    assert "pass non_inferiority: accuracy 0.5907 vs champion 0.4000" in out
+
+
+def test_the_retrain_run_logs_the_groups_their_params_and_holdout_json(tmp_path: Path) -> None:
+    """Real MLflow store and project (init --data): the run has the prefixed metrics, the
+    champion's beside them, the params that fix the groups and ``evaluation/holdout.json``."""
+    from mlflow.tracking import MlflowClient
+
+    from edgeloop.core.config import load_settings
+    from edgeloop.data.store import DataStore
+    from edgeloop.models.training import log_retrain
+    from edgeloop.tracking.store import configure
+    from tests.conftest import new_project, small_reference
+
+    root = new_project(tmp_path)
+    settings = load_settings(root / "edgeloop.yaml")
+    configure(settings)
+    reference = DataStore(settings).load_dataset()
+    batch = small_reference(120, 9).assign(batch_id="000001-a", label_source="batch")
+    batch.insert(0, "row_id", [f"000001-a-{i:06d}" for i in range(120)])
+    dataset = pd.concat([reference.assign(label_source="batch"), batch], ignore_index=True)
+    first = train_and_evaluate(settings, dataset)
+    trained = train_and_evaluate(settings, dataset, champion=first.model)
+    run_id, _ = log_retrain(
+        settings,
+        trained,
+        data_version="v-test",
+        key="k",
+        reason="test",
+        force=False,
+        max_rows=0,
+        flow_run_id="",
+        flow_run_url="",
+    )
+    run = MlflowClient().get_run(run_id)
+    metrics, params = run.data.metrics, run.data.params
+    for key in ("recent_accuracy", "reference_accuracy", "present_weighted_macro_f1"):
+        assert key in metrics and f"champion_{key}" in metrics
+    assert metrics["recent_rows"] > 0 and metrics["unknown_inclusion_rows"] == 0
+    assert params["recent_holdout_batches"] == "000001-a"
+    assert params["gate_compare_on"] == "present_weighted" and params["reference_share"] == "0.2"
+    path = MlflowClient().download_artifacts(run_id, "evaluation/holdout.json", str(tmp_path))
+    holdout = json.loads(Path(path).read_text())
+    assert [b["batch"] for b in holdout["batches"]] == ["reference", "000001-a"]
+    assert sum(b["present_share"] for b in holdout["batches"]) == pytest.approx(1.0)
+    names = {c.name for c in trained.gates.checks}
+    assert {"non_inferiority", "reference_non_inferiority"} <= names

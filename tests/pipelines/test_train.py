@@ -24,6 +24,7 @@ from pipelines.evaluate import (
 )
 from pipelines.train import (
     TimeFeatures,
+    batch_holdout_mask,
     build_pipeline,
     estimator_class,
     features,
@@ -108,6 +109,45 @@ def test_same_seed_same_split_different_seed_different_split() -> None:
     r1, r2 = row_hash(df["row_id"], 1), row_hash(df["row_id"], 2)
     assert not np.array_equal(r1, r2)
     np.testing.assert_array_equal(r1, row_hash(df["row_id"], 1))
+
+
+def _batched(rows: int, batches: int, seed: int = 5) -> pd.DataFrame:
+    """``dataset`` whose first half is the reference set and the rest ``batches`` batches."""
+    df = dataset(rows, seed)
+    batch = ["reference"] * (rows // 2) + [f"b{i % batches}" for i in range(rows - rows // 2)]
+    return df.assign(batch_id=batch)
+
+
+def test_every_labeled_production_batch_is_in_the_holdout() -> None:
+    # Batches of 3 labeled rows: a 0.2 hash share alone leaves about half of them out.
+    df = _batched(600, 100)
+    plain = holdout_mask(df["row_id"], 0.2, SEED)
+    mask = batch_holdout_mask(df, 0.2, SEED, 1)
+    per_batch = pd.Series(mask).groupby(df["batch_id"].to_numpy()).sum()
+    assert (pd.Series(plain).groupby(df["batch_id"].to_numpy()).sum() == 0).sum() > 20
+    assert (per_batch.drop("reference") >= 1).all()
+    assert (mask >= plain).all()  # the hash share stays; the top-up only adds
+    reference = (df["batch_id"] == "reference").to_numpy()
+    np.testing.assert_array_equal(mask[reference], plain[reference])
+    np.testing.assert_array_equal(batch_holdout_mask(df, 0.2, SEED, 0), plain)
+    np.testing.assert_array_equal(
+        batch_holdout_mask(df.drop(columns="batch_id"), 0.2, SEED, 2), plain
+    )
+    two = batch_holdout_mask(df, 0.2, SEED, 2)
+    assert (pd.Series(two).groupby(df["batch_id"].to_numpy()).sum().drop("reference") >= 2).all()
+
+
+def test_labels_arriving_in_a_batch_never_move_a_training_row_into_the_holdout() -> None:
+    """Labels of a batch arrive over time: a model trained on the earlier rows must never be
+    scored on them later. Rows may leave the top-up for training, never the other way."""
+    full = _batched(2000, 4, seed=7)
+    order = np.random.default_rng(0).permutation(len(full))
+    trained_on: set[str] = set()
+    for n in range(1000, 2001, 50):  # the reference first, then labels in a random order
+        labeled = full.iloc[np.sort(np.r_[np.arange(1000), order[order >= 1000][: n - 1000]])]
+        s = split(labeled, SCHEMA, training(holdout_min_per_batch=5), SEED)
+        assert not (ids(s.holdout) & trained_on)
+        trained_on |= ids(s.train)
 
 
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5])
