@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -241,6 +242,111 @@ def baseline_metrics(
     return {f"{BASELINE_PREFIX}{k}": v for k, v in scored.items()}
 
 
+def _confusion_scores(
+    conf: np.ndarray, correct: np.ndarray, total: np.ndarray, metric: str
+) -> np.ndarray:
+    """``metric`` of each weighted confusion matrix in ``conf`` (resamples x K x K, rows true)."""
+    if metric == "accuracy":
+        out: np.ndarray = np.divide(
+            correct, total, out=np.full_like(total, np.nan), where=total > 0
+        )
+        return out
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    support, predicted = conf.sum(axis=2), conf.sum(axis=1)
+    if metric == "balanced_accuracy":
+        recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+        present = (support > 0).sum(axis=1)
+        return np.divide(
+            recall.sum(axis=1), present, out=np.full(len(tp), np.nan), where=present > 0
+        )
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    if metric == "macro_f1":
+        return f1.mean(axis=1)
+    weight = support.sum(axis=1)
+    return np.divide(
+        (f1 * support).sum(axis=1), weight, out=np.full(len(tp), np.nan), where=weight > 0
+    )
+
+
+def paired_delta_se(
+    y_true: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    weight: np.ndarray,
+    strata: np.ndarray,
+    classes: list[Any],
+    metric: str,
+    *,
+    resamples: int = 400,
+    seed: int = 0,
+) -> float:
+    """Bootstrap standard error of ``metric(candidate) - metric(champion)`` on the same rows.
+
+    Rows are resampled with replacement within each stratum (a batch: the groups' mix of
+    batches is fixed by design, not sampled); each row keeps its ``weight`` (rows of weight 0
+    are not in the group). Both models see the same resample, so the error is that of the
+    paired difference. Values outside ``classes`` count for accuracy and in no class. NaN when
+    the group has fewer than two rows.
+    """
+    keep = np.asarray(weight, dtype="float64") > 0
+    if keep.sum() < 2:
+        return math.nan
+    w = np.asarray(weight, dtype="float64")[keep]
+    cats = pd.CategoricalDtype(list(classes))
+    truth = pd.Series(np.asarray(y_true)[keep]).astype(cats).cat.codes.to_numpy()
+    k = len(classes)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, len(w)))
+    layer = np.asarray(strata)[keep].astype("str")
+    for s in np.unique(layer):
+        idx = np.flatnonzero(layer == s)
+        counts[:, idx] = rng.multinomial(
+            len(idx), np.full(len(idx), 1.0 / len(idx)), size=resamples
+        )
+    mass = counts * w  # resamples x rows: each row's weight times its multiplicity
+    total = mass.sum(axis=1)
+    scores = []
+    for pred in (candidate, champion):
+        p = np.asarray(pred)[keep]
+        guess = pd.Series(p).astype(cats).cat.codes.to_numpy()
+        correct = mass @ (np.asarray(y_true)[keep] == p).astype("float64")
+        known = (truth >= 0) & (guess >= 0)
+        cell = np.where(known, truth * k + guess, k * k)  # unknown values: a discarded cell
+        onehot = np.zeros((len(w), k * k + 1))
+        onehot[np.arange(len(w)), cell] = 1.0
+        conf = (mass @ onehot)[:, : k * k].reshape(resamples, k, k)
+        scores.append(_confusion_scores(conf, correct, total, metric))
+    delta = scores[0] - scores[1]
+    delta = delta[~np.isnan(delta)]
+    return float(delta.std(ddof=1)) if len(delta) > 1 else math.nan
+
+
+def delta_standard_errors(
+    y_true: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    frame: pd.DataFrame,
+    groups: HoldoutGroups,
+    classes: list[Any],
+    metric: str,
+    *,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``paired_delta_se`` of each holdout group and of the whole holdout (``"overall"``),
+    strata the batches (``batch_id``; one stratum without it)."""
+    strata = (
+        frame[BATCH_ID].astype("str").to_numpy()
+        if BATCH_ID in frame.columns
+        else np.full(len(frame), REFERENCE_BATCH, dtype=object)
+    )
+    every = {"overall": np.ones(len(frame)), **groups.weights}
+    return {
+        g: paired_delta_se(y_true, candidate, champion, w, strata, classes, metric, seed=seed)
+        for g, w in every.items()
+    }
+
+
 @dataclass(frozen=True)
 class GateCheck:
     """One gate: the value seen, the bound, and whether it held."""
@@ -310,19 +416,31 @@ def _versus_champion(
     champion: dict[str, float],
     group: str,
     allowed: float,
-    metric: str,
+    gates: GateSettings,
+    delta_se: Mapping[str, float] | None,
 ) -> GateCheck:
+    """The candidate fails when it is worse than the champion by more than ``allowed`` with
+    confidence ``gates.non_inferiority_confidence``: ``delta + z * se < -allowed`` (one-sided;
+    ``se`` the paired bootstrap error of ``delta_se``; without it, or at confidence 0, the point
+    estimate decides)."""
+    metric = gates.metric
     prefix, where = _group(candidate, group)
     cand, champ = candidate[f"{prefix}{metric}"], champion.get(f"{prefix}{metric}", math.nan)
     delta = cand - champ
-    ok = not math.isnan(delta) and delta >= -allowed - 1e-9  # "at most this much worse"
+    used = group if prefix else "overall"
+    se = (delta_se or {}).get(used, math.nan)
+    level = gates.non_inferiority_confidence
+    z = NormalDist().inv_cdf(level) if level > 0 and not math.isnan(se) else 0.0
+    bound = -allowed - z * (se if z else 0.0)
+    ok = not math.isnan(delta) and delta >= bound - 1e-9  # "at most this much worse"
+    noise = f" - {z:.2f} se {se:.4f} = {bound:+.4f}" if z else ""
     return GateCheck(
         name,
         delta,
-        -allowed,
+        bound,
         ok,
         f"{name}: {metric} {cand:.4f} vs champion {champ:.4f} (delta {delta:+.4f},"
-        f" allowed >= {-allowed:+.4f}; {where})",
+        f" allowed >= {-allowed:+.4f}{noise}; {where})",
     )
 
 
@@ -389,6 +507,7 @@ def check_gates(
     champion: dict[str, float] | None,
     gates: GateSettings,
     baseline: dict[str, float] | None = None,
+    delta_se: Mapping[str, float] | None = None,
 ) -> GateResult:
     """Absolute floors, per-slice and per-class floors, the lift over a trivial baseline, and
     non-inferiority against the champion's metrics.
@@ -401,7 +520,9 @@ def check_gates(
     judges ``gates.compare_on`` (the present-weighted holdout: a candidate that fixes what the
     traffic became is not rejected for the reference rows it trades), and
     ``reference_non_inferiority`` bounds the trade (``gates.reference_max_regression``). A group
-    without rows (or metrics without groups) falls back to the overall holdout.
+    without rows (or metrics without groups) falls back to the overall holdout. ``delta_se``
+    (``delta_standard_errors``, by group) widens both comparisons by the holdout's noise: a
+    candidate is rejected on evidence that it is worse, not on a few unlucky rows.
     """
     floors, where = _group(candidate, gates.floors_on)
     if not floors and f"{METRIC_REFERENCE_PREFIX}rows" not in candidate:
@@ -432,7 +553,8 @@ def check_gates(
                 champion,
                 gates.compare_on,
                 gates.max_regression,
-                gates.metric,
+                gates,
+                delta_se,
             )
         )
         forgetting = gates.reference_max_regression
@@ -445,7 +567,8 @@ def check_gates(
                     champion,
                     "reference",
                     forgetting,
-                    gates.metric,
+                    gates,
+                    delta_se,
                 )
             )
     return GateResult(checks, baseline=gates.baseline if baseline is not None else "")

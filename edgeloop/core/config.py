@@ -229,6 +229,11 @@ class GateSettings(_Frozen):
     #: The candidate may be worse than the champion on ``metric`` on the reference holdout by
     #: at most this much (forgetting guard beside the present-weighted comparison); ``null`` = off.
     reference_max_regression: Annotated[float, Field(ge=0.0, le=1.0)] | None = 0.05
+    #: Both comparisons with the champion reject only on this much confidence that the
+    #: candidate is worse by more than the margin (one-sided, with the paired bootstrap error of
+    #: the difference on the holdout rows): a registration is cheap, promotion needs the shadow's
+    #: evidence. ``0`` = the point estimates decide.
+    non_inferiority_confidence: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
 
 
 class RegistrySettings(_Frozen):

@@ -115,11 +115,23 @@ def train_and_evaluate(
     slices = list(training.slices)
     metrics = ev.evaluate(y_true, y_pred, split.holdout, schema, slices, groups)
     metrics["train_rows"] = float(len(split.train))
-    champ = champ_pred = None
+    champ = champ_pred = delta_se = None
     if champion is not None:
         champ_pred = champion.predict(x_hold)
         champ = ev.evaluate(y_true, champ_pred, split.holdout, schema, slices, groups)
+        delta_se = ev.delta_standard_errors(
+            y_true,
+            y_pred,
+            champ_pred,
+            split.holdout,
+            groups,
+            list(schema.classes),
+            settings.gates.metric,
+            seed=settings.seeds.split,
+        )
     holdout |= _holdout_summary(split.holdout, groups, y_true, y_pred, champ_pred)
+    if delta_se is not None:
+        holdout["delta_se"] = {g: round(v, 4) for g, v in delta_se.items() if not math.isnan(v)}
     baseline = ev.baseline_metrics(
         tr.target(split.train, schema),
         y_true,
@@ -129,7 +141,7 @@ def train_and_evaluate(
         settings.gates.baseline,
         settings.seeds.train,
     )
-    gates = ev.check_gates(metrics, champ, settings.gates, baseline)
+    gates = ev.check_gates(metrics, champ, settings.gates, baseline, delta_se)
     seconds["evaluate_seconds"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     calibration, champion_calibration = _calibrations(
@@ -358,6 +370,7 @@ def log_retrain(
                 "gate_compare_on": settings.gates.compare_on,
                 "gate_floors_on": settings.gates.floors_on,
                 "gate_reference_max_regression": settings.gates.reference_max_regression,
+                "gate_non_inferiority_confidence": settings.gates.non_inferiority_confidence,
                 "recent_holdout_batches": ",".join(trained.holdout.get("recent_batches", [])),
             }
         )

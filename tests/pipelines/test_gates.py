@@ -527,3 +527,64 @@ def test_the_retrain_run_logs_the_groups_their_params_and_holdout_json(tmp_path:
     assert sum(b["present_share"] for b in holdout["batches"]) == pytest.approx(1.0)
     names = {c.name for c in trained.gates.checks}
     assert {"non_inferiority", "reference_non_inferiority"} <= names
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1"])
+def test_the_bootstraps_confusion_scores_match_sklearn(metric: str) -> None:
+    from pipelines.evaluate import _confusion_scores, _scores
+
+    rng = np.random.default_rng(3)
+    y, pred = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    pred[:120] = y[:120]
+    w = rng.random(200)
+    conf = np.zeros((1, 3, 3))
+    np.add.at(conf[0], (y, pred), w)
+    correct, total = np.array([w[y == pred].sum()]), np.array([w.sum()])
+    got = _confusion_scores(conf, correct, total, metric)[0]
+    assert got == pytest.approx(_scores(y, pred, [0, 1, 2], w)[metric])
+
+
+def test_paired_error_of_accuracy_is_the_textbook_one_and_zero_for_the_same_model() -> None:
+    from pipelines.evaluate import paired_delta_se
+
+    rng = np.random.default_rng(5)
+    n = 600
+    y = rng.integers(0, 2, n)
+    cand = np.where(rng.random(n) < 0.8, y, 1 - y)
+    champ = np.where(rng.random(n) < 0.7, y, 1 - y)
+    one, strata = np.ones(n), np.zeros(n)
+    d = (cand == y).astype(float) - (champ == y)
+    textbook = d.std(ddof=1) / math.sqrt(n)
+    se = paired_delta_se(y, cand, champ, one, strata, [0, 1], "accuracy", resamples=2000)
+    assert se == pytest.approx(textbook, rel=0.1)
+    assert paired_delta_se(y, cand, cand, one, strata, [0, 1], "macro_f1") == 0.0
+    # Weight 0 leaves a row out: a group of 50 rows is noisier than the holdout.
+    few = np.r_[np.ones(50), np.zeros(n - 50)]
+    assert paired_delta_se(y, cand, champ, few, strata, [0, 1], "accuracy") > 2 * se
+    assert math.isnan(paired_delta_se(y, cand, champ, np.zeros(n), strata, [0, 1], "accuracy"))
+
+
+def test_a_small_unlucky_holdout_does_not_reject_but_a_clear_regression_does() -> None:
+    cand = {"accuracy": 0.86, "macro_f1": 0.86, "rows": 40.0}
+    champ = {"accuracy": 0.89, "macro_f1": 0.89, "rows": 40.0}
+    gates = GateSettings(max_regression=0.02)
+    noisy = check_gates(cand, champ, gates, delta_se={"overall": 0.05})
+    check = next(c for c in noisy.checks if c.name == "non_inferiority")
+    assert noisy.passed and check.bound == pytest.approx(-0.02 - 1.2816 * 0.05, abs=1e-4)
+    assert "se 0.0500" in check.detail
+    point = gates.model_copy(update={"non_inferiority_confidence": 0.0})
+    assert not check_gates(cand, champ, point, delta_se={"overall": 0.05}).passed
+    assert not check_gates(cand, champ, gates).passed  # no error known: the point estimate
+    worse = {**cand, "macro_f1": 0.70}
+    assert not check_gates(worse, champ, gates, delta_se={"overall": 0.05}).passed
+
+
+def test_train_and_evaluate_records_the_paired_errors(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    first = train_and_evaluate(settings, imbalanced())
+    other = settings.model_copy(update={"seeds": settings.seeds.model_copy(update={"train": 7})})
+    again = train_and_evaluate(other, imbalanced(), champion=first.model)
+    se = again.holdout["delta_se"]
+    assert se["overall"] > 0 and "delta_se" not in first.holdout
+    check = next(c for c in again.gates.checks if c.name == "non_inferiority")
+    assert f"se {se['overall']:.4f}" in check.detail, check.detail
