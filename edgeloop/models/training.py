@@ -73,6 +73,7 @@ def train_and_evaluate(
     the model and its holdout predictions come from it; otherwise the fit runs here.
     """
     from pipelines import evaluate as ev
+    from pipelines import paired
     from pipelines import train as tr
 
     training = settings.training
@@ -119,7 +120,7 @@ def train_and_evaluate(
     if champion is not None:
         champ_pred = champion.predict(x_hold)
         champ = ev.evaluate(y_true, champ_pred, split.holdout, schema, slices, groups)
-        delta_se = ev.delta_standard_errors(
+        delta_se = paired.delta_standard_errors(
             y_true,
             y_pred,
             champ_pred,

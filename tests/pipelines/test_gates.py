@@ -531,7 +531,8 @@ def test_the_retrain_run_logs_the_groups_their_params_and_holdout_json(tmp_path:
 
 @pytest.mark.parametrize("metric", ["accuracy", "balanced_accuracy", "macro_f1", "weighted_f1"])
 def test_the_bootstraps_confusion_scores_match_sklearn(metric: str) -> None:
-    from pipelines.evaluate import _confusion_scores, _scores
+    from pipelines.evaluate import _scores
+    from pipelines.paired import _confusion_scores
 
     rng = np.random.default_rng(3)
     y, pred = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
@@ -545,7 +546,7 @@ def test_the_bootstraps_confusion_scores_match_sklearn(metric: str) -> None:
 
 
 def test_paired_error_of_accuracy_is_the_textbook_one_and_zero_for_the_same_model() -> None:
-    from pipelines.evaluate import paired_delta_se
+    from pipelines.paired import paired_delta_se
 
     rng = np.random.default_rng(5)
     n = 600

@@ -1,0 +1,127 @@
+"""Paired holdout comparisons: the bootstrap error of a metric's difference between two models.
+
+``delta_standard_errors`` gives, per holdout group, the error of ``metric(candidate) -
+metric(champion)`` on the same rows; the gates widen non-inferiority by it.
+
+The resamples are vectorised: each is a vector of row multiplicities, and each model's weighted
+confusion matrix per resample is one matrix product, so thousands of resamples cost milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH
+from pipelines.evaluate import HoldoutGroups
+
+
+def _confusion_scores(
+    conf: np.ndarray, correct: np.ndarray, total: np.ndarray, metric: str
+) -> np.ndarray:
+    """``metric`` of each weighted confusion matrix in ``conf`` (resamples x K x K, rows true)."""
+    if metric == "accuracy":
+        out: np.ndarray = np.divide(
+            correct, total, out=np.full_like(total, np.nan), where=total > 0
+        )
+        return out
+    tp = np.diagonal(conf, axis1=1, axis2=2)
+    support, predicted = conf.sum(axis=2), conf.sum(axis=1)
+    if metric == "balanced_accuracy":
+        recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+        present = (support > 0).sum(axis=1)
+        balanced: np.ndarray = np.divide(
+            recall.sum(axis=1), present, out=np.full(len(tp), np.nan), where=present > 0
+        )
+        return balanced
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    if metric == "macro_f1":
+        macro: np.ndarray = f1.mean(axis=1)
+        return macro
+    weight = support.sum(axis=1)
+    weighted: np.ndarray = np.divide(
+        (f1 * support).sum(axis=1), weight, out=np.full(len(tp), np.nan), where=weight > 0
+    )
+    return weighted
+
+
+def paired_delta_se(
+    y_true: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    weight: np.ndarray,
+    strata: np.ndarray,
+    classes: list[Any],
+    metric: str,
+    *,
+    resamples: int = 400,
+    seed: int = 0,
+) -> float:
+    """Bootstrap standard error of ``metric(candidate) - metric(champion)`` on the same rows.
+
+    Rows are resampled with replacement within each stratum (a batch: the groups' mix of
+    batches is fixed by design, not sampled); each row keeps its ``weight`` (rows of weight 0
+    are not in the group). Both models see the same resample, so the error is that of the
+    paired difference. Values outside ``classes`` count for accuracy and in no class. NaN when
+    the group has fewer than two rows.
+    """
+    keep = np.asarray(weight, dtype="float64") > 0
+    if keep.sum() < 2:
+        return math.nan
+    w = np.asarray(weight, dtype="float64")[keep]
+    cats = pd.CategoricalDtype(list(classes))
+    truth = pd.Series(np.asarray(y_true)[keep]).astype(cats).cat.codes.to_numpy()
+    k = len(classes)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((resamples, len(w)))
+    layer = np.asarray(strata)[keep].astype("str")
+    for s in np.unique(layer):
+        idx = np.flatnonzero(layer == s)
+        counts[:, idx] = rng.multinomial(
+            len(idx), np.full(len(idx), 1.0 / len(idx)), size=resamples
+        )
+    mass = counts * w  # resamples x rows: each row's weight times its multiplicity
+    total = mass.sum(axis=1)
+    scores = []
+    for pred in (candidate, champion):
+        p = np.asarray(pred)[keep]
+        guess = pd.Series(p).astype(cats).cat.codes.to_numpy()
+        correct = mass @ (np.asarray(y_true)[keep] == p).astype("float64")
+        known = (truth >= 0) & (guess >= 0)
+        cell = np.where(known, truth * k + guess, k * k)  # unknown values: a discarded cell
+        onehot = np.zeros((len(w), k * k + 1))
+        onehot[np.arange(len(w)), cell] = 1.0
+        conf = (mass @ onehot)[:, : k * k].reshape(resamples, k, k)
+        scores.append(_confusion_scores(conf, correct, total, metric))
+    delta = scores[0] - scores[1]
+    delta = delta[~np.isnan(delta)]
+    return float(delta.std(ddof=1)) if len(delta) > 1 else math.nan
+
+
+def delta_standard_errors(
+    y_true: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    frame: pd.DataFrame,
+    groups: HoldoutGroups,
+    classes: list[Any],
+    metric: str,
+    *,
+    seed: int = 0,
+) -> dict[str, float]:
+    """``paired_delta_se`` of each holdout group and of the whole holdout (``"overall"``),
+    strata the batches (``batch_id``; one stratum without it)."""
+    strata = (
+        frame[BATCH_ID].astype("str").to_numpy()
+        if BATCH_ID in frame.columns
+        else np.full(len(frame), REFERENCE_BATCH, dtype=object)
+    )
+    every = {"overall": np.ones(len(frame)), **groups.weights}
+    return {
+        g: paired_delta_se(y_true, candidate, champion, w, strata, classes, metric, seed=seed)
+        for g, w in every.items()
+    }
