@@ -22,10 +22,10 @@ accuracy; the models then disagree on about 20 % of the rows and exactly one is 
 
 The arm ``new_evidence_one_look_interval`` decides on the new rule's evidence with a fixed-sample
 95 % normal interval at each look (what repeated looks do to a test that is not sequential).
-The arm ``new_sample_on_disagreements`` is the same rule with the evaluation sample drawn from
-the rows where the two models disagree only: with accuracy, ``d_i = 0`` exactly where they
-agree, so a label there adds nothing (a what-if for the sampling design; the shipped design is
-``new``).
+The arm ``new`` draws the evaluation sample disagreements first, as shipped
+(``disagreements_first_probabilities``; with accuracy ``d_i = 0`` exactly where the models agree,
+so a label there adds nothing to the comparison); the arm ``new_sample_on_all_rows`` is the same
+rule with the sample drawn from every row not chosen as an edge case (the first design).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(_harness.ROOT))
 
 from edgeloop.core.config import GateSettings, ShadowSettings
-from pipelines.edge_cases import inclusion_probabilities
+from pipelines.edge_cases import disagreements_first_probabilities, inclusion_probabilities
 from pipelines.shadow import (
     RULE_SEQUENTIAL,
     ShadowComparison,
@@ -172,7 +172,7 @@ def simulate(opts: Any, chall_acc: float, rng: np.random.Generator) -> dict[str,
     eval_size = round(opts.evaluation_share * opts.budget)
     names = [
         "new",
-        "new_sample_on_disagreements",
+        "new_sample_on_all_rows",
         FIXED,
         *(f"today_min{m}" for m in BASELINE_MIN_SAMPLES),
     ]
@@ -187,12 +187,12 @@ def simulate(opts: Any, chall_acc: float, rng: np.random.Generator) -> dict[str,
             # New rule: edge cases (pi 1) + the evaluation sample (pi q_i) of the other rows.
             edge = edge_cases(b, opts.budget - eval_size)
             w = weights(b)
-            q = inclusion_probabilities(w, ~edge, eval_size, opts.uniform_share)
+            q = disagreements_first_probabilities(w, ~edge, b.disagree, eval_size, opts.uniform_share)  # fmt: skip
             _new_rule_batch(run["new"], b, edge, q, rng)
             fixed, new = run[FIXED], run["new"]
             fixed.z, fixed.labels = new.z, new.labels  # the same evidence, another decision
-            q = inclusion_probabilities(w, ~edge & b.disagree, eval_size, opts.uniform_share)
-            _new_rule_batch(run["new_sample_on_disagreements"], b, edge, q, rng)
+            q = inclusion_probabilities(w, ~edge, eval_size, opts.uniform_share)
+            _new_rule_batch(run["new_sample_on_all_rows"], b, edge, q, rng)
             # Today's rule: the whole budget on edge cases, their plain mean.
             today = edge_cases(b, opts.budget)
             counts = np.bincount((b.d[today] + 1).astype(int), minlength=3)

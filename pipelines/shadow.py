@@ -441,7 +441,9 @@ def decide(
     *,
     labels_per_day: float | None = None,
 ) -> PromotionDecision:
-    """Promote only on enough evidence that the challenger is better and every slice floor holds.
+    """Promote only on enough evidence that the challenger is better and no slice floor fails
+    because of it: a challenger below a slice's floor blocks promotion unless the champion is
+    below that floor too and lower than the challenger there (a failing slice it improves).
 
     ``accuracy``: the confidence sequence decides (see the module docstring); ``macro_f1``: the
     fixed-sample bootstrap rule. ``labels_per_day`` turns "N more labels" into days.
@@ -464,10 +466,19 @@ def decide(
         if s is None or s["rows"] < gates.min_slice_rows:
             reasons.append(f"slice {name}: not judged ({0 if s is None else int(s['rows'])} rows)")
             continue
-        if not s["challenger"] >= floor:
+        if s["challenger"] >= floor:
+            continue
+        champ = s["champion"]
+        if champ >= floor or not s["challenger"] > champ:
             state = KEEP  # more labels do not fix a slice the challenger fails
             reasons.append(
                 f"slice {name}: challenger {s['challenger']:.4f} below floor {floor:.4f}"
+                f" (champion {champ:.4f})"
+            )
+        else:  # keeping the champion would leave the slice lower still
+            reasons.append(
+                f"slice {name}: challenger {s['challenger']:.4f} below floor {floor:.4f}"
+                f" but above the champion's {champ:.4f}: promoting raises the slice"
             )
     return PromotionDecision(
         state == PROMOTE,

@@ -215,6 +215,8 @@ def _queue_batch(
         exclude=excluded_mask(scores["row_id"], exclude | set(picked["row_id"].astype(str))),
         expected_size=evaluation_size,
         uniform_share=ec.evaluation_uniform_share,
+        disagreements_first=ec.evaluation_disagreements_first
+        and settings.shadow.metric == "accuracy",
         seed=_evaluation_seed(settings, batch),
     )
     drawn["reasons"] = EVALUATION_REASON

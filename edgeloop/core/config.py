@@ -331,6 +331,10 @@ class EdgeCaseSettings(_Frozen):
     #: rows where champion and challenger disagree or their probabilities differ. Above 0, so
     #: every row has a positive inclusion probability (the importance weights need it).
     evaluation_uniform_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    #: With ``shadow.metric: accuracy``, draw the sample among the rows where champion and
+    #: challenger predict different classes (elsewhere the paired difference is 0 whatever the
+    #: label); the other rows only get what is left once every disagreement is drawn.
+    evaluation_disagreements_first: bool = True
 
     @field_validator("n_clusters")
     @classmethod

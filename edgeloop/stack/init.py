@@ -64,10 +64,13 @@ def demo_settings(root: Path) -> Settings:
                 "slice_floors": {"scanner_c": 0.5},
                 "max_regression": 0.02,
             },
-            # The demo stream is small: tens of labeled rows per batch reach the shadow comparison.
-            # Its champion moves as soon as the rule says so (on each label import).
-            "shadow": {"min_samples": 50, "auto_promote": True},
-            "edge_cases": {"budget": 25, "max_class_share": 0.4},
+            # The demo stream is small: a challenger sees a few hundred rows before the next
+            # retrain replaces it, so the confidence sequence is tuned to 300 rows (any value
+            # keeps it valid). Its champion moves as soon as the rule says so (on each import).
+            "shadow": {"min_samples": 50, "auto_promote": True, "cs_tuned_rows": 300},
+            # 10 of each batch's 25 labels go to the evaluation sample (the comparison's
+            # evidence), 15 to edge cases.
+            "edge_cases": {"budget": 25, "max_class_share": 0.4, "evaluation_share": 0.4},
             # Retrain once two batches' worth of edge cases are labeled.
             "annotation": {"retrain_after_labels": 40},
         },

@@ -34,6 +34,7 @@ from pipelines.edge_cases.clusters import SAMPLE_PER_CLUSTER
 from pipelines.edge_cases.clusters import _fit_clusters as _fit_clusters
 from pipelines.edge_cases.evaluation import (
     comparison_weights,
+    disagreements_first_probabilities,
     evaluation_sample,
     excluded_mask,
     inclusion_probabilities,
@@ -51,6 +52,7 @@ __all__ = [
     "Condition",
     "Rule",
     "comparison_weights",
+    "disagreements_first_probabilities",
     "evaluation_sample",
     "excluded_mask",
     "inclusion_probabilities",

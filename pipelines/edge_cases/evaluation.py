@@ -18,6 +18,14 @@ Design (Poisson sampling: each eligible row is drawn independently, with probabi
   uniform. The uniform share keeps the design safe when those probabilities are wrong, which
   is what happens under drift;
 * ``q_i = min(1, c * s_i)`` with ``c`` such that ``sum(q_i) = expected_size``.
+
+With ``disagreements_first`` (for an accuracy comparison) the sample is drawn among the rows
+where the two models predict different classes: elsewhere ``d_i = 0`` whatever the label, so
+such a row is known without labeling it and counts with its 0 in the estimate (as if
+``pi_i = 1``). Only when the sample would take every disagreement does the rest of its size go
+to the other rows, by the same design. The importance weights stay near 1 instead of the
+1 / (a few percent) of rows drawn from the whole batch, and the estimate stays unbiased: every
+row that can carry a nonzero ``d_i`` keeps ``q_i > 0``.
 """
 
 from __future__ import annotations
@@ -113,6 +121,7 @@ def evaluation_sample(
     exclude: np.ndarray | None = None,
     expected_size: float,
     uniform_share: float = 0.5,
+    disagreements_first: bool = False,
     seed: int,
 ) -> pd.DataFrame:
     """The Poisson evaluation sample of one batch, in batch order.
@@ -133,9 +142,17 @@ def evaluation_sample(
             raise ValueError(f"exclude has {len(eligible)} rows, champion {n}")
     if challenger is not None and not _same_rows(champion, challenger):
         raise ValueError("challenger scores are not the champion's rows in the same order")
-    q = inclusion_probabilities(
-        comparison_weights(champion, challenger), eligible, expected_size, uniform_share
-    )
+    weights = comparison_weights(champion, challenger)
+    if disagreements_first and challenger is not None:
+        apart = (
+            champion["predicted"].astype(str).to_numpy()
+            != challenger["predicted"].astype(str).to_numpy()
+        )
+        q = disagreements_first_probabilities(
+            weights, eligible, apart, expected_size, uniform_share
+        )
+    else:
+        q = inclusion_probabilities(weights, eligible, expected_size, uniform_share)
     draw = np.random.default_rng(seed).random(n)
     taken = np.flatnonzero(eligible & (draw < q))
     columns = {
@@ -149,6 +166,25 @@ def evaluation_sample(
     if challenger is not None:
         columns["challenger_predicted"] = challenger["predicted"].to_numpy()[taken]
     return pd.DataFrame(columns)
+
+
+def disagreements_first_probabilities(
+    weights: np.ndarray,
+    eligible: np.ndarray,
+    apart: np.ndarray,
+    expected_size: float,
+    uniform_share: float,
+) -> np.ndarray:
+    """``q_i`` drawn among the eligible rows where the models disagree (``apart``) first; what
+    is left of ``expected_size`` once every one of them is taken goes to the other eligible
+    rows (``inclusion_probabilities`` on each part)."""
+    eligible = np.asarray(eligible, dtype=bool)
+    first = eligible & np.asarray(apart, dtype=bool)
+    q = inclusion_probabilities(weights, first, expected_size, uniform_share)
+    left = float(expected_size) - float(np.count_nonzero(first))
+    if left > 0:
+        q += inclusion_probabilities(weights, eligible & ~first, left, uniform_share)
+    return q
 
 
 def _same_rows(champion: pd.DataFrame, challenger: pd.DataFrame) -> bool:

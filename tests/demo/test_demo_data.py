@@ -180,3 +180,15 @@ def test_broken_export_is_quarantined_whole(suite, batches) -> None:
     assert "expect_table_columns_to_match_set" in report.reason
     assert "pixel_0_0" in report.reason and "px_0_0" in report.reason
     assert "px_4_4" in report.failed_columns  # the "n/a" values
+
+
+def test_the_committed_config_is_the_one_the_demo_ships_with() -> None:
+    """A fresh clone's edgeloop.yaml is ``demo_settings``: ``init`` and the demo treat it as
+    untouched, and a setting the demo relies on (e.g. ``shadow.auto_promote``) is really on."""
+    from edgeloop.core.config import load_settings
+    from edgeloop.stack.init import demo_settings
+
+    root = Path(__file__).resolve().parents[2]
+    committed = load_settings(root / "edgeloop.yaml")
+    assert committed == demo_settings(root)
+    assert committed.shadow.auto_promote

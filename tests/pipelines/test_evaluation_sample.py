@@ -168,3 +168,43 @@ def test_excluded_mask_matches_a_set_lookup(dtype: str) -> None:
     got = excluded_mask(ids, exclude)
     assert got.tolist() == [v in exclude for v in ids.tolist()]
     assert not excluded_mask(ids, set()).any()
+
+
+def test_disagreements_first_draws_among_disagreements_until_all_are_taken() -> None:
+    champ, chall = pair(600, seed=3)
+    apart = (champ["predicted"] != chall["predicted"]).to_numpy()
+    n_apart = int(apart.sum())
+    few = evaluation_sample(champ, challenger=chall, expected_size=20, disagreements_first=True,
+                            seed=1)  # fmt: skip
+    ids = set(champ.loc[apart, "row_id"])
+    assert set(few["row_id"]) <= ids and len(few) > 5
+    # The weights stay small: about (disagreements / 20), not (rows / 20).
+    assert (1 / few[QUEUE_INCLUSION_PROB]).max() < 3 * n_apart / 20
+    # More asked than there are disagreements: all of them surely, the rest among the others.
+    many = evaluation_sample(champ, challenger=chall, expected_size=n_apart + 30,
+                             disagreements_first=True, seed=1)  # fmt: skip
+    sure = many[many["row_id"].isin(ids)]
+    assert len(sure) == n_apart and (sure[QUEUE_INCLUSION_PROB] == 1.0).all()
+    others = many[~many["row_id"].isin(ids)]
+    assert len(others) > 10 and (others[QUEUE_INCLUSION_PROB] < 1).all()
+    # Without a challenger there is nothing to disagree with: the plain design.
+    alone = evaluation_sample(champ, expected_size=20, disagreements_first=True, seed=1)
+    assert alone[QUEUE_INCLUSION_PROB].to_numpy() == pytest.approx(np.full(len(alone), 20 / 600))
+
+
+def test_disagreements_first_keeps_the_paired_estimate_unbiased() -> None:
+    """Over many seeded draws the Horvitz-Thompson mean of d (0 where the models agree)
+    matches the true mean over every row."""
+    rng = np.random.default_rng(0)
+    champ, chall = pair(400, seed=5)
+    y = rng.integers(0, 3, 400)
+    d = (chall["predicted"].to_numpy() == y).astype(float) - (champ["predicted"].to_numpy() == y)
+    index = {r: i for i, r in enumerate(champ["row_id"])}
+    estimates = []
+    for seed in range(400):
+        s = evaluation_sample(champ, challenger=chall, expected_size=15,
+                              disagreements_first=True, seed=seed)  # fmt: skip
+        rows = s["row_id"].map(index).to_numpy()
+        estimates.append(float((d[rows] / s[QUEUE_INCLUSION_PROB].to_numpy()).sum() / 400))
+    spread = np.std(estimates) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - d.mean()) < 4 * spread

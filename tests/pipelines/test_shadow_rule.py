@@ -248,3 +248,15 @@ def test_no_rows_is_need_more_without_an_estimate() -> None:
         cmp.to_dict()["cs_low"] is None
         and confidence_sequence([], alpha=0.05, tuned_rows=10).n == 0
     )
+
+
+def test_a_failing_slice_the_challenger_improves_does_not_block_promotion() -> None:
+    cmp = _terms_comparison(0.15, 3000)
+    drifted = {"s": {"rows": 100.0, "champion": 0.31, "challenger": 0.46}}
+    better = type(cmp)(**{**cmp.__dict__, "slices": drifted})
+    d = decide(better, ShadowSettings(), GateSettings(slice_floors={"s": 0.5}))
+    assert d.promote and "above the champion's 0.3100: promoting raises the slice" in d.summary()
+    worse = {"s": {"rows": 100.0, "champion": 0.46, "challenger": 0.31}}
+    kept = decide(type(cmp)(**{**cmp.__dict__, "slices": worse}), ShadowSettings(),
+                  GateSettings(slice_floors={"s": 0.5}))  # fmt: skip
+    assert kept.state == KEEP and "(champion 0.4600)" in kept.summary()
