@@ -14,9 +14,10 @@ from prefect.states import Failed
 
 from edgeloop._internal import faults
 from edgeloop.batch.annotation import LabelImport, import_labels, labels_since_last_retrain, sla
+from edgeloop.batch.label_quality import LabelQuality, check_label_quality
 from edgeloop.core import keys
 from edgeloop.core.config import Settings, load_settings
-from edgeloop.core.errors import LabelGateError, PromotionGateError
+from edgeloop.core.errors import EdgeloopError, LabelGateError, PromotionGateError
 from edgeloop.core.keys import CHALLENGER
 from edgeloop.data.lock import change, data_lock, recover, say
 from edgeloop.data.versioning import DataVersioner, git_info
@@ -34,12 +35,24 @@ def import_task(settings: Settings, path: str) -> LabelImport:
     return import_labels(settings, Path(path))
 
 
+@task(name="check-label-quality", cache_policy=NO_CACHE)
+def label_quality_task(settings: Settings) -> dict[str, Any]:
+    """Score every labeled row for label issues; write the suspects (never fails the import)."""
+    try:
+        found = check_label_quality(settings)
+    except EdgeloopError as exc:  # e.g. the pipeline cannot fit these rows: say so, go on
+        found = LabelQuality(0, 0, 0, 0, settings.annotation.suspect_folds, skipped=str(exc))
+    say([found.summary()])
+    return found.to_dict()
+
+
 @task(name="record-labels", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def record_task(
     settings: Settings, result: dict[str, Any], version: str, backlog: dict[str, Any]
 ) -> str:
     """One MLflow run per import in the data experiment: counts, SLA, the new data version."""
     exp = ensure_experiment(settings, keys.DATA_EXPERIMENT)
+    quality = result.get("label_quality") or {}
     with mlflow.start_run(experiment_id=exp, run_name=f"labels {result['source']}") as run:
         mlflow.set_tags(
             {
@@ -56,6 +69,11 @@ def record_task(
                 "label_rows": result["rows"],
                 "labeled_edge_cases_added": result["accepted"],
                 "labels_rejected": result["rejected"],
+                **{
+                    f"label_{k}": float(quality[k])
+                    for k in ("suspects", "new_suspects", "confirmed", "scored")
+                    if k in quality
+                },
                 **{
                     f"sla_{k}": float(v)
                     for k, v in backlog.items()
@@ -116,6 +134,8 @@ def annotate_import(
         _recover(settings)
         with change(settings, f"annotate import {Path(path).name}") as ch:
             result = import_task(settings, path).to_dict()
+            if result["accepted"]:
+                result["label_quality"] = label_quality_task(settings)
             ch.mark("recorded", result=result)
             version = DataVersioner(settings).version() or ""
             # Rejected rows are kept too (data/labels/rejected/): either way data/ changed.

@@ -30,6 +30,7 @@ from edgeloop.core.keys import (
     CHAMPION,
     PURPOSE_EDGE_CASE,
     PURPOSE_EVALUATION,
+    PURPOSE_REVIEW,
     QUEUE_INCLUSION_PROB,
     QUEUE_PURPOSE,
 )
@@ -244,11 +245,42 @@ def _shown(settings: Settings) -> list[str]:
     return [*([schema.id] if schema.id else []), *schema.features]
 
 
-def open_tasks(settings: Settings) -> pd.DataFrame:
-    """Queued edge cases without a label yet, with their id column and features."""
+def open_tasks(settings: Settings, *, review: bool = False) -> pd.DataFrame:
+    """Queued rows without a label yet, with their id column and features; with ``review``,
+    then the queued rows whose label is an open suspect (``review_tasks``)."""
     queue = read_queue(settings)
     labeled = set(read_labels(settings)["row_id"].astype(str))
     open_ = queue[~queue["row_id"].astype(str).isin(labeled)]
+    if review:
+        suspects = review_tasks(settings, queue)
+        open_ = pd.concat([open_, suspects], ignore_index=True) if len(suspects) else open_
+    return _with_features(settings, open_)
+
+
+def review_tasks(settings: Settings, queue: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Queued rows whose label the latest label-quality check left open as suspect, as review
+    tasks (purpose ``review``): the model's suggestion is the pre-annotation, the reason says
+    what was given. A person's new answer (the same or another) confirms the row."""
+    store = DataStore(settings)
+    state = store.label_quality()
+    queue = read_queue(settings) if queue is None else queue
+    once = queue.drop_duplicates("row_id", keep="last")
+    rows = once[once["row_id"].astype(str).isin(store.open_suspects())]
+    if state is None or not len(rows):
+        return rows.iloc[:0]
+    look = state.set_index(state["row_id"].astype(str)).reindex(rows["row_id"].astype(str))
+    out = rows.reset_index(drop=True).copy()
+    out["predicted"] = look["suggested"].to_numpy()
+    out["confidence"] = look["p_suggested"].to_numpy(dtype="float64")
+    out["reasons"] = [
+        f"review: labeled {g}, the model says {s} ({p:.2f})"
+        for g, s, p in zip(look["given"], look["suggested"], look["p_suggested"], strict=True)
+    ]
+    out[QUEUE_PURPOSE] = PURPOSE_REVIEW
+    return out
+
+
+def _with_features(settings: Settings, open_: pd.DataFrame) -> pd.DataFrame:
     data = DataStore(settings).load_dataset().set_index("row_id")
     shown = [c for c in _shown(settings) if c in data.columns and c not in open_.columns]
     feats = data.loc[open_["row_id"], shown].reset_index(drop=True)
@@ -325,11 +357,13 @@ def label_studio_config(settings: Settings) -> str:
 def export_tasks(
     settings: Settings, out_dir: Path, formats: tuple[str, ...] = ("json", "csv")
 ) -> dict[str, Any]:
-    """Write open tasks as Label Studio JSON and/or CSV; returns the paths and the count."""
-    tasks = open_tasks(settings)
+    """Write open tasks, then review tasks of suspect labels, as Label Studio JSON and/or CSV;
+    returns the paths and the counts."""
+    tasks = open_tasks(settings, review=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    written: dict[str, Any] = {"tasks": len(tasks), "files": []}
+    reviews = int((tasks[QUEUE_PURPOSE] == PURPOSE_REVIEW).sum()) if len(tasks) else 0
+    written: dict[str, Any] = {"tasks": len(tasks), "review_tasks": reviews, "files": []}
     if "json" in formats:
         p = out_dir / f"tasks-{stamp}.json"
         p.write_text(json.dumps(label_studio_tasks(tasks, settings), indent=1), encoding="utf-8")

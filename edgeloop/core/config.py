@@ -356,6 +356,16 @@ class AnnotationSettings(_Frozen):
     retrain_after_labels: Annotated[int, Field(ge=0)] = 50
     #: Labels suite (GX JSON under expectations/).
     suite: str = "labels"
+    #: After each accepted import, score every labeled row for label issues (cleanlab's
+    #: Confident Learning on out-of-sample probabilities from ``suspect_folds``-fold
+    #: cross-validation of the training pipeline); suspects are listed for review.
+    suspect_labels: bool = True
+    suspect_folds: Annotated[int, Field(ge=2, le=20)] = 3
+    #: Labeled rows scored at most (every annotated row, then a seeded sample of the others).
+    suspect_max_rows: Annotated[int, Field(ge=100)] = 50_000
+    #: Keep suspect labels out of training (and the holdout) until a new label for the row
+    #: is imported (a re-label confirms or corrects it).
+    exclude_suspects: bool = True
 
 
 class MonitoringSettings(_Frozen):

@@ -100,6 +100,8 @@ QUEUE_PURPOSE: Final = "purpose"
 """Why the row was queued: ``PURPOSE_EDGE_CASE`` or ``PURPOSE_EVALUATION``."""
 PURPOSE_EDGE_CASE: Final = "edge_case"
 PURPOSE_EVALUATION: Final = "evaluation"
+#: An export's review task: a labeled row whose label the label-quality check suspects.
+PURPOSE_REVIEW: Final = "review"
 
 # ---------------------------------------------------------------- label-free estimates (CBPE)
 # Metrics of a monitoring run (``pipelines.performance``): each batch's accuracy estimated

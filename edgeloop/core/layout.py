@@ -88,6 +88,11 @@ class Layout:
         return self.data / "labels"
 
     @property
+    def label_quality(self) -> Path:
+        """Suspect labels: one Parquet file per label import (the latest is the current state)."""
+        return self.data / "label_quality"
+
+    @property
     def queue(self) -> Path:
         """The edge-case queue: one Parquet file per scored batch."""
         return self.data / "annotation" / "queue"

@@ -249,6 +249,35 @@ class DataStore:
         data = pd.concat(parts, ignore_index=True)
         return self._with_labels(data)
 
+    def load_training_dataset(self) -> tuple[pd.DataFrame, int]:
+        """``load_dataset`` for training and its holdout: with ``annotation.exclude_suspects``,
+        the labels still open as suspects (``open_suspects``) are cleared. Returns the frame and
+        how many labels were left out."""
+        data = self.load_dataset()
+        if not self.settings.annotation.exclude_suspects:
+            return data, 0
+        suspects = self.open_suspects()
+        if not suspects:
+            return data, 0
+        target = self.settings.data_schema.target
+        out = data.copy()
+        hit = out[ROW_ID].astype("str").isin(suspects) & out[target].notna()
+        out[target] = out[target].astype("object")
+        out.loc[hit, target] = None
+        return out, int(hit.sum())
+
+    def label_quality(self) -> pd.DataFrame | None:
+        """The latest label-quality file (``edgeloop.batch.label_quality``), None before any."""
+        files = sorted(self.layout.label_quality.glob("*.parquet"))
+        return pd.read_parquet(files[-1]) if files else None
+
+    def open_suspects(self) -> set[str]:
+        """Row ids whose label the latest label-quality check left open as suspect."""
+        latest = self.label_quality()
+        if latest is None:
+            return set()
+        return set(latest.loc[latest["status"] == "suspect", "row_id"].astype("str"))
+
     def _with_labels(self, data: pd.DataFrame) -> pd.DataFrame:
         """Fill the target from imported labels (``data/labels/``; the latest answer wins)."""
         files = sorted(self.layout.labels.glob("*.parquet"))

@@ -136,6 +136,9 @@ def run_demo(config: Path) -> int:
         f" median {a['median_hours_to_label']} h to label, {a['within_sla_share']} within the"
         f" {a['sla_days']}-day SLA (its delay is set to {SIM_DELAY_HOURS:.0f} h)"
     )
+    from edgeloop.demo.label_check import flagging_quality
+
+    console.print(flagging_quality(settings, _truth(settings, stream_dir)).line())
     console.print(
         f"dataset version [bold]{state['data']['version']}[/] with {state['data']['rows']} rows"
         f" ({state['data']['reference_rows']} reference); quarantine under"
@@ -232,7 +235,8 @@ def _simulated_annotation(settings: Any, stream_dir: Path, step_no: int) -> dict
     from edgeloop.demo.simulated_annotator import answer_tasks, write_answers
     from flows.annotate import annotate_import
 
-    tasks = label_studio_tasks(open_tasks(settings), settings)
+    # Review tasks of suspect labels too: the same annotator looks at them again.
+    tasks = label_studio_tasks(open_tasks(settings, review=True), settings)
     if not tasks:
         return {"line": "no edge cases to label"}
     answers = answer_tasks(

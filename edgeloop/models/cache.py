@@ -106,9 +106,10 @@ def retrain_lock(settings: Settings, wait: bool = False) -> Iterator[None]:
 
 # ---------------------------------------------------------------------- data
 def current_dataset(settings: Settings) -> tuple[str, pd.DataFrame]:
-    """The dataset at the DVC version in ``data.dvc``; refuses a work tree that differs from it."""
+    """The training dataset (suspect labels left out, ``DataStore.load_training_dataset``) at
+    the DVC version in ``data.dvc``; refuses a work tree that differs from it."""
     version = dataset_version(settings)
-    return version, DataStore(settings).load_dataset()
+    return version, DataStore(settings).load_training_dataset()[0]
 
 
 def dataset_version(settings: Settings) -> str:

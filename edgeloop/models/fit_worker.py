@@ -165,7 +165,7 @@ def _fit(request: dict[str, Any]) -> Fitted:
 
     settings = load_settings(request["config"])
     versioner = DataVersioner(settings)
-    dataset = DataStore(settings).load_dataset()
+    dataset = DataStore(settings).load_training_dataset()[0]
     version = versioner.version() or ""
     if version != request["data_version"]:
         raise EdgeloopError(

@@ -157,7 +157,7 @@ def _reproduce_in(
     repro = base.model_copy(
         update={"paths": base.paths.model_copy(update={"data": str(work / "data")})}
     )
-    dataset = DataStore(repro).load_dataset()
+    dataset = DataStore(repro).load_training_dataset()[0]
     max_rows = int(float(run.data.params.get(keys.PARAM_MAX_ROWS, "0")))
     trained = train_and_evaluate(repro, dataset, max_rows=max_rows, champion=None)
     original = run.data.metrics

@@ -1,0 +1,137 @@
+"""Label quality: which labeled rows look mislabeled (Confident Learning, with cleanlab).
+
+Every labeled row gets out-of-sample class probabilities: the project's own pipeline
+(``pipelines.train.build_pipeline``, same estimator, params and seed) fitted ``folds`` times by
+seeded K-fold cross-validation, each row predicted by the model that did not see it.
+``cleanlab.filter.find_label_issues`` (Northcutt, Jiang & Chuang, *Confident Learning*, JAIR
+2021) then flags the rows whose given label disagrees with what the rest of the data says,
+beyond the per-class noise rates it estimates; ``cleanlab.rank.get_label_quality_scores`` gives
+each row a score in [0, 1] (low = likely wrong). A flag is a question for a person, not a
+correction: the caller queues the row for review and may keep it out of training until then.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import KFold, cross_val_predict
+
+from edgeloop.core.config import SchemaSettings, TrainingSettings
+from edgeloop.core.errors import TrainingError
+from edgeloop.core.keys import ROW_ID
+from pipelines.train import build_pipeline, features, target
+
+#: Columns of ``label_issues``' frame.
+ISSUE_COLUMNS = ("row_id", "given", "suggested", "quality", "p_given", "p_suggested", "suspect")
+
+
+@dataclass(frozen=True)
+class LabelIssues:
+    """One row per scored labeled row (``ISSUE_COLUMNS``), and how they were scored."""
+
+    rows: pd.DataFrame
+    folds: int
+    classes: list[str]
+
+    @property
+    def suspects(self) -> pd.DataFrame:
+        return self.rows[self.rows["suspect"]].reset_index(drop=True)
+
+
+def out_of_sample_probabilities(
+    frame: pd.DataFrame,
+    schema: SchemaSettings,
+    training: TrainingSettings,
+    *,
+    folds: int,
+    seed: int,
+) -> np.ndarray:
+    """``P(class | row)`` for every row of ``frame`` (labeled rows), from a model that did not
+    train on it; columns in ``schema.classes`` order (0 for a class a fold never saw)."""
+    if len(frame) < folds:
+        raise TrainingError(f"{len(frame)} labeled rows: too few for {folds}-fold scoring")
+    y = np.asarray(target(frame, schema)).astype("str")
+    pipe = build_pipeline(schema, training, seed)
+    cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        # A fold without some rare class: sklearn warns and fills its column with zeros.
+        warnings.simplefilter("ignore", UserWarning)
+        probs = cross_val_predict(pipe, features(frame, schema), y, cv=cv, method="predict_proba")
+    seen = sorted(set(y))  # cross_val_predict's columns: the labels' sorted classes
+    out = np.zeros((len(frame), len(schema.classes)))
+    index = {c: j for j, c in enumerate(seen)}
+    for k, c in enumerate(str(c) for c in schema.classes):
+        if c in index:
+            out[:, k] = probs[:, index[c]]
+    return out
+
+
+def label_issues(frame: pd.DataFrame, probs: np.ndarray, schema: SchemaSettings) -> LabelIssues:
+    """Flag the rows of ``frame`` whose label looks wrong given ``probs`` (out of sample).
+
+    Confident Learning needs each class's own rows to estimate its noise rate, so it runs on the
+    classes that have labeled rows (columns renormalised over them); ``suggested`` is the most
+    likely class. Inputs are not modified.
+    """
+    from cleanlab.filter import find_label_issues  # lazy: cleanlab costs ~1 s to import
+    from cleanlab.rank import get_label_quality_scores
+
+    classes = [str(c) for c in schema.classes]
+    given = np.asarray(target(frame, schema)).astype("str")
+    present = [c for c in classes if c in set(given)]
+    cols = [classes.index(c) for c in present]
+    p = np.asarray(probs, dtype="float64")[:, cols]
+    total = p.sum(axis=1, keepdims=True)
+    p = np.divide(p, total, out=np.full_like(p, 1.0 / max(len(present), 1)), where=total > 0)
+    codes = np.array([present.index(g) for g in given], dtype="int64")
+    if len(present) < 2:
+        flagged = np.zeros(len(frame), dtype=bool)
+        quality = np.ones(len(frame))
+    else:
+        with warnings.catch_warnings():
+            # "May not flag all label issues in class k": a class with very few rows.
+            warnings.simplefilter("ignore", UserWarning)
+            flagged = np.asarray(find_label_issues(codes, p), dtype=bool)
+            quality = np.asarray(get_label_quality_scores(codes, p), dtype="float64")
+    best = p.argmax(axis=1)
+    rows = np.arange(len(frame))
+    out = pd.DataFrame(
+        {
+            "row_id": frame[ROW_ID].astype("str").to_numpy(),
+            "given": given,
+            "suggested": np.asarray(present, dtype=object)[best] if present else given,
+            "quality": quality,
+            "p_given": p[rows, codes] if present else np.ones(len(frame)),
+            "p_suggested": p[rows, best] if present else np.ones(len(frame)),
+            "suspect": flagged,
+        }
+    )
+    return LabelIssues(out, folds=0, classes=present)
+
+
+def score_labels(
+    frame: pd.DataFrame,
+    schema: SchemaSettings,
+    training: TrainingSettings,
+    *,
+    folds: int,
+    seed: int,
+) -> LabelIssues:
+    """``out_of_sample_probabilities`` then ``label_issues`` on the labeled rows of ``frame``."""
+    labeled = frame[frame[schema.target].notna()]
+    probs = out_of_sample_probabilities(labeled, schema, training, folds=folds, seed=seed)
+    found = label_issues(labeled, probs, schema)
+    return LabelIssues(found.rows, folds=folds, classes=found.classes)
+
+
+def precision_recall(flagged: Any, wrong: Any) -> tuple[float, float]:
+    """Precision and recall of ``flagged`` against the truly ``wrong`` rows (NaN when empty)."""
+    f, w = np.asarray(flagged, dtype=bool), np.asarray(wrong, dtype=bool)
+    hits = float((f & w).sum())
+    precision = hits / f.sum() if f.sum() else float("nan")
+    recall = hits / w.sum() if w.sum() else float("nan")
+    return precision, recall
