@@ -95,7 +95,9 @@ def label_issues(frame: pd.DataFrame, probs: np.ndarray, schema: SchemaSettings)
         with warnings.catch_warnings():
             # "May not flag all label issues in class k": a class with very few rows.
             warnings.simplefilter("ignore", UserWarning)
-            flagged = np.asarray(find_label_issues(codes, p), dtype=bool)
+            # n_jobs=1: cleanlab's process pool would fork the caller (a Prefect flow, whose
+            # signal handlers the workers inherit) for a job that takes milliseconds here.
+            flagged = np.asarray(find_label_issues(codes, p, n_jobs=1), dtype=bool)
             quality = np.asarray(get_label_quality_scores(codes, p), dtype="float64")
     best = p.argmax(axis=1)
     rows = np.arange(len(frame))

@@ -592,3 +592,67 @@ def test_label_volume_starts_a_retrain(scored: Settings, tmp_path: Path) -> None
     from edgeloop.batch.annotation import labels_since_last_retrain
 
     assert labels_since_last_retrain(settings) == 0
+
+
+def test_suspect_labels_are_flagged_reviewed_left_out_and_confirmed(
+    scored: Settings, tmp_path: Path
+) -> None:
+    """Every queued row labeled wrong: the check flags some, writes them under
+    data/label_quality/, the training view leaves them out, exports ask for a review, and a
+    new answer for a row confirms it."""
+    from edgeloop.batch.annotation import review_tasks
+    from edgeloop.batch.label_quality import check_label_quality, read_suspects
+    from tests.conftest import small_reference
+
+    truth = small_reference(120, 50)  # production_batch(120, 50), with its labels
+    data = DataStore(scored).load_dataset().set_index("row_id")
+    ids = queued_ids(scored)
+    pos = {r: int(r.rsplit("-", 1)[1]) for r in ids}
+    assert all(data.loc[r, "income"] == truth["income"][pos[r]] for r in ids)
+    wrong = {r: (int(truth["label"][pos[r]]) + 1) % 3 for r in ids}
+    csv = tmp_path / "wrong.csv"
+    pd.DataFrame({"row_id": ids, "label": [wrong[r] for r in ids]}).to_csv(csv, index=False)
+    assert import_labels(scored, csv).accepted == len(ids)
+
+    first = check_label_quality(scored)
+
+    assert first.scored == len(data.dropna(subset=["label"])) + len(ids)
+    assert first.suspects >= 1 and first.new_suspects == first.suspects and first.confirmed == 0
+    assert first.path == "data/label_quality/000001.parquet"
+    state = read_suspects(scored)
+    assert set(state["status"]) == {"suspect"} and state["flagged_at"].notna().all()
+    flagged_queued = [r for r in state["row_id"] if r in pos]
+    assert flagged_queued, "no wrong annotation flagged"
+    view, left_out = DataStore(scored).load_training_dataset()
+    assert left_out == first.suspects
+    assert view.set_index("row_id").loc[flagged_queued, "label"].isna().all()
+    # Review tasks: the queued suspects, the model's answer pre-filled, what was given said.
+    review = review_tasks(scored)
+    assert sorted(review["row_id"]) == sorted(flagged_queued)
+    assert (
+        set(review["purpose"]) == {"review"}
+        and review["reasons"].str.startswith("review: labeled").all()
+    )
+    exported = export_tasks(scored, tmp_path / "export", formats=("json",))
+    assert exported["review_tasks"] == len(flagged_queued)
+    tasks = json.loads(Path(exported["files"][0]).read_text())
+    assert {t["data"]["row_id"] for t in tasks if t["data"]["purpose"] == "review"} == set(
+        flagged_queued
+    )
+
+    # A person answers the review (here: the truth): the rows are confirmed, trained on again.
+    fixed = tmp_path / "review.csv"
+    answers = [int(truth["label"][pos[r]]) for r in flagged_queued]
+    pd.DataFrame({"row_id": flagged_queued, "label": answers}).to_csv(fixed, index=False)
+    assert import_labels(scored, fixed).accepted == len(flagged_queued)
+    second = check_label_quality(scored)
+    assert second.path == "data/label_quality/000002.parquet"
+    state = read_suspects(scored).set_index("row_id")
+    assert (state.loc[flagged_queued, "status"] == "confirmed").all()
+    assert second.confirmed >= len(flagged_queued)
+    assert not set(flagged_queued) & DataStore(scored).open_suspects()
+    assert targets(scored, flagged_queued) == dict(zip(flagged_queued, answers, strict=True))
+    assert not len(review_tasks(scored)[lambda t: t["row_id"].isin(flagged_queued)])
+    edit_config(scored.root, annotation={"exclude_suspects": False})
+    relaxed = load_settings(scored.root / "edgeloop.yaml")
+    assert DataStore(relaxed).load_training_dataset()[1] == 0
