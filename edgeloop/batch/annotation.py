@@ -362,7 +362,8 @@ def export_tasks(
     tasks = open_tasks(settings, review=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    reviews = int((tasks[QUEUE_PURPOSE] == PURPOSE_REVIEW).sum()) if len(tasks) else 0
+    purposes = tasks.reindex(columns=[QUEUE_PURPOSE])[QUEUE_PURPOSE]
+    reviews = int((purposes == PURPOSE_REVIEW).sum())
     written: dict[str, Any] = {"tasks": len(tasks), "review_tasks": reviews, "files": []}
     if "json" in formats:
         p = out_dir / f"tasks-{stamp}.json"

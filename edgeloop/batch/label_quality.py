@@ -9,8 +9,9 @@ out-of-sample probabilities, the quality score, when it was first flagged and it
 
 * ``suspect``: open; with ``annotation.exclude_suspects`` the label is left out of training
   and the holdout (``DataStore.load_training_dataset``) and the row is queued for review;
-* ``confirmed``: a label for the row was imported after it was first flagged (a person looked
-  again); it is kept, whatever the model thinks, and never flagged again.
+* ``confirmed``: an answer for the row was imported after it was first flagged (it has more
+  answers than ``labels_at_flag``: a person looked again); it is kept, whatever the model
+  thinks, and never flagged again.
 
 The file is created in the caller's data change (``track``: a killed import leaves none).
 """
@@ -42,6 +43,7 @@ COLUMNS = [
     "p_suggested",
     "quality",
     "flagged_at",
+    "labels_at_flag",
     "status",
 ]
 
@@ -103,21 +105,24 @@ def check_label_quality(settings: Settings) -> LabelQuality:
         seed=settings.seeds.train,
     )  # fmt: skip
     stamp = now_iso()
-    earlier = read_suspects(settings).set_index("row_id")
+    earlier = read_suspects(settings).reindex(columns=COLUMNS).set_index("row_id")
     labels = read_labels(settings)
-    last_import = labels.groupby(labels["row_id"].astype("str"))["imported_at"].max()
+    answers = labels.groupby(labels["row_id"].astype("str")).size()
     info = rows.set_index(rows[keys.ROW_ID].astype("str"))
     flagged = found.rows[found.rows["suspect"]].copy()
-    # Rows flagged before: a label imported after the first flag confirms them.
+    # Rows flagged before: an answer imported after the first flag (more answers for the row
+    # than when it was flagged) confirms them.
     old = earlier.reindex(earlier.index.union(flagged["row_id"]))
     first = old["flagged_at"].astype("object")
-    relabeled = pd.Series(last_import.reindex(first.index).to_numpy(), index=first.index)
-    confirmed = first.notna() & relabeled.notna() & (relabeled.astype("str") > first.astype("str"))
+    count = answers.reindex(old.index).fillna(0).astype("int64")
+    at_flag = pd.to_numeric(old["labels_at_flag"], errors="coerce")
+    confirmed = first.notna() & at_flag.notna() & (count > at_flag)
     confirmed |= old["status"].eq("confirmed").fillna(False).astype(bool)
     out = flagged.set_index("row_id").reindex(old.index)
     for col in ("given", "suggested", "p_given", "p_suggested", "quality"):
         out[col] = out[col].where(out[col].notna(), old[col]) if col in old else out[col]
     out["flagged_at"] = first.where(first.notna(), stamp)
+    out["labels_at_flag"] = at_flag.where(at_flag.notna(), count).astype("int64")
     out["status"] = np.where(confirmed, "confirmed", "suspect")
     # A row no longer flagged and never confirmed drops out (its label now looks right).
     keep = confirmed | out.index.isin(flagged["row_id"])

@@ -227,13 +227,18 @@ def test_evaluation_sample_with_a_challenger_has_the_designs_probabilities(
     scored: Settings, tmp_path: Path
 ) -> None:
     """With a challenger, each sampled row's ``inclusion_prob`` is the ``q_i`` computed from both
-    models' score files, over the batch's rows that are not edge cases."""
+    models' score files, over the batch's rows that are not edge cases: disagreements first
+    (``evaluation_disagreements_first``); the plain design would favour them too."""
     from edgeloop.core.layout import Layout
     from edgeloop.tracking.registry import Registry
     from flows.ingest import ingest
     from flows.retrain import retrain
     from flows.score import score
-    from pipelines.edge_cases import comparison_weights, inclusion_probabilities
+    from pipelines.edge_cases import (
+        comparison_weights,
+        disagreements_first_probabilities,
+        inclusion_probabilities,
+    )
     from tests.conftest import small_reference
 
     config = str(scored.source)
@@ -261,15 +266,22 @@ def test_evaluation_sample_with_a_challenger_has_the_designs_probabilities(
     sample = new[new["purpose"] == "evaluation"]
     assert 0 < len(edge) <= BUDGET // 2 and len(sample) > 0
     eligible = ~champ["row_id"].isin(set(edge["row_id"])).to_numpy()
-    q = inclusion_probabilities(comparison_weights(champ, chall), eligible, BUDGET // 2, 0.3)
-    q_of = dict(zip(champ["row_id"], q, strict=True))
-    assert sample["inclusion_prob"].tolist() == pytest.approx([q_of[r] for r in sample["row_id"]])
-    assert sum(q) == pytest.approx(BUDGET // 2) and (q[eligible] > 0).all()
-    # Disagreeing rows are likelier to be drawn than agreeing ones.
     disagree = (champ["predicted"].astype(str) != chall["predicted"].astype(str)).to_numpy()
     assert (eligible & disagree).any()
-    assert q[eligible & disagree].mean() > q[eligible & ~disagree].mean()
+    w = comparison_weights(champ, chall)
+    q = disagreements_first_probabilities(w, eligible, disagree, BUDGET // 2, 0.3)
+    q_of = dict(zip(champ["row_id"], q, strict=True))
+    assert sample["inclusion_prob"].tolist() == pytest.approx([q_of[r] for r in sample["row_id"]])
+    assert sum(q) == pytest.approx(BUDGET // 2) and (q[eligible & disagree] > 0).all()
+    # The sample is drawn among the disagreements while they outnumber it.
+    if (eligible & disagree).sum() > BUDGET // 2:
+        assert (q[eligible & ~disagree] == 0).all() and sample["row_id"].map(
+            dict(zip(champ["row_id"], disagree, strict=True))
+        ).all()
     assert sample["challenger_predicted"].notna().all()
+    plain = inclusion_probabilities(w, eligible, BUDGET // 2, 0.3)
+    assert (plain[eligible] > 0).all()
+    assert plain[eligible & disagree].mean() > plain[eligible & ~disagree].mean()
 
 
 # ---------------------------------------------------------------------- import: good labels
