@@ -24,7 +24,7 @@ from edgeloop.data.versioning import DataVersioner, git_info
 from edgeloop.models.promotion import promote
 from edgeloop.tracking.registry import Registry
 from edgeloop.tracking.store import ensure_experiment
-from flows._common import flow_run_url, version_data
+from flows._common import announce_sla, flow_run_url, version_data
 from flows.retrain import request_retrain
 from flows.shadow_evaluate import shadow_evaluate_flow
 
@@ -142,11 +142,13 @@ def annotate_import(
             if result["accepted"] or result["rejected"]:
                 version = version_data(settings)
                 ch.mark("versioned")
-            backlog = sla(settings).to_dict()
+            current = sla(settings)
+            backlog = current.to_dict()
             result["data_version"], result["sla"] = version, backlog
             result["mlflow_run_id"] = record_task(settings, result, version, backlog)
             ch.mark("logged")
             faults.point("labels:mlflow-logged")
+    result["sla_alert"] = announce_sla(settings, current)
     if result.get("duplicate_of"):
         say([f"{result['source']}: already imported as {result['duplicate_of']}: no labels added"])
     if result["accepted"]:

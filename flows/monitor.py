@@ -20,11 +20,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
+from edgeloop.batch.annotation import sla
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.monitoring.dashboard import write_dashboard
 from edgeloop.monitoring.monitor import BatchMonitoring, MonitorSummary, monitor_batches
-from flows._common import flow_run_url
+from flows._common import announce_sla, flow_run_url
 from flows.retrain import request_retrain
 
 DRIFT_EVENT = "edgeloop.drift.detected"
@@ -164,5 +165,7 @@ def monitor(
             # The monitoring itself is logged; say why the retrain did not start, do not hide it.
             get_run_logger().warning("retrain on drift could not start: %s", exc)
             result["retrain"] = {"mode": "failed", "reason": reason, "error": str(exc)}
+    # The monitor runs on a schedule: it is also where a backlog that stopped moving is seen.
+    result["sla_alert"] = announce_sla(settings, sla(settings))
     _artifacts(summary, dashboard, result["retrain"])
     return result

@@ -64,6 +64,10 @@ class LabelImport:
         return asdict(self)
 
 
+#: ``Backlog.sla_state`` values.
+SLA_OK, SLA_AT_RISK, SLA_BREACHED, SLA_EMPTY = "ok", "at_risk", "breached", "empty"
+
+
 @dataclass(frozen=True)
 class Backlog:
     """The annotation backlog against the labeling SLA (``annotation.sla_days``)."""
@@ -77,9 +81,27 @@ class Backlog:
     #: Share labeled within the SLA; open items already older than it count as misses.
     within_sla_share: float | None
     sla_days: float
+    #: ``ok``, ``at_risk`` (the oldest open item is past ``annotation.sla_warning_share`` of the
+    #: SLA), ``breached`` (past the SLA) or ``empty`` (nothing open).
+    sla_state: str = SLA_EMPTY
+    #: Open items past the warning share of the SLA (those past the SLA included).
+    at_risk_open: int = 0
+    #: Hours after which an open item puts the SLA at risk (``sla_warning_share`` of it).
+    sla_warning_hours: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def alert(self) -> str:
+        """One line for a person when the SLA is at risk or breached ("" otherwise)."""
+        if self.sla_state not in (SLA_AT_RISK, SLA_BREACHED) or self.oldest_open_hours is None:
+            return ""
+        word = "breached" if self.sla_state == SLA_BREACHED else "at risk"
+        return (
+            f"labeling SLA {word}: the oldest of {self.open} open tasks has waited"
+            f" {self.oldest_open_hours / 24:.1f} of {self.sla_days:g} days;"
+            f" {self.at_risk_open} open tasks are near or past the SLA"
+        )
 
 
 #: The ``reasons`` of the evaluation sample's rows (what annotators see of why a row is there).
@@ -476,6 +498,12 @@ def sla(settings: Settings, now: datetime | None = None) -> Backlog:
     done = hours.dropna()
     open_ages = (pd.Timestamp(now) - surfaced[labeled_at.isna()]).dt.total_seconds() / 3600
     missed_open = int((open_ages > days * 24).sum())
+    warn = settings.annotation.sla_warning_share * days * 24
+    at_risk = int((open_ages >= warn).sum())
+    if not len(open_ages):
+        state = SLA_EMPTY
+    else:
+        state = SLA_BREACHED if missed_open else SLA_AT_RISK if at_risk else SLA_OK
     return Backlog(
         queued=len(surfaced),
         open=int(labeled_at.isna().sum()),
@@ -489,6 +517,9 @@ def sla(settings: Settings, now: datetime | None = None) -> Backlog:
             else None
         ),
         sla_days=days,
+        sla_state=state,
+        at_risk_open=at_risk,
+        sla_warning_hours=round(warn, 2),
     )
 
 

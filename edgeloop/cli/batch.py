@@ -158,6 +158,7 @@ def _show_imported(out: Any) -> None:
     s = out["sla"]
     click.echo(
         f"backlog: {s['open']} open, oldest {s['oldest_open_hours']} h, within {s['sla_days']}-day SLA: {s['within_sla_share']}"
+        f" (SLA {str(s.get('sla_state', 'ok')).replace('_', ' ')})"
     )
     rt = out.get("retrain")
     if rt and rt.get("mode") == "deployment":

@@ -349,6 +349,13 @@ class AnnotationSettings(_Frozen):
     """The annotation queue, its SLA, and the label-volume retrain trigger."""
 
     sla_days: Annotated[float, Field(gt=0)] = 3.0
+    #: The SLA is "at risk" once the oldest open task has waited this share of ``sla_days``:
+    #: an event ``edgeloop.sla.at-risk`` is emitted and ``sla_notify`` is told.
+    sla_warning_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    #: A Prefect notification block told when the SLA becomes at risk or breached, as
+    #: ``<block-type-slug>/<name>`` (``slack-webhook/labeling``, ``custom-webhook/alerts``,
+    #: ``email/...``); empty = none.
+    sla_notify: str = ""
     #: Label Studio's name for the choice control in exports (its labeling config must match).
     label_studio_from_name: str = "label"
     label_studio_to_name: str = "row"

@@ -315,8 +315,9 @@ def _backlog(backlog: dict[str, Any]) -> str:
     for i, v in enumerate(values):
         ax.text(v, i, f" {v}", va="center")
     share = backlog.get("within_sla_share")
+    flag = {"at_risk": "SLA AT RISK — ", "breached": "SLA BREACHED — "}
     ax.set_title(
-        f"within the {backlog.get('sla_days')}-day SLA: "
+        f"{flag.get(str(backlog.get('sla_state')), '')}within the {backlog.get('sla_days')}-day SLA: "
         f"{'–' if share is None else f'{share:.0%}'}; oldest open: "
         f"{_fmt(backlog.get('oldest_open_hours'), 1)} h; median to label: "
         f"{_fmt(backlog.get('median_hours_to_label'), 1)} h",

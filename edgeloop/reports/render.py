@@ -231,6 +231,14 @@ def _annotation(r: Review) -> str:
     sla_hours = float(a.get("sla_days") or 0) * 24
     oldest = a.get("oldest_open_hours")
     late = " **(over the SLA)**" if oldest is not None and oldest > sla_hours else ""
+    state = a.get("sla_state")
+    if state in ("at_risk", "breached"):
+        word = "BREACHED" if state == "breached" else "AT RISK"
+        lines += [
+            f"**SLA {word}:** {a.get('at_risk_open', 0)} open tasks have waited at least"
+            f" {_num(a.get('sla_warning_hours'), 1)} h of the {_num(sla_hours, 0)} h SLA.",
+            "",
+        ]
     lines += [
         f"- Open now: {a.get('open', 0)} of {a.get('queued', 0)} queued "
         f"(oldest open: {_num(oldest, 1)} h{late})",

@@ -93,6 +93,9 @@ def print_status(state: dict[str, Any]) -> None:
             f"annotation: {a['queued']} queued, {a['open']} open (oldest {a['oldest_open_hours']} h),"
             f" median {a['median_hours_to_label']} h / p90 {a['p90_hours_to_label']} h to label,"
             f" {_num(a['within_sla_share'])} within the {a['sla_days']}-day SLA"
+            + {"at_risk": " [yellow]SLA at risk[/]", "breached": " [red]SLA breached[/]"}.get(
+                str(a.get("sla_state")), ""
+            )
         )
     effect = state.get("loop_effect")
     if effect:

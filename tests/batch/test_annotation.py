@@ -551,9 +551,15 @@ def test_sla_from_surfaced_and_labeled_times(scored: Settings, tmp_path: Path) -
     assert early.p90_hours_to_label == pytest.approx(73.0)  # 10 + 0.7 * (100 - 10)
     assert early.within_sla_share == 0.75  # the 100 h label missed
     assert early.sla_days == 3.0
+    # 72 h is not past the SLA, but past 80 % of it (57.6 h): at risk, that one row only.
+    assert (early.sla_state, early.at_risk_open, early.sla_warning_hours) == ("at_risk", 1, 57.6)
+    assert "at risk" in early.alert() and "3.0 of 3 days" in early.alert()
+    assert sla(scored, now=T0 + timedelta(hours=1)).sla_state == "ok"
+    assert sla(scored, now=T0 + timedelta(hours=1)).alert() == ""
 
     late = sla(scored, now=T0 + timedelta(hours=80))
     assert late.oldest_open_hours == 104.0
+    assert late.sla_state == "breached" and late.at_risk_open == n - 4
     # Every open row is now older than 72 h: each counts as a miss.
     assert late.within_sla_share == round(3 / (4 + (n - 4)), 4)
     assert late.median_hours_to_label == 6.0  # labeled items do not age
@@ -668,3 +674,80 @@ def test_suspect_labels_are_flagged_reviewed_left_out_and_confirmed(
     edit_config(scored.root, annotation={"exclude_suspects": False})
     relaxed = load_settings(scored.root / "edgeloop.yaml")
     assert DataStore(relaxed).load_training_dataset()[1] == 0
+
+
+class _Receiver:
+    """A real HTTP server on 127.0.0.1 that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+
+        bodies: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("Content-Length", 0))
+                bodies.append(json.loads(self.rfile.read(size)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.bodies = bodies
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_sla_at_risk_emits_an_event_and_tells_a_prefect_notification_block(
+    scored: Settings,
+) -> None:
+    """A Prefect ``custom-webhook`` block pointed at a local receiver is told once when the SLA
+    becomes at risk, once when it is breached, not again while nothing changes."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from flows._common import announce_sla
+
+    receiver = _Receiver()
+    try:
+        CustomWebhookNotificationBlock(
+            name="edgeloop-sla",
+            url=receiver.url,
+            json_data={"text": "{{subject}}", "detail": "{{body}}"},
+        ).save("sla-test", overwrite=True)
+        edit_config(scored.root, annotation={"sla_notify": "custom-webhook/sla-test"})
+        settings = load_settings(scored.root / "edgeloop.yaml")
+        qfile = next((settings.path("data") / "annotation" / "queue").glob("*.parquet"))
+        queue = pd.read_parquet(qfile)
+        queue["surfaced_at"] = iso(T0)
+        queue.to_parquet(qfile, index=False)
+
+        ok = announce_sla(settings, sla(settings, now=T0 + timedelta(hours=10)))
+        assert ok["state"] == "ok" and not ok["event"] and not receiver.bodies
+        risky = announce_sla(settings, sla(settings, now=T0 + timedelta(hours=60)))
+        assert (
+            risky["changed"] and risky["event"] and risky["notified"] == "custom-webhook/sla-test"
+        )
+        (first,) = receiver.bodies
+        assert "labeling SLA at risk" in first["detail"] and settings.project in first["text"]
+        again = announce_sla(settings, sla(settings, now=T0 + timedelta(hours=61)))
+        assert not again["changed"] and len(receiver.bodies) == 1  # said once
+        broken = announce_sla(settings, sla(settings, now=T0 + timedelta(hours=80)))
+        assert broken["event"] and "SLA breached" in receiver.bodies[-1]["detail"]
+        assert len(receiver.bodies) == 2
+    finally:
+        receiver.close()
+    # A block that cannot be reached is reported, not raised.
+    edit_config(scored.root, annotation={"sla_notify": "custom-webhook/no-such-block"})
+    settings = load_settings(scored.root / "edgeloop.yaml")
+    failed = announce_sla(settings, sla(settings, now=T0 + timedelta(hours=10)))
+    failed = announce_sla(settings, sla(settings, now=T0 + timedelta(hours=60)))
+    assert failed["event"] and not failed["notified"] and "no-such-block" in failed["notify_error"]
