@@ -39,6 +39,14 @@ def flow_run_url() -> str:
     return f"{base.rstrip('/')}/runs/flow-run/{flow_run.id}"
 
 
+def project_resource(settings: Settings) -> dict[str, str]:
+    """The Prefect event resource edgeloop's events are about: the project."""
+    return {
+        "prefect.resource.id": f"edgeloop.project.{settings.project}",
+        "prefect.resource.name": settings.project,
+    }
+
+
 @task(name="announce-sla", cache_policy=NO_CACHE)
 def announce_sla(settings: Settings, backlog: Backlog) -> dict[str, Any]:
     """Say it when the labeling SLA becomes at risk or breached: an ``edgeloop.sla.*`` Prefect
@@ -63,14 +71,7 @@ def announce_sla(settings: Settings, backlog: Backlog) -> dict[str, Any]:
     name = SLA_EVENTS.get(backlog.sla_state)
     if name is None:
         return out
-    event = emit_event(
-        event=name,
-        resource={
-            "prefect.resource.id": f"edgeloop.project.{settings.project}",
-            "prefect.resource.name": settings.project,
-        },
-        payload=backlog.to_dict(),
-    )
+    event = emit_event(event=name, resource=project_resource(settings), payload=backlog.to_dict())
     out["event"] = str(event.id) if event is not None else ""
     target = settings.annotation.sla_notify
     if target:

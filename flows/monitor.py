@@ -25,7 +25,7 @@ from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.monitoring.dashboard import write_dashboard
 from edgeloop.monitoring.monitor import BatchMonitoring, MonitorSummary, monitor_batches
-from flows._common import announce_sla, flow_run_url
+from flows._common import announce_sla, flow_run_url, project_resource
 from flows.retrain import request_retrain
 
 DRIFT_EVENT = "edgeloop.drift.detected"
@@ -52,10 +52,7 @@ def emit_task(settings: Settings, drifted: list[BatchMonitoring]) -> list[str]:
     for b in drifted:
         event = emit_event(
             event=DRIFT_EVENT,
-            resource={
-                "prefect.resource.id": f"edgeloop.project.{settings.project}",
-                "prefect.resource.name": settings.project,
-            },
+            resource=project_resource(settings),
             payload={
                 "batch_id": b.batch_id,
                 "batch_index": b.seq,

@@ -283,12 +283,14 @@ def review_tasks(settings: Settings, queue: pd.DataFrame | None = None) -> pd.Da
     """Queued rows whose label the latest label-quality check left open as suspect, as review
     tasks (purpose ``review``): the model's suggestion is the pre-annotation, the reason says
     what was given. A person's new answer (the same or another) confirms the row."""
-    store = DataStore(settings)
-    state = store.label_quality()
+    state = DataStore(settings).label_quality()
     queue = read_queue(settings) if queue is None else queue
+    if state is None:
+        return queue.iloc[:0]
+    suspects = state.loc[state["status"] == "suspect", "row_id"].astype(str)
     once = queue.drop_duplicates("row_id", keep="last")
-    rows = once[once["row_id"].astype(str).isin(store.open_suspects())]
-    if state is None or not len(rows):
+    rows = once[once["row_id"].astype(str).isin(set(suspects))]
+    if not len(rows):
         return rows.iloc[:0]
     look = state.set_index(state["row_id"].astype(str)).reindex(rows["row_id"].astype(str))
     out = rows.reset_index(drop=True).copy()

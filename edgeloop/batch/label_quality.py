@@ -120,7 +120,7 @@ def check_label_quality(settings: Settings) -> LabelQuality:
     confirmed |= old["status"].eq("confirmed").fillna(False).astype(bool)
     out = flagged.set_index("row_id").reindex(old.index)
     for col in ("given", "suggested", "p_given", "p_suggested", "quality"):
-        out[col] = out[col].where(out[col].notna(), old[col]) if col in old else out[col]
+        out[col] = out[col].where(out[col].notna(), old[col])
     out["flagged_at"] = first.where(first.notna(), stamp)
     out["labels_at_flag"] = at_flag.where(at_flag.notna(), count).astype("int64")
     out["status"] = np.where(confirmed, "confirmed", "suspect")
@@ -139,7 +139,7 @@ def check_label_quality(settings: Settings) -> LabelQuality:
     with atomic_path(path) as tmp:
         out.astype({"given": "str", "suggested": "str"}).to_parquet(tmp, index=False)
     open_now = out["status"] == "suspect"
-    before = set(earlier.index[earlier["status"] == "suspect"]) if len(earlier) else set()
+    before = set(earlier.index[earlier["status"] == "suspect"])
     return LabelQuality(
         scored=len(rows),
         suspects=int(open_now.sum()),
