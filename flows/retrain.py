@@ -85,7 +85,7 @@ def _artifacts(summary: RetrainSummary) -> None:
     rows = [
         {"metric": k, "candidate": round(v, 4), "champion": summary.champion_metrics.get(k)}
         for k, v in summary.metrics.items()
-        if k in ("accuracy", "macro_f1", "weighted_f1", "rows", "train_rows")
+        if k in ("accuracy", "macro_f1", "weighted_f1", "r2", "mae", "rmse", "rows", "train_rows")
         or k.startswith("slice_")
     ]
     create_table_artifact(key="retrain-metrics", table=rows, description=summary.message)

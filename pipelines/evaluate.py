@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.dummy import DummyClassifier
+from sklearn.dummy import DummyClassifier, DummyRegressor
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
     accuracy_score,
@@ -60,6 +60,32 @@ def slice_mask(df: pd.DataFrame, sl: SliceSettings) -> np.ndarray:
 
 #: Metrics computed overall and per slice (any of them can be ``gates.metric``).
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1")
+#: The regression metrics (``r2`` is the one a gate judges: higher is better, at most 1).
+REGRESSION_SCORES = ("r2", "mae", "rmse")
+
+
+def regression_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, weight: np.ndarray | None = None
+) -> dict[str, float]:
+    """R², MAE and RMSE of the rows (weighted like ``_scores``); R² is NaN when the labels do
+    not vary (no variance to explain) or there are no rows."""
+    y_true = np.asarray(y_true, dtype="float64")
+    y_pred = np.asarray(y_pred, dtype="float64")
+    w = np.ones(len(y_true)) if weight is None else np.asarray(weight, dtype="float64")
+    keep = (w > 0) & ~np.isnan(y_true) & ~np.isnan(y_pred)
+    y_true, y_pred, w = y_true[keep], y_pred[keep], w[keep]
+    if not len(y_true) or w.sum() <= 0:
+        return dict.fromkeys(REGRESSION_SCORES, math.nan)
+    err = y_true - y_pred
+    sse = float((w * err**2).sum())
+    mean = float((w * y_true).sum() / w.sum())
+    sst = float((w * (y_true - mean) ** 2).sum())
+    return {
+        "r2": 1.0 - sse / sst if sst > 0 else math.nan,
+        "mae": float((w * np.abs(err)).sum() / w.sum()),
+        "rmse": math.sqrt(sse / w.sum()),
+    }
+
 
 #: Prefix of the trivial baseline's metric keys (``baseline_macro_f1``, ...).
 BASELINE_PREFIX = METRIC_BASELINE_PREFIX
@@ -73,6 +99,8 @@ def _scores(
 ) -> dict[str, float]:
     """``SCORES`` of the rows; with ``weight``, each row counts its weight (rows of weight 0 and
     a total weight of 0 count as no rows)."""
+    if not classes:  # regression: the schema has no classes
+        return regression_scores(y_true, y_pred, weight)
     if weight is not None:
         keep = weight > 0
         y_true, y_pred, weight = y_true[keep], y_pred[keep], weight[keep]
@@ -203,7 +231,11 @@ def evaluate(
     with ``groups``, the metrics of each holdout group too (``group_metrics``)."""
     classes = list(schema.classes)
     out = {**_scores(y_true, y_pred, classes), "rows": float(len(y_true))}
-    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    p, r, f, n = (
+        precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+        if classes
+        else ([], [], [], [])
+    )
     for i, c in enumerate(classes):
         out[f"class_{c}_precision"] = float(p[i])
         out[f"class_{c}_recall"] = float(r[i])
@@ -227,19 +259,52 @@ def baseline_metrics(
     slices: list[SliceSettings],
     strategy: str,
     seed: int,
+    train_frame: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """A trivial model's ``evaluate`` metrics, each key prefixed ``baseline_``.
 
     A ``DummyClassifier(strategy=strategy)`` (``most_frequent``: always the majority class;
-    ``stratified``: random labels in the training proportions, seeded) is fitted on the training
+    ``stratified``: random labels in the training proportions, seeded), for regression a
+    ``DummyRegressor`` (``mean`` / ``median`` of the training target), is fitted on the training
     labels ``y_train`` and scored on the holdout rows ``frame`` / ``y_true``: the candidate's own
-    rows, so the two are comparable.
+    rows, so the two are comparable. ``last_value`` (regression, ``schema.time``) needs
+    ``train_frame``, the training rows in ``y_train``'s order (``last_value_baseline``).
     """
-    dummy = DummyClassifier(strategy=strategy, random_state=seed)
+    if strategy == "last_value":
+        if train_frame is None or schema.time is None:
+            raise ValueError("the last_value baseline needs the training rows and schema.time")
+        y_last = last_value_baseline(train_frame, y_train, frame, schema.time)
+        scored = evaluate(y_true, y_last, frame, schema, slices)
+        return {f"{BASELINE_PREFIX}{k}": v for k, v in scored.items()}
+    dummy: Any = (
+        DummyRegressor(strategy=strategy)
+        if schema.is_regression
+        else DummyClassifier(strategy=strategy, random_state=seed)
+    )
     dummy.fit(np.zeros((len(y_train), 1)), y_train)
     y_pred = dummy.predict(np.zeros((len(y_true), 1)))
     scored = evaluate(y_true, y_pred, frame, schema, slices)
     return {f"{BASELINE_PREFIX}{k}": v for k, v in scored.items()}
+
+
+def last_value_baseline(
+    train: pd.DataFrame, y_train: np.ndarray, holdout: pd.DataFrame, time: str
+) -> np.ndarray:
+    """Per holdout row, the target of the latest training row at or before its time (the
+    training mean where none is earlier or a time does not parse): a persistence forecast."""
+    from pipelines.timecol import parse_time
+
+    y = np.asarray(y_train, dtype="float64")
+    fallback = float(np.nanmean(y)) if len(y) else math.nan
+    known = pd.DataFrame({"t": parse_time(train[time]).to_numpy(), "y": y}).dropna()
+    asked = pd.DataFrame({"t": parse_time(holdout[time]).to_numpy(), "i": np.arange(len(holdout))})
+    out = np.full(len(holdout), fallback)
+    timed = asked.dropna(subset=["t"]).sort_values("t", kind="stable")
+    if len(known) and len(timed):
+        merged = pd.merge_asof(timed, known.sort_values("t", kind="stable"), on="t")
+        hit = merged["y"].notna().to_numpy()
+        out[merged["i"].to_numpy()[hit]] = merged["y"].to_numpy()[hit]
+    return out
 
 
 @dataclass(frozen=True)
@@ -422,10 +487,14 @@ def check_gates(
     floors, where = _group(candidate, gates.floors_on)
     if not floors and f"{METRIC_REFERENCE_PREFIX}rows" not in candidate:
         where = ""  # metrics without groups: the holdout is the only one
-    checks = [
-        _floor("min_accuracy", candidate[f"{floors}accuracy"], gates.min_accuracy, where),
-        _floor("min_macro_f1", candidate[f"{floors}macro_f1"], gates.min_macro_f1, where),
-    ]
+    if gates.metric == "r2":  # regression: the one floor it has
+        floor = gates.min_r2
+        checks = [] if floor is None else [_floor("min_r2", candidate[f"{floors}r2"], floor, where)]
+    else:
+        checks = [
+            _floor("min_accuracy", candidate[f"{floors}accuracy"], gates.min_accuracy, where),
+            _floor("min_macro_f1", candidate[f"{floors}macro_f1"], gates.min_macro_f1, where),
+        ]
     for name, bound in sorted(gates.slice_floors.items()):
         rows = int(candidate.get(f"slice_{name}_rows", 0))
         value = candidate[f"slice_{name}_{gates.metric}"]
@@ -486,6 +555,27 @@ def confusion_figure(y_true: np.ndarray, y_pred: np.ndarray, classes: list[Any],
     ConfusionMatrixDisplay.from_predictions(
         y_true, y_pred, labels=classes, ax=ax, colorbar=False, cmap="Blues"
     )
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def residual_figure(y_true: np.ndarray, y_pred: np.ndarray, title: str) -> Any:
+    """A matplotlib figure of predicted against true values (regression's confusion matrix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    y, p = np.asarray(y_true, dtype="float64"), np.asarray(y_pred, dtype="float64")
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    ax.scatter(y, p, s=8, alpha=0.5)
+    finite = np.concatenate([y[np.isfinite(y)], p[np.isfinite(p)]])
+    if len(finite):
+        lo, hi = float(finite.min()), float(finite.max())
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
     ax.set_title(title)
     fig.tight_layout()
     return fig

@@ -66,25 +66,74 @@ def paired_delta_se(
     Rows are resampled with replacement within each stratum (a batch: the groups' mix of
     batches is fixed by design, not sampled); each row keeps its ``weight`` (rows of weight 0
     are not in the group). Both models see the same resample, so the error is that of the
-    paired difference. Values outside ``classes`` count for accuracy and in no class. NaN when
-    the group has fewer than two rows.
+    paired difference. Values outside ``classes`` count for accuracy and in no class. With no
+    ``classes`` (regression) ``metric`` is ``r2``, ``mae`` or ``rmse``. NaN when the group has
+    fewer than two rows.
     """
     keep = np.asarray(weight, dtype="float64") > 0
     if keep.sum() < 2:
         return math.nan
     w = np.asarray(weight, dtype="float64")[keep]
-    cats = pd.CategoricalDtype(list(classes))
-    truth = pd.Series(np.asarray(y_true)[keep]).astype(cats).cat.codes.to_numpy()
-    k = len(classes)
+    counts = _multiplicities(np.asarray(strata)[keep].astype("str"), resamples, seed)
+    mass = counts * w  # resamples x rows: each row's weight times its multiplicity
+    if not classes:
+        scores = [
+            _regression_scores(np.asarray(y_true)[keep], np.asarray(p)[keep], mass, metric)
+            for p in (candidate, champion)
+        ]
+    else:
+        scores = _classification_scores(y_true, candidate, champion, keep, mass, classes, metric)
+    delta = scores[0] - scores[1]
+    delta = delta[~np.isnan(delta)]
+    return float(delta.std(ddof=1)) if len(delta) > 1 else math.nan
+
+
+def _multiplicities(layer: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Resamples x rows: how often each row is drawn, rows resampled within their stratum."""
     rng = np.random.default_rng(seed)
-    counts = np.zeros((resamples, len(w)))
-    layer = np.asarray(strata)[keep].astype("str")
+    counts = np.zeros((resamples, len(layer)))
     for s in np.unique(layer):
         idx = np.flatnonzero(layer == s)
         counts[:, idx] = rng.multinomial(
             len(idx), np.full(len(idx), 1.0 / len(idx)), size=resamples
         )
-    mass = counts * w  # resamples x rows: each row's weight times its multiplicity
+    return counts
+
+
+def _regression_scores(
+    y_true: np.ndarray, pred: np.ndarray, mass: np.ndarray, metric: str
+) -> np.ndarray:
+    """``metric`` (``r2``, ``mae`` or ``rmse``) of each resample's row weights ``mass``."""
+    y = np.asarray(y_true, dtype="float64")
+    err = y - np.asarray(pred, dtype="float64")
+    total = mass.sum(axis=1)
+    safe = np.where(total > 0, total, np.nan)
+    if metric == "mae":
+        mae: np.ndarray = (mass @ np.abs(err)) / safe
+        return mae
+    sse = mass @ (err * err)
+    if metric == "rmse":
+        rmse: np.ndarray = np.sqrt(sse / safe)
+        return rmse
+    sst = mass @ (y * y) - (mass @ y) ** 2 / safe
+    r2: np.ndarray = 1.0 - np.divide(sse, sst, out=np.full_like(sse, np.nan), where=sst > 0)
+    return r2
+
+
+def _classification_scores(
+    y_true: np.ndarray,
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    keep: np.ndarray,
+    mass: np.ndarray,
+    classes: list[Any],
+    metric: str,
+) -> list[np.ndarray]:
+    """Each model's ``metric`` per resample, from its weighted confusion matrices."""
+    resamples, n = mass.shape
+    cats = pd.CategoricalDtype(list(classes))
+    truth = pd.Series(np.asarray(y_true)[keep]).astype(cats).cat.codes.to_numpy()
+    k = len(classes)
     total = mass.sum(axis=1)
     scores = []
     for pred in (candidate, champion):
@@ -93,13 +142,11 @@ def paired_delta_se(
         correct = mass @ (np.asarray(y_true)[keep] == p).astype("float64")
         known = (truth >= 0) & (guess >= 0)
         cell = np.where(known, truth * k + guess, k * k)  # unknown values: a discarded cell
-        onehot = np.zeros((len(w), k * k + 1))
-        onehot[np.arange(len(w)), cell] = 1.0
+        onehot = np.zeros((n, k * k + 1))
+        onehot[np.arange(n), cell] = 1.0
         conf = (mass @ onehot)[:, : k * k].reshape(resamples, k, k)
         scores.append(_confusion_scores(conf, correct, total, metric))
-    delta = scores[0] - scores[1]
-    delta = delta[~np.isnan(delta)]
-    return float(delta.std(ddof=1)) if len(delta) > 1 else math.nan
+    return scores
 
 
 def delta_standard_errors(

@@ -2,7 +2,10 @@
 
 Plain functions. The estimator and its hyperparameters come from ``training`` in the config
 (an import path such as ``sklearn.ensemble.RandomForestClassifier`` and a ``params`` mapping);
-this is the module to adapt when your model is not a scikit-learn classifier.
+this is the module to adapt when your model is not one scikit-learn estimator. A
+classification project fits a classifier (``predict_proba``: edge cases need probabilities), a
+regression project (``schema.task: regression``) a regressor; the fitted regression pipeline
+records the training target's standard deviation (``pipelines.score.TARGET_SCALE_ATTR``).
 
 The model reads ``schema.inputs`` only: the features, and the raw time column when
 ``schema.time_features`` derive from it (inside the Pipeline, so serving and scoring pass the
@@ -19,15 +22,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator, TransformerMixin, is_classifier
+from sklearn.base import BaseEstimator, TransformerMixin, is_classifier, is_regressor
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder
 from sklearn.utils.validation import check_is_fitted
 
 from edgeloop.core.config import SchemaSettings, TrainingSettings
 from edgeloop.core.errors import TrainingError
 from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH
+from pipelines.score import TARGET_SCALE_ATTR
 from pipelines.timecol import epoch_unit, parse_time
 
 ROW_ID = "row_id"
@@ -131,9 +135,11 @@ def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, 
             f"the dataset has no {ROW_ID!r} column (load it with DataStore.load_dataset)"
         )
     data = labeled_rows(df, schema)
-    allowed = {str(c) for c in schema.classes}
     labels = target(data, schema)
-    strange = sorted({str(v) for v in set(labels.tolist())} - allowed)
+    allowed = {str(c) for c in schema.classes}
+    strange = (
+        [] if schema.is_regression else sorted({str(v) for v in set(labels.tolist())} - allowed)
+    )
     if strange:
         raise TrainingError(
             f"labels {strange[:10]} are not in schema.classes {list(schema.classes)}: fix the"
@@ -160,7 +166,7 @@ def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, 
             f"dataset too small: {len(holdout)} holdout rows (holdout_fraction"
             f" {training.holdout_fraction}); training.min_holdout_rows is {training.min_holdout_rows}"
         )
-    seen = {str(v) for v in set(target(train, schema).tolist())}
+    seen = set() if schema.is_regression else {str(v) for v in set(target(train, schema).tolist())}
     missing = [c for c in schema.classes if str(c) not in seen]
     if missing:
         raise TrainingError(
@@ -170,7 +176,7 @@ def split(df: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, 
     return Split(train=train, holdout=holdout)
 
 
-def estimator_class(path: str) -> type[Any]:
+def estimator_class(path: str, task: str = "classification") -> type[Any]:
     """Import ``package.module.Class``; errors name the key ``training.estimator``."""
     module_name, _, cls_name = path.rpartition(".")
     if not module_name:
@@ -184,7 +190,10 @@ def estimator_class(path: str) -> type[Any]:
     cls = getattr(module, cls_name, None)
     if cls is None or not inspect.isclass(cls):
         raise TrainingError(f"training.estimator {path!r}: {module_name} has no class {cls_name}")
-    if not (hasattr(cls, "fit") and hasattr(cls, "predict_proba")):
+    if task == "regression":
+        if not (hasattr(cls, "fit") and hasattr(cls, "predict")):
+            raise TrainingError(f"training.estimator {path!r}: not a regressor with predict")
+    elif not (hasattr(cls, "fit") and hasattr(cls, "predict_proba")):
         raise TrainingError(
             f"training.estimator {path!r}: not a classifier with predict_proba (edge cases need"
             " probabilities)"
@@ -192,9 +201,9 @@ def estimator_class(path: str) -> type[Any]:
     return cls
 
 
-def make_estimator(training: TrainingSettings, seed: int) -> Any:
+def make_estimator(training: TrainingSettings, seed: int, task: str = "classification") -> Any:
     """The configured estimator, with its params checked now rather than at fit time."""
-    cls = estimator_class(training.estimator)
+    cls = estimator_class(training.estimator, task)
     params = dict(training.params)
     sig = inspect.signature(cls.__init__).parameters
     var = {n for n, p in sig.items() if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
@@ -216,7 +225,13 @@ def make_estimator(training: TrainingSettings, seed: int) -> Any:
             validate()
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"training.params for {training.estimator}: {exc}") from None
-    if not is_classifier(est):
+    if task == "regression":
+        if not is_regressor(est):
+            raise TrainingError(
+                f"training.estimator {training.estimator!r}: not a regressor (schema.task is"
+                " regression; sklearn's is_regressor says no)"
+            )
+    elif not is_classifier(est):
         # predict_proba alone is not enough: a mixture model has it, over its own clusters.
         raise TrainingError(
             f"training.estimator {training.estimator!r}: not a classifier (sklearn's is_classifier says no)"
@@ -278,6 +293,9 @@ def build_pipeline(schema: SchemaSettings, training: TrainingSettings, seed: int
     values (the rest, and values never seen, share one "infrequent" column: no error, no
     quarantine); other categoricals ignore unseen values (all-zero columns).
     """
+    estimator = make_estimator(training, seed, schema.task)
+    if _native_categorical(estimator, training, schema):
+        return _native_pipeline(schema, training, estimator)
     wide = list(schema.high_cardinality)
     encoders: list[tuple[str, Any, list[str]]] = [
         (
@@ -298,7 +316,53 @@ def build_pipeline(schema: SchemaSettings, training: TrainingSettings, seed: int
     if schema.time_features and schema.time is not None:
         encoders.append(("time", TimeFeatures(list(schema.time_features)), [schema.time]))
     pre = ColumnTransformer(encoders, remainder="passthrough", verbose_feature_names_out=False)
-    return Pipeline([("features", pre), ("model", make_estimator(training, seed))])
+    return Pipeline([("features", pre), ("model", estimator)])
+
+
+#: Estimators that split on categories themselves (given integer codes and their positions).
+_NATIVE_CATEGORICAL = ("HistGradientBoostingClassifier", "HistGradientBoostingRegressor")
+
+
+def _native_categorical(estimator: Any, training: TrainingSettings, schema: SchemaSettings) -> bool:
+    """Whether the categoricals go to the estimator as codes: a HistGradientBoosting model
+    whose params do not say otherwise, and a project with categorical features."""
+    return (
+        type(estimator).__name__ in _NATIVE_CATEGORICAL
+        and "categorical_features" not in training.params
+        and bool(schema.categorical)
+    )
+
+
+def _native_pipeline(
+    schema: SchemaSettings, training: TrainingSettings, estimator: Any
+) -> Pipeline:
+    """Categoricals as ordinal codes, first, and the estimator told which columns they are.
+
+    A value never seen in training (or beyond the ``max_categories`` most frequent of a high-
+    cardinality column, capped at the 255 categories the estimator can hold) gets code -1, which
+    HistGradientBoosting treats as missing: no error, no quarantine, as with one-hot encoding.
+    """
+    cats = list(schema.categorical)
+    wide = set(schema.high_cardinality)
+    most = min(training.max_categories, 255) if wide else None
+    encoders: list[tuple[str, Any, list[str]]] = [
+        (
+            f"category_{i}",
+            OrdinalEncoder(
+                handle_unknown="use_encoded_value",
+                unknown_value=-1,
+                encoded_missing_value=-1,
+                max_categories=most if c in wide else 255,
+            ),
+            [c],
+        )
+        for i, c in enumerate(cats)
+    ]
+    if schema.time_features and schema.time is not None:
+        encoders.append(("time", TimeFeatures(list(schema.time_features)), [schema.time]))
+    pre = ColumnTransformer(encoders, remainder="passthrough", verbose_feature_names_out=False)
+    estimator.set_params(categorical_features=list(range(len(cats))))
+    return Pipeline([("features", pre), ("model", estimator)])
 
 
 def features(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
@@ -311,8 +375,19 @@ def features(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
 
 
 def target(df: pd.DataFrame, schema: SchemaSettings) -> np.ndarray:
-    """Labels as the classes' own type (a labeled column read back may be float)."""
+    """Labels as the classes' own type (a labeled column read back may be float); float64
+    for regression."""
     y = df[schema.target]
+    if schema.is_regression:
+        numbers = pd.to_numeric(y, errors="coerce")
+        bad = y[numbers.isna() & y.notna()]
+        if len(bad):
+            raise TrainingError(
+                f"column {schema.target!r} has non-numeric labels {bad.astype(str).head(5).tolist()}"
+                " (schema.task is regression)"
+            )
+        floats: np.ndarray = numbers.to_numpy(dtype="float64", na_value=np.nan)
+        return floats
     if all(isinstance(c, int) for c in schema.classes):
         try:
             values: np.ndarray = y.astype("float64").to_numpy()
@@ -330,13 +405,54 @@ def target(df: pd.DataFrame, schema: SchemaSettings) -> np.ndarray:
     return texts
 
 
-def fit(
-    train: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int
-) -> Pipeline:
-    """Fit the configured pipeline on the training rows (the input frame is not modified)."""
-    pipe = build_pipeline(schema, training, seed)
+def fit_function(path: str) -> Any:
+    """Import ``package.module:function`` (``training.fit``); errors name the key."""
+    module_name, _, name = path.partition(":")
     try:
-        pipe.fit(features(train, schema), target(train, schema))
-    except (ValueError, TypeError) as exc:
-        raise TrainingError(f"fitting {training.estimator} failed: {exc}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise TrainingError(
+            f"training.fit {path!r}: cannot import {module_name} ({exc}); the module must be"
+            " installed or under the project root"
+        ) from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise TrainingError(f"training.fit {path!r}: {module_name} has no function {name}")
+    return fn
+
+
+def _custom_fit(
+    x: pd.DataFrame, y: np.ndarray, schema: SchemaSettings, path: str, seed: int
+) -> Any:
+    """The user's training function, and a check that what it returns can be served."""
+    try:
+        model = fit_function(path)(x, y, seed=seed)
+    except TrainingError:
+        raise
+    except Exception as exc:  # the user's code: any failure is a training failure, named
+        raise TrainingError(f"training.fit {path!r} failed: {type(exc).__name__}: {exc}") from None
+    needs = ("predict",) if schema.is_regression else ("predict", "predict_proba", "classes_")
+    missing = [a for a in needs if not hasattr(model, a)]
+    if missing:
+        raise TrainingError(
+            f"training.fit {path!r} returned a {type(model).__name__} without {missing}"
+            f" (schema.task {schema.task} needs {list(needs)})"
+        )
+    return model
+
+
+def fit(train: pd.DataFrame, schema: SchemaSettings, training: TrainingSettings, seed: int) -> Any:
+    """Fit the configured pipeline (or call ``training.fit``) on the training rows (the input
+    frame is not modified)."""
+    y = target(train, schema)
+    if training.fit:
+        pipe = _custom_fit(features(train, schema), y, schema, training.fit, seed)
+    else:
+        pipe = build_pipeline(schema, training, seed)
+        try:
+            pipe.fit(features(train, schema), y)
+        except (ValueError, TypeError) as exc:
+            raise TrainingError(f"fitting {training.estimator} failed: {exc}") from None
+    if schema.is_regression:
+        setattr(pipe, TARGET_SCALE_ATTR, float(np.std(y)))
     return pipe

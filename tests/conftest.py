@@ -125,6 +125,49 @@ def shop_reference(seed: int = 0, rows: int = 200):  # type: ignore[no-untyped-d
     )
 
 
+def housing_reference(rows: int = 300, seed: int = 5, start: str = "2025-01-01"):  # type: ignore[no-untyped-def]
+    """A labeled regression table: an id, a date, numeric features (one with missing values),
+    a categorical, and a continuous target ``price`` (a noisy function of the features)."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    area = np.round(rng.uniform(30, 200, rows), 1)
+    rooms = rng.integers(1, 7, rows)
+    age = np.round(rng.uniform(0, 80, rows), 1).astype("float64")
+    age[rng.random(rows) < 0.08] = np.nan
+    district = rng.choice(["centre", "north", "harbour", "hills"], rows)
+    bonus = pd.Series(district).map({"centre": 90.0, "north": 10.0, "harbour": 40.0, "hills": 25.0})
+    price = 2.5 * area + 12 * rooms - 0.6 * np.nan_to_num(age, nan=40.0) + bonus.to_numpy()
+    price = np.round(price + rng.normal(0, 15, rows), 2)
+    return pd.DataFrame(
+        {
+            "listing_id": np.arange(rows) + 100_000 + seed * 10_000,
+            "listed_on": pd.date_range(start, periods=rows, freq="h").strftime("%Y-%m-%d %H:%M"),
+            "area": area,
+            "rooms": rooms,
+            "age": age,
+            "district": pd.array(district, dtype="str"),
+            "price": price,
+        }
+    )
+
+
+def housing_schema():  # type: ignore[no-untyped-def]
+    """The schema of ``housing_reference``."""
+    from edgeloop.core.config import SchemaSettings
+
+    return SchemaSettings(
+        features=["area", "rooms", "age", "district"],
+        categorical=["district"],
+        target="price",
+        task="regression",
+        id="listing_id",
+        time="listed_on",
+        target_range=[0.0, 1000.0],
+    )
+
+
 def edit_config(root: Path, **sections: Any) -> None:
     """Update the project's ``edgeloop.yaml``: a dict updates that section, another value
     replaces the key."""
@@ -140,7 +183,9 @@ def edit_config(root: Path, **sections: Any) -> None:
     cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
-def new_project(base: Path, name: str = "proj", reference: Any = None, **sections: Any) -> Path:
+def new_project(
+    base: Path, name: str = "proj", reference: Any = None, target: str = "label", **sections: Any
+) -> Path:
     """A user project made with ``init --data`` on a small CSV (``reference``, by default
     ``small_reference()``) in ``base / name``: git + DVC + embedded stores; ``sections`` go
     into its config (``edit_config``) before the first commit."""
@@ -151,7 +196,7 @@ def new_project(base: Path, name: str = "proj", reference: Any = None, **section
     git_init(root)
     src = base / "reference.csv"
     (small_reference() if reference is None else reference).to_csv(src, index=False)
-    init_project(root, data=src, target="label")
+    init_project(root, data=src, target=target)
     if sections:
         edit_config(root, **sections)
     git_commit_all(root, "init")

@@ -340,3 +340,13 @@ def preimport(*modules: str) -> None:
                 importlib.import_module(name)
 
     threading.Thread(target=run, name="edgeloop-preimport", daemon=True).start()
+
+
+def project_importable(root: Path) -> None:
+    """Put the project root on ``sys.path`` (once), so ``training.fit`` may name a module of
+    the user's checkout: a console script's path holds its own folder, not the working one."""
+    import sys
+
+    entry = str(Path(root).resolve())
+    if entry not in sys.path:
+        sys.path.insert(0, entry)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationError,
@@ -23,6 +22,8 @@ from pydantic import (
 )
 
 from edgeloop.core.errors import ConfigError
+from edgeloop.core.schema import SchemaSettings as SchemaSettings
+from edgeloop.core.schema import _Frozen
 
 CONFIG_FILENAME = "edgeloop.yaml"
 
@@ -33,80 +34,6 @@ ENV_PREFECT_API_URL = "PREFECT_API_URL"
 #: (``runtime.warm_up_prefect``): not a configured service.
 ENV_TEMPORARY_PREFECT_API_URL = "EDGELOOP_TEMPORARY_PREFECT_API_URL"
 ENV_DVC_REMOTE_URL = "EDGELOOP_DVC_REMOTE_URL"
-
-
-class _Frozen(BaseModel):
-    # extra="forbid" turns a typo'd key into an error; strict=True refuses "3" for an int.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class SchemaSettings(_Frozen):
-    """What a batch looks like: the role of each column, the target and its classes.
-
-    Roles (``edgeloop init --data`` infers them and says why; docs/configuration.md):
-    ``features`` feed the model (``categorical`` ones are one-hot encoded, ``high_cardinality``
-    ones frequency-capped); ``id`` is a unique row identifier carried through scoring, edge cases
-    and exports, never a feature; ``time`` is parsed as a datetime, never a category, and used for
-    ordering, a time-based holdout and optional derived features; ``ignore`` columns are kept in
-    the data but used for nothing (constant or all-null columns, or the user's choice).
-    """
-
-    features: Annotated[list[str], Field(min_length=1)]
-    categorical: list[str] = Field(default_factory=list)
-    target: str
-    classes: Annotated[list[int | str], Field(min_length=2)]
-    id: str | None = None
-    time: str | None = None
-    ignore: list[str] = Field(default_factory=list)
-    #: Categorical features with many distinct values: the encoder keeps the most frequent
-    #: ``training.max_categories`` and pools the rest (new values are not quarantined).
-    high_cardinality: list[str] = Field(default_factory=list)
-    #: Features derived from ``time`` (off by default): any of dayofweek, month, hour.
-    time_features: list[Literal["dayofweek", "month", "hour"]] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SchemaSettings:
-        dupes = sorted({c for c in self.features if self.features.count(c) > 1})
-        if dupes:
-            raise ValueError(f"features lists {dupes} more than once")
-        unknown = [c for c in self.categorical if c not in self.features]
-        if unknown:
-            raise ValueError(f"categorical names {unknown}, which are not in features")
-        wide = [c for c in self.high_cardinality if c not in self.categorical]
-        if wide:
-            raise ValueError(f"high_cardinality names {wide}, which are not in categorical")
-        if self.target in self.features:
-            raise ValueError(f"target {self.target!r} is also listed in features")
-        for role in ("id", "time"):
-            column = getattr(self, role)
-            if column is not None and (column in self.features or column == self.target):
-                raise ValueError(f"{role} column {column!r} is also a feature or the target")
-        if self.id is not None and self.id == self.time:
-            raise ValueError(f"column {self.id!r} cannot be both the id and the time column")
-        clash = [c for c in self.ignore if c in (*self.features, self.target, self.id, self.time)]
-        if clash:
-            raise ValueError(f"ignore names {clash}, which have another role")
-        if self.time_features and self.time is None:
-            raise ValueError("time_features need a time column (schema.time)")
-        if len(set(map(str, self.classes))) != len(self.classes):
-            raise ValueError("classes has duplicates")
-        return self
-
-    @property
-    def numeric(self) -> list[str]:
-        """Feature columns that are not categorical."""
-        return [c for c in self.features if c not in self.categorical]
-
-    @property
-    def inputs(self) -> list[str]:
-        """The columns the model reads: the features, and ``time`` when features derive from it."""
-        return [*self.features, *([self.time] if self.time and self.time_features else [])]
-
-    @property
-    def columns(self) -> list[str]:
-        """Every column a batch carries: features, id, time, ignored columns, then the target."""
-        roles = [c for c in (self.id, self.time) if c is not None]
-        return [*self.features, *roles, *self.ignore, self.target]
 
 
 class PathSettings(_Frozen):
@@ -162,6 +89,11 @@ class TrainingSettings(_Frozen):
     """What ``edgeloop retrain`` fits: a scikit-learn estimator by import path, its params."""
 
     estimator: str = "sklearn.ensemble.RandomForestClassifier"
+    #: A custom training function instead of ``estimator``: ``"package.module:function"``,
+    #: importable from the project root, called as ``function(x, y, seed=seed)`` with the
+    #: model's input columns and the target, returning a fitted model with ``predict`` (and
+    #: ``predict_proba`` and ``classes_`` for classification). Empty = ``estimator``/``params``.
+    fit: Annotated[str, Field(pattern=r"^$|^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] = ""
     params: dict[str, int | float | str | bool | None] = Field(
         default_factory=lambda: dict[str, int | float | str | bool | None](
             n_estimators=200, n_jobs=-1
@@ -203,9 +135,13 @@ class GateSettings(_Frozen):
     """ "Good enough": floors, per-slice and per-class recall floors, a lift over a trivial
     baseline, and non-inferiority against the champion."""
 
-    metric: Literal["macro_f1", "accuracy", "weighted_f1", "balanced_accuracy"] = "macro_f1"
+    #: ``r2`` is the regression metric (higher is better, at most 1: the margins below are in
+    #: its units); the others are for classification. MAE and RMSE are reported beside it.
+    metric: Literal["macro_f1", "accuracy", "weighted_f1", "balanced_accuracy", "r2"] = "macro_f1"
     min_accuracy: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     min_macro_f1: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    #: Regression: the floor on R² (judged where ``floors_on`` says); ``null`` = none.
+    min_r2: Annotated[float, Field(le=1.0)] | None = None
     #: Slice name -> minimum ``metric`` on that slice.
     slice_floors: dict[str, float] = Field(default_factory=dict)
     #: A slice floor is only judged on at least this many holdout rows: a metric on a handful
@@ -216,7 +152,12 @@ class GateSettings(_Frozen):
     #: The candidate must beat a trivial baseline (``baseline``, fitted on the same training rows
     #: and scored on the same holdout) by this much on ``metric``; ``null`` = no baseline gate.
     min_lift_over_baseline: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
-    baseline: Literal["most_frequent", "stratified"] = "most_frequent"
+    #: ``most_frequent`` / ``stratified`` for classification, ``mean`` / ``median`` for
+    #: regression, or ``last_value`` (regression with ``schema.time``: each holdout row gets the
+    #: target of the latest training row at or before its time, a persistence forecast).
+    baseline: Literal["most_frequent", "stratified", "mean", "median", "last_value"] = (
+        "most_frequent"
+    )
     #: Class -> minimum recall on the holdout (``init`` writes floors for rare classes).
     class_recall_floors: dict[str, float] = Field(default_factory=dict)
     #: The holdout that non-inferiority (``max_regression``) judges: ``present_weighted``
@@ -277,7 +218,9 @@ class ShadowSettings(_Frozen):
     #: ``accuracy``: the sequential rule (importance-weighted paired difference, confidence
     #: sequence, valid under repeated looks). ``macro_f1``: the fixed-sample bootstrap rule on
     #: the labeled rows (not valid under repeated looks, biased by the edge-case selection).
-    metric: Literal["accuracy", "macro_f1"] = "accuracy"
+    #: ``abs_error`` (regression): the same sequential rule on the paired difference of
+    #: absolute errors, in units of the training target's standard deviation, clipped to [-1, 1].
+    metric: Literal["accuracy", "macro_f1", "abs_error"] = "accuracy"
     #: Promote when the lower bound of the delta is above this (0 = "better with confidence");
     #: keep the champion when the upper bound is below it.
     min_delta_lower_bound: float = 0.0
@@ -303,6 +246,9 @@ class EdgeCaseSettings(_Frozen):
     min_margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
     #: Flag rows where the challenger disagrees with the champion.
     disagreement: bool = True
+    #: Regression: champion and challenger disagree on a row when their predictions differ by
+    #: more than this many standard deviations of the training target.
+    disagreement_tolerance: Annotated[float, Field(gt=0.0)] = 0.5
     #: Failure-trigger rules (YAML, version-controlled), relative to the project root.
     rules_file: str = "expectations/edge_rules.yaml"
     #: Rows per batch sent to annotators (0 = no limit).
@@ -492,6 +438,32 @@ class Settings(_Frozen):
         unknown = sorted(set(self.gates.slice_floors) - set(names))
         if unknown:
             raise ValueError(f"gates.slice_floors names unknown slices {unknown} (known: {names})")
+        return self
+
+    @model_validator(mode="after")
+    def _task_consistent(self) -> Settings:
+        regression = self.data_schema.is_regression
+        task = self.data_schema.task
+        wrong = {
+            "gates.metric": (self.gates.metric == "r2") != regression,
+            "gates.baseline": (self.gates.baseline in ("mean", "median", "last_value"))
+            != regression,
+            "shadow.metric": (self.shadow.metric == "abs_error") != regression,
+        }
+        fix = {
+            "gates.metric": "r2" if regression else "macro_f1",
+            "gates.baseline": "mean" if regression else "most_frequent",
+            "shadow.metric": "abs_error" if regression else "accuracy",
+        }
+        for key, bad in wrong.items():
+            if bad:
+                raise ValueError(f"{key} does not fit schema.task {task!r} (use {fix[key]!r})")
+        if self.gates.baseline == "last_value" and self.data_schema.time is None:
+            raise ValueError("gates.baseline 'last_value' needs a time column (schema.time)")
+        if regression and self.gates.class_recall_floors:
+            raise ValueError("gates.class_recall_floors: a regression target has no classes")
+        if not regression and self.gates.min_r2 is not None:
+            raise ValueError("gates.min_r2 is for regression (schema.task: regression)")
         return self
 
     @property

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop._internal import faults
+from edgeloop._internal import faults, runtime
 from edgeloop._internal.runtime import die_with_parent
 from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import EdgeloopError, TrainingError
@@ -173,6 +173,8 @@ def _fit(request: dict[str, Any]) -> Fitted:
             f" {version[:12]} is in {versioner.pointer}"
         )
     training = settings.training
+    if training.fit:
+        runtime.project_importable(settings.root)
     if request["max_rows"]:
         training = training.model_copy(update={"max_rows": request["max_rows"]})
     schema = settings.data_schema

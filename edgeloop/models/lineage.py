@@ -74,9 +74,16 @@ class Reproduction:
     prediction_agreement: float
     holdout_rows: int
     macro_f1: float | None
+    #: Regression: the reproduced model's holdout R² (``macro_f1`` is then None).
+    r2: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The metrics lineage and status show of a model's training run.
+HEADLINE_METRICS = ("accuracy", "macro_f1", "weighted_f1")
+REGRESSION_METRICS = ("r2", "mae", "rmse")
 
 
 def lineage(settings: Settings, ref: str | None) -> Lineage:
@@ -110,7 +117,7 @@ def lineage(settings: Settings, ref: str | None) -> Lineage:
             "reason": tags.get(keys.TAG_REASON),
             "metrics": {
                 k: run.data.metrics[k]
-                for k in ("accuracy", "macro_f1", "weighted_f1")
+                for k in (*HEADLINE_METRICS, *REGRESSION_METRICS)
                 if k in run.data.metrics
             },
             "alias_history": history,
@@ -170,7 +177,12 @@ def _reproduce_in(
     }
     model = reg.load(version)
     x = tr.features(trained.split.holdout, repro.data_schema)
-    agreement = float(np.mean(model.predict(x) == trained.model.predict(x)))
+    before, now = model.predict(x), trained.model.predict(x)
+    if repro.data_schema.is_regression:  # the same numbers up to float noise
+        same = np.isclose(np.asarray(before, "float64"), np.asarray(now, "float64"), rtol=1e-9)
+    else:
+        same = before == now
+    agreement = float(np.mean(same))
     code_now = code_hash(settings.root)
     return Reproduction(
         **{
@@ -188,6 +200,7 @@ def _reproduce_in(
             "prediction_agreement": agreement,
             "holdout_rows": len(trained.split.holdout),
             "macro_f1": trained.metrics.get("macro_f1"),
+            "r2": trained.metrics.get("r2"),
         }
     )
 
@@ -215,6 +228,8 @@ def models_status(settings: Settings) -> dict[str, Any]:
             "version": aliases[alias],
             "macro_f1": run.data.metrics.get("macro_f1"),
             "accuracy": run.data.metrics.get("accuracy"),
+            # Regression projects: their headline metrics (no accuracy or macro-F1 there).
+            **{k: run.data.metrics[k] for k in REGRESSION_METRICS if k in run.data.metrics},
             "data_version": run.data.tags.get(keys.TAG_DATA_VERSION),
             "alias_since": since,
             "age_hours": round(age.total_seconds() / 3600, 2),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop._internal import faults, runtime
 from edgeloop.core import keys
-from edgeloop.core.config import Settings
+from edgeloop.core.config import SchemaSettings, Settings
 from edgeloop.core.errors import EdgeloopError, TrainingError
 from edgeloop.core.keys import TRAINING_EXPERIMENT
 from edgeloop.models.cache import code_hash
@@ -79,6 +79,8 @@ def train_and_evaluate(
     training = settings.training
     if max_rows:
         training = training.model_copy(update={"max_rows": max_rows})
+    if training.fit:
+        runtime.project_importable(settings.root)
     schema = settings.data_schema
     t0 = time.perf_counter()
     split = tr.split(dataset, schema, training, settings.seeds.split)
@@ -130,7 +132,7 @@ def train_and_evaluate(
             settings.gates.metric,
             seed=settings.seeds.split,
         )
-    holdout |= _holdout_summary(split.holdout, groups, y_true, y_pred, champ_pred)
+    holdout |= _holdout_summary(split.holdout, groups, y_true, y_pred, champ_pred, schema)
     if delta_se is not None:
         holdout["delta_se"] = {g: round(v, 4) for g, v in delta_se.items() if not math.isnan(v)}
     baseline = ev.baseline_metrics(
@@ -141,12 +143,16 @@ def train_and_evaluate(
         list(training.slices),
         settings.gates.baseline,
         settings.seeds.train,
+        train_frame=split.train,
     )
     gates = ev.check_gates(metrics, champ, settings.gates, baseline, delta_se)
     seconds["evaluate_seconds"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    calibration, champion_calibration = _calibrations(
-        model, champion, x_hold, y_true, settings.seeds.split
+    # The label-free estimates calibrate a classifier's confidence; regression has none.
+    calibration, champion_calibration = (
+        (None, None)
+        if schema.is_regression
+        else _calibrations(model, champion, x_hold, y_true, settings.seeds.split)
     )
     seconds["calibration_seconds"] = time.perf_counter() - t3
     return Trained(
@@ -248,31 +254,50 @@ def _row_weights(
 
 
 def _holdout_summary(
-    holdout: pd.DataFrame, groups: Any, y_true: Any, y_pred: Any, champ_pred: Any
+    holdout: pd.DataFrame,
+    groups: Any,
+    y_true: Any,
+    y_pred: Any,
+    champ_pred: Any,
+    schema: SchemaSettings,
 ) -> dict[str, Any]:
-    """The groups' rows and, per batch of the holdout, its rows, share and both accuracies."""
+    """The groups' rows and, per batch of the holdout, its rows, share and both accuracies
+    (regression: both mean absolute errors, ``mae`` / ``champion_mae``)."""
     import numpy as np
+
+    if schema.is_regression:
+        y = np.asarray(y_true, dtype="float64")
+        right = -np.abs(np.asarray(y_pred, dtype="float64") - y)
+        champ_right = (
+            None if champ_pred is None else -np.abs(np.asarray(champ_pred, dtype="float64") - y)
+        )
+        score, champ_score = "mae", "champion_mae"
+    else:
+        right = np.asarray(y_pred) == np.asarray(y_true)
+        champ_right = None if champ_pred is None else np.asarray(champ_pred) == np.asarray(y_true)
+        score, champ_score = "accuracy", "champion_accuracy"
+    sign = -1.0 if schema.is_regression else 1.0
 
     batch = (
         holdout[keys.BATCH_ID].astype("str").to_numpy()
         if keys.BATCH_ID in holdout.columns
         else np.full(len(holdout), keys.REFERENCE_BATCH, dtype=object)
     )
-    right = np.asarray(y_pred) == np.asarray(y_true)
-    champ_right = None if champ_pred is None else np.asarray(champ_pred) == np.asarray(y_true)
     present = groups.weights["present_weighted"]
     batches = []
     for b in dict.fromkeys(batch.tolist()):
         inside = batch == b
-        champ_acc = None if champ_right is None else round(float(champ_right[inside].mean()), 4)
+        champ_acc = (
+            None if champ_right is None else round(sign * float(champ_right[inside].mean()), 4)
+        )
         batches.append(
             {
                 "batch": b,
                 "rows": int(inside.sum()),
                 "present_share": round(float(present[inside].sum()), 4),
                 "recent": b in groups.recent_batches,
-                "accuracy": round(float(right[inside].mean()), 4),
-                "champion_accuracy": champ_acc,
+                score: round(sign * float(right[inside].mean()), 4),
+                champ_score: champ_acc,
             }
         )
     return {
@@ -378,7 +403,8 @@ def log_retrain(
         mlflow.log_metrics({k: v for k, v in trained.metrics.items()})
         mlflow.log_metrics(trained.baseline_metrics)
         champ = trained.champion_metrics or {}
-        grouped = [f"{g}{k}" for g in ("", *ev.GROUP_PREFIXES.values()) for k in ev.SCORES]
+        scores = ev.REGRESSION_SCORES if schema.is_regression else ev.SCORES
+        grouped = [f"{g}{k}" for g in ("", *ev.GROUP_PREFIXES.values()) for k in scores]
         mlflow.log_metrics({f"champion_{k}": champ.get(k, math.nan) for k in grouped})
         mlflow.log_metric(
             "unknown_inclusion_rows", trained.holdout.get("unknown_inclusion_rows", 0)
@@ -389,13 +415,16 @@ def log_retrain(
             mlflow.set_tag(f"{keys.TAG_GATE_PREFIX}{c.name}.detail", c.detail)
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
-            fig = ev.confusion_figure(
-                trained.y_true,
-                trained.y_pred,
-                list(schema.classes),
-                f"holdout, data {data_version[:8]}",
+            title = f"holdout, data {data_version[:8]}"
+            fig = (
+                ev.residual_figure(trained.y_true, trained.y_pred, title)
+                if schema.is_regression
+                else ev.confusion_figure(
+                    trained.y_true, trained.y_pred, list(schema.classes), title
+                )
             )
-            fig.savefig(t / "confusion_matrix.png")
+            name = "residuals.png" if schema.is_regression else "confusion_matrix.png"
+            fig.savefig(t / name)
             import matplotlib.pyplot as plt
 
             plt.close(fig)
@@ -437,7 +466,9 @@ def log_retrain(
         ):
             numeric.append(time_col)
         x_example = x_example.astype({c: "float64" for c in numeric})
-        signature = infer_signature(x_example, trained.model.predict_proba(x_example))
+        predict_fn = "predict" if schema.is_regression else "predict_proba"
+        output = getattr(trained.model, predict_fn)(x_example)
+        signature = infer_signature(x_example, output)
         try:
             info = mlflow.sklearn.log_model(
                 trained.model,
@@ -449,8 +480,9 @@ def log_retrain(
                 serialization_format="skops",
                 # MLflow checks the saved model loads with these: what edgeloop loads it with.
                 skops_trusted_types=_trusted_types(trained.model),
-                # `mlflow models serve` and pyfunc then return class probabilities.
-                pyfunc_predict_fn="predict_proba",
+                # `mlflow models serve` and pyfunc then return class probabilities (values
+                # for regression).
+                pyfunc_predict_fn=predict_fn,
             )
         except MlflowException:
             _refuse_untrusted(training.estimator, trained.model)

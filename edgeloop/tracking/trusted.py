@@ -36,6 +36,7 @@ COMMON: tuple[str, ...] = (
     "sklearn.pipeline.Pipeline",
     "sklearn.compose._column_transformer.ColumnTransformer",
     "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.preprocessing._encoders.OrdinalEncoder",
     "sklearn.impute._base.SimpleImputer",
     "pipelines.train.TimeFeatures",
     "numpy.dtype",
@@ -60,12 +61,20 @@ FAMILIES: tuple[Family, ...] = (
             "sklearn.ensemble._forest.ExtraTreesClassifier",
             "sklearn.tree._classes.DecisionTreeClassifier",
             "sklearn.tree._classes.ExtraTreeClassifier",
+            # Regression forests: the same Tree, holding leaf values instead of class counts.
+            "sklearn.ensemble._forest.RandomForestRegressor",
+            "sklearn.ensemble._forest.ExtraTreesRegressor",
+            "sklearn.tree._classes.DecisionTreeRegressor",
+            "sklearn.tree._classes.ExtraTreeRegressor",
         ),
         (_TREE,),
     ),
     Family(
         "gradient-boosting",
-        ("sklearn.ensemble._gb.GradientBoostingClassifier",),
+        (
+            "sklearn.ensemble._gb.GradientBoostingClassifier",
+            "sklearn.ensemble._gb.GradientBoostingRegressor",
+        ),
         (_TREE,),
     ),
     # skops does not trust TreePredictor by default: its node indices are not bounds-checked,
@@ -75,8 +84,15 @@ FAMILIES: tuple[Family, ...] = (
         "hist-gradient-boosting",
         (
             "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+            "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
         ),
-        ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",),
+        (
+            "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+            # With categorical features the estimator keeps its own encoder, whose numeric
+            # branch is a partial of check_array (skops checks the function by name too).
+            "functools.partial",
+            "sklearn.utils.validation.check_array",
+        ),
     ),
     Family("logistic-regression", ("sklearn.linear_model._logistic.LogisticRegression",), ()),
     Family(
@@ -91,8 +107,18 @@ FAMILIES: tuple[Family, ...] = (
             "sklearn.metrics._dist_metrics.ChebyshevDistance64",
         ),
     ),
-    # Not a scikit-learn type, so not trusted by skops: listed by name for when it is supported.
-    Family("lightgbm", ("lightgbm.sklearn.LGBMClassifier",), ("lightgbm.sklearn.LGBMClassifier",)),
+    # Not scikit-learn types, so not trusted by skops by default: the estimators, their Booster
+    # (state: the model as LightGBM's own text format) and the OrderedDict of its params.
+    Family(
+        "lightgbm",
+        ("lightgbm.sklearn.LGBMClassifier", "lightgbm.sklearn.LGBMRegressor"),
+        (
+            "lightgbm.sklearn.LGBMClassifier",
+            "lightgbm.sklearn.LGBMRegressor",
+            "lightgbm.basic.Booster",
+            "collections.OrderedDict",
+        ),
+    ),
 )
 
 

@@ -47,9 +47,14 @@ def select(
         masks["low_confidence"] = conf < settings.min_confidence
     if settings.min_margin > 0:
         masks["small_margin"] = margin < settings.min_margin
+    # Regression scores carry the model's ``scale`` (pipelines.score): predictions are numbers,
+    # there are no classes to cap, and two models disagree by more than a tolerance.
+    regression = "scale" in scores.columns
     if settings.disagreement and challenger_predicted is not None:
         other = np.asarray(challenger_predicted)
-        if pred.dtype.kind in "iu" and other.dtype.kind in "iu":
+        if regression:
+            masks["disagreement"] = _apart(pred, other, scores["scale"], settings)
+        elif pred.dtype.kind in "iu" and other.dtype.kind in "iu":
             masks["disagreement"] = other != pred
         else:
             masks["disagreement"] = other.astype(str) != pred.astype(str)
@@ -72,7 +77,11 @@ def select(
     budget = settings.budget if limited else total
     # Diversity: no predicted class and no cluster takes more than its share of the budget
     # (no budget: no cap).
-    class_cap = max(1, math.ceil(budget * settings.max_class_share)) if limited else budget
+    class_cap = (
+        max(1, math.ceil(budget * settings.max_class_share))
+        if limited and not regression
+        else budget
+    )
     cluster_cap = (
         max(1, math.ceil(budget * settings.max_cluster_share)) if limited and clustering else budget
     )
@@ -132,6 +141,19 @@ def select(
     if challenger_predicted is not None:
         columns["challenger_predicted"] = np.asarray(challenger_predicted)[chosen]
     return pd.DataFrame(columns)  # in one go: adding columns one by one costs ~0.5 ms each
+
+
+def _apart(
+    pred: np.ndarray, other: np.ndarray, scale: pd.Series, settings: EdgeCaseSettings
+) -> np.ndarray:
+    """Regression disagreement: predictions more than ``disagreement_tolerance`` scales apart
+    (the scale of the batch's predictions when the model recorded none)."""
+    unit = float(scale.iloc[0]) if len(scale) else math.nan
+    if not math.isfinite(unit) or unit <= 0:
+        unit = float(np.nanstd(pred.astype("float64")))
+    gap = np.abs(other.astype("float64") - pred.astype("float64"))
+    apart: np.ndarray = gap > settings.disagreement_tolerance * unit
+    return apart
 
 
 def _candidates(masks: dict[str, np.ndarray], margin: np.ndarray) -> _Order:
