@@ -126,13 +126,34 @@ def dataset_version(settings: Settings) -> str:
     return version
 
 
-def code_hash(root: Path) -> str:
-    """Hash of the training code: a change to it invalidates the cache."""
+def code_hash(root: Path, fit: str = "") -> str:
+    """Hash of the training code: a change to it invalidates the cache. With ``fit`` (the
+    ``training.fit`` of the config), the source file of the user's module is part of it."""
     h = hashlib.sha256()
     base = Path(__file__).resolve().parents[2]
     for rel in TRAINING_CODE:
         h.update((base / rel).read_bytes())
+    if fit:
+        h.update(_module_source(root, fit.partition(":")[0]))
     return h.hexdigest()[:16]
+
+
+def _module_source(root: Path, module: str) -> bytes:
+    """The bytes of ``module``'s file (under ``root`` or installed); its name when not found
+    (the retrain then fails on the import, naming the key)."""
+    import importlib.util
+
+    from edgeloop._internal import runtime
+
+    runtime.project_importable(root)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    origin = spec.origin if spec is not None else None
+    if origin and Path(origin).is_file():
+        return Path(origin).read_bytes()
+    return module.encode()
 
 
 def training_config(settings: Settings) -> dict[str, Any]:
@@ -148,7 +169,7 @@ def cache_key(settings: Settings, data_version: str, max_rows: int) -> str:
         {
             "data": data_version,
             "config": training_config(settings),
-            "code": code_hash(settings.root),
+            "code": code_hash(settings.root, settings.training.fit),
             "max_rows": max_rows,
         },
         sort_keys=True,

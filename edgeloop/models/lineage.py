@@ -183,7 +183,7 @@ def _reproduce_in(
     else:
         same = before == now
     agreement = float(np.mean(same))
-    code_now = code_hash(settings.root)
+    code_now = code_hash(settings.root, settings.training.fit)
     return Reproduction(
         **{
             "model": reg.name,

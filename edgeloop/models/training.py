@@ -369,7 +369,7 @@ def log_retrain(
                 keys.TAG_FLOW_RUN_ID: flow_run_id,
                 keys.TAG_FLOW_RUN_URL: flow_run_url,
                 keys.TAG_CONFIG_HASH: settings.config_hash(),
-                keys.TAG_CODE_HASH: code_hash(settings.root),
+                keys.TAG_CODE_HASH: code_hash(settings.root, settings.training.fit),
                 keys.TAG_SEED_SPLIT: str(settings.seeds.split),
                 keys.TAG_SEED_TRAIN: str(settings.seeds.train),
             }

@@ -55,9 +55,11 @@ class Answered(NamedTuple):
     ts: float
     version: str
     latency_ms: float
+    #: Empty for a regressor (a classifier always has two classes or more).
     classes: tuple[Any, ...]
     class_keys: tuple[str, ...]
-    #: The champion's probabilities, float64, row-major (n x len(classes)).
+    #: The champion's output, float64, row-major: probabilities (n x len(classes)), or for a
+    #: regressor (no classes) its value and its members' spread (n x 2, NaN without members).
     proba: bytes
     n: int
     #: How the rows sit in ``body``: 0 a list, 1 ``{"rows": [...]}``, 2 one row object.

@@ -20,14 +20,18 @@ from mlflow.models import Model
 from mlflow.utils.file_utils import local_file_uri_to_path
 
 from edgeloop.core.config import Settings
+from edgeloop.core.errors import RegistryError
 from edgeloop.serving.predictors import (
     Predictor,
     fast_predictor,
     generic_predictor,
+    has_members,
+    is_regression_model,
     sample_columns,
 )
 from edgeloop.serving.schema import InputSchema
 from edgeloop.tracking import trusted
+from pipelines.score import target_scale
 
 log = logging.getLogger("edgeloop.service")
 
@@ -41,20 +45,32 @@ class LoadedModel:
     uri: str
     model: Any
     schema: InputSchema
+    #: Empty for a regressor.
     classes: tuple[Any, ...]
     class_keys: tuple[str, ...]
-    predict_proba: Predictor
+    #: Classification: rows x classes probabilities; regression: rows x (value, spread).
+    predict: Predictor
     fast_path: bool
     loaded_at: float
+    regression: bool = False
+    #: A regressor with ensemble members: its answers carry their spread and a confidence.
+    members: bool = False
+    #: A regressor's training-target standard deviation (NaN if the model carries none).
+    scale: float = float("nan")
 
     def info(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "version": self.version,
             "uri": self.uri,
+            "task": "regression" if self.regression else "classification",
             "fast_path": self.fast_path,
             "schema": self.schema.source,
             "loaded_at": self.loaded_at,
         }
+        if self.regression:
+            out["members"] = self.members
+            out["target_scale"] = self.scale if self.scale == self.scale else None
+        return out
 
 
 def prepare_model(
@@ -79,8 +95,11 @@ def prepare_model(
         try:
             expected = generic(sample)
             # Batches and single rows may take different routes: check both.
-            same = np.array_equal(candidate(sample), expected) and all(
-                np.array_equal(candidate([c[i : i + 1] for c in sample]), expected[i : i + 1])
+            # NaN equals NaN here: a regressor without members has no spread on either path.
+            same = np.array_equal(candidate(sample), expected, equal_nan=True) and all(
+                np.array_equal(
+                    candidate([c[i : i + 1] for c in sample]), expected[i : i + 1], equal_nan=True
+                )
                 for i in range(len(sample[0]))
             )
         except Exception:
@@ -93,6 +112,7 @@ def prepare_model(
                 "fast path for %s v%s disagrees with the pipeline: not used", alias, version
             )
     values = tuple(c.item() if hasattr(c, "item") else c for c in classes)
+    regression = is_regression_model(model)
     return LoadedModel(
         alias=alias,
         version=str(version),
@@ -101,9 +121,12 @@ def prepare_model(
         schema=schema,
         classes=values,
         class_keys=tuple(str(c) for c in values),
-        predict_proba=predict,
+        predict=predict,
         fast_path=fast,
         loaded_at=time.time(),
+        regression=regression,
+        members=regression and has_members(model),
+        scale=target_scale(model) if regression else float("nan"),
     )
 
 
@@ -127,7 +150,14 @@ def load_version(settings: Settings, client: Any, alias: str, version: str) -> L
     row_id = settings.data_schema.id
     if row_id is not None and row_id not in schema.columns:
         schema = replace(schema, passthrough=frozenset({row_id}))
-    classes = getattr(model, "classes_", None)
+    regression = is_regression_model(model)
+    if regression != settings.data_schema.is_regression:
+        # A classifier's classes answered as values (or the reverse) would be wrong answers.
+        raise RegistryError(
+            f"model v{version} is a {'regressor' if regression else 'classifier'} but"
+            f" schema.task is {settings.data_schema.task!r}: it was not loaded"
+        )
+    classes = [] if regression else getattr(model, "classes_", None)
     if classes is None:
         classes = settings.data_schema.classes
     return prepare_model(

@@ -1,8 +1,15 @@
-"""Ways to score a model: its own ``predict_proba`` on a DataFrame, or a fast path.
+"""Ways to score a model: its own ``predict_proba`` (``predict`` for a regressor) on a
+DataFrame, or a fast path.
 
 ``fast_predictor`` implements the pipeline edgeloop trains (one-hot encoder + passthrough in a
 ColumnTransformer, then a forest) directly: no pandas, no scikit-learn validation per call.
 It must be checked against the pipeline before use (``loading.prepare_model`` does).
+
+A regressor's predictor answers two columns per row: the predicted value and the spread of the
+ensemble's members (their standard deviation, as ``pipelines.score.predict_with_spread``
+defines it; NaN for a model without members). For a random forest or extra trees both come
+from one pass over the trees, summed tree by tree in order as the forest's own ``predict``
+does, so the value is bit-equal to it.
 
 Imported only once a model is loaded (scikit-learn and pandas cost seconds to import).
 """
@@ -16,15 +23,60 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import sklearn
+from sklearn.base import is_regressor
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.ensemble import (
+    BaggingRegressor,
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder
+from sklearn.utils import check_array
 
 from edgeloop.serving.schema import InputSchema
+from pipelines.score import predict_with_spread
 
 Predictor = Callable[[list[list[Any]]], np.ndarray]
-"""Columns (as ``InputSchema.coerce`` returns them) -> class probabilities, one row each."""
+"""Columns (as ``InputSchema.coerce`` returns them) -> class probabilities, one row each; for a
+regressor, rows x 2: the predicted value and the members' spread (NaN without members)."""
+
+_FORESTS = (RandomForestRegressor, ExtraTreesRegressor)
+
+
+def final_estimator(model: Any) -> Any:
+    """The estimator at the end of a pipeline (or the model itself)."""
+    return model.steps[-1][1] if isinstance(model, Pipeline) else model
+
+
+def is_regression_model(model: Any) -> bool:
+    """A regressor: scikit-learn says so, or it predicts without class probabilities (a
+    custom training function's model, LightGBM's regressor)."""
+    return bool(is_regressor(model)) or not hasattr(model, "predict_proba")
+
+
+def has_members(model: Any) -> bool:
+    """Whether a regressor is an ensemble whose members' spread is known (the models
+    ``pipelines.score.predict_with_spread`` measures)."""
+    return isinstance(final_estimator(model), (*_FORESTS, BaggingRegressor))
+
+
+def _value_and_spread(each: list[np.ndarray]) -> np.ndarray:
+    """Members' predictions -> rows x (mean, population std), summed member by member in
+    order: the forest's own ``predict`` adds its trees one after another, numpy's ``mean``
+    over one row would add them pairwise (a different last bit)."""
+    n = len(each)
+    acc = np.zeros(len(each[0]), dtype=np.float64)
+    for v in each:
+        acc += v
+    mean = acc / n
+    sq = np.zeros_like(mean)
+    for v in each:
+        d = v - mean
+        sq += d * d
+    return np.column_stack([mean, np.sqrt(sq / n)])
 
 
 def _frame(schema: InputSchema, cols: list[list[Any]]) -> Any:
@@ -45,14 +97,47 @@ def _frame(schema: InputSchema, cols: list[list[Any]]) -> Any:
 
 
 def generic_predictor(model: Any, schema: InputSchema) -> Predictor:
-    """The model's own ``predict_proba`` on a DataFrame."""
+    """The model's own ``predict_proba`` on a DataFrame (a regressor: module docstring)."""
     # Inputs of an all-required schema are finite (JSON has no NaN/Infinity and nulls are
     # refused), so scikit-learn's per-call finiteness scan is wasted work for them.
     assume_finite = schema.all_required
+    if is_regression_model(model):
+        return _generic_regression(model, schema, assume_finite)
 
     def predict(cols: list[list[Any]]) -> Any:
         with sklearn.config_context(assume_finite=assume_finite):
             return model.predict_proba(_frame(schema, cols))
+
+    return predict
+
+
+def _generic_regression(model: Any, schema: InputSchema, assume_finite: bool) -> Predictor:
+    est = final_estimator(model)
+    if isinstance(est, _FORESTS) and est.n_outputs_ == 1:
+        pre = model[:-1] if isinstance(model, Pipeline) else None
+
+        def forest(cols: list[list[Any]]) -> Any:
+            with sklearn.config_context(assume_finite=assume_finite):
+                x = _frame(schema, cols)
+                xt = pre.transform(x) if pre is not None else x
+                # What the forest's predict does to its input before asking each tree.
+                x32 = check_array(
+                    xt, dtype=np.float32, accept_sparse="csr", ensure_all_finite=False
+                )
+                each = [t.predict(x32, check_input=False) for t in est.estimators_]
+            return _value_and_spread(each)
+
+        return forest
+    members = has_members(model)
+
+    def predict(cols: list[list[Any]]) -> Any:
+        with sklearn.config_context(assume_finite=assume_finite):
+            x = _frame(schema, cols)
+            value = np.asarray(model.predict(x), dtype=np.float64).reshape(-1)
+            # Another ensemble (bagging): its own predict for the value, the members' spread
+            # as batch scoring measures it.
+            spread = predict_with_spread(model, x)[1] if members else np.full(len(value), np.nan)
+        return np.column_stack([value, spread])
 
     return predict
 
@@ -82,9 +167,10 @@ def fast_predictor(model: Any, schema: InputSchema) -> Predictor | None:
     """A direct implementation of the pipeline edgeloop trains, or None if it is another kind.
 
     Handles ``Pipeline([ColumnTransformer(OneHotEncoder(handle_unknown="ignore") on some
-    columns, passthrough of numeric ones), classifier])`` with dense output; a random forest or
-    extra-trees classifier is summed tree by tree (what it does itself, minus joblib and
-    validation per call). The caller must check it against the pipeline before using it.
+    columns, passthrough of numeric ones), estimator])`` with dense output; a random forest or
+    extra-trees classifier or regressor is summed tree by tree (what it does itself, minus
+    joblib and validation per call; a regressor's members' spread beside). The caller must check
+    it against the pipeline before using it.
     """
     if not schema.all_required or not isinstance(model, Pipeline) or len(model.steps) != 2:
         return None
@@ -140,6 +226,9 @@ def fast_predictor(model: Any, schema: InputSchema) -> Predictor | None:
         width = max(width, out.stop)
     if width != getattr(est, "n_features_in_", -1) or hasattr(est, "feature_names_in_"):
         return None
+    regression = is_regression_model(model)
+    if regression and has_members(model) and not isinstance(est, _FORESTS):
+        return None  # bagging: its members see column subsets; the generic path handles it
 
     def features(cols: list[list[Any]]) -> Any:
         n = len(cols[0])
@@ -157,6 +246,34 @@ def fast_predictor(model: Any, schema: InputSchema) -> Predictor | None:
                 x[hit, offset + arr[hit]] = 1.0
         return x
 
+    zeros = [0.0] * width
+
+    def row_vector(cols: list[list[Any]]) -> list[float]:
+        """One row's feature vector, as Python floats (for the tree walks below)."""
+        x = list(zeros)
+        if numeric:
+            # float32, as sklearn rounds its input; overflow becomes inf there too.
+            with np.errstate(over="ignore"):
+                values = np.array([cols[p][0] for p, _ in numeric], dtype=np.float32).tolist()
+            for (_, j), v in zip(numeric, values, strict=True):
+                x[j] = v
+        for p, offset, mapping in onehot:
+            k = mapping.get(cols[p][0], -1)
+            if k >= 0:
+                x[offset + k] = 1.0
+        return x
+
+    if regression:
+        if isinstance(est, _FORESTS) and est.n_outputs_ == 1:
+            return _forest_regression(est, features, row_vector)
+
+        def predict_value(cols: list[list[Any]]) -> Any:
+            with sklearn.config_context(assume_finite=True):
+                value = np.asarray(est.predict(features(cols)), dtype=np.float64).reshape(-1)
+            return np.column_stack([value, np.full(len(value), np.nan)])
+
+        return predict_value
+
     if isinstance(est, RandomForestClassifier | ExtraTreesClassifier) and est.n_outputs_ == 1:
         # What each tree's predict_proba does (leaf index -> stored class fractions), with the
         # per-tree table sliced once here instead of on every call.
@@ -168,30 +285,10 @@ def fast_predictor(model: Any, schema: InputSchema) -> Predictor | None:
         n_trees = len(trees)
         # One row (the common request): walking the trees in Python beats 2 x n_trees numpy
         # calls. Same float32 inputs, same comparisons, same summation order as sklearn.
-        walks = [
-            (
-                t.tree_.children_left.tolist(),
-                t.tree_.children_right.tolist(),
-                t.tree_.feature.tolist(),
-                t.tree_.threshold.tolist(),
-                table.tolist(),
-            )
-            for t, (_, table) in zip(est.estimators_, trees, strict=True)
-        ]
-        zeros = [0.0] * width
+        walks = _walks(est, [table for _, table in trees])
 
         def predict_one(cols: list[list[Any]]) -> Any:
-            x = list(zeros)
-            if numeric:
-                # float32, as sklearn rounds its input; overflow becomes inf there too.
-                with np.errstate(over="ignore"):
-                    values = np.array([cols[p][0] for p, _ in numeric], dtype=np.float32).tolist()
-                for (_, j), v in zip(numeric, values, strict=True):
-                    x[j] = v
-            for p, offset, mapping in onehot:
-                k = mapping.get(cols[p][0], -1)
-                if k >= 0:
-                    x[offset + k] = 1.0
+            x = row_vector(cols)
             acc = [0.0] * n_classes
             for left, right, feature, threshold, leaf_values in walks:
                 node = 0
@@ -220,6 +317,62 @@ def fast_predictor(model: Any, schema: InputSchema) -> Predictor | None:
             return est.predict_proba(features(cols))
 
     return predict_est
+
+
+def _walks(est: Any, tables: list[np.ndarray]) -> list[tuple[list[Any], ...]]:
+    """Each tree's arrays as Python lists, with its leaf table (single-row walks)."""
+    return [
+        (
+            t.tree_.children_left.tolist(),
+            t.tree_.children_right.tolist(),
+            t.tree_.feature.tolist(),
+            t.tree_.threshold.tolist(),
+            table.tolist(),
+        )
+        for t, table in zip(est.estimators_, tables, strict=True)
+    ]
+
+
+def _forest_regression(
+    est: Any, features: Callable[[list[list[Any]]], Any], row_vector: Callable[..., list[float]]
+) -> Predictor:
+    """A regression forest tree by tree: each tree's leaf value, their mean (the forest's
+    predict) and their spread, with the same sums in the same order as ``_value_and_spread``."""
+    # A regression tree's value table is nodes x outputs x 1: the leaf's mean target.
+    tables = [np.ascontiguousarray(t.tree_.value[:, 0, 0]) for t in est.estimators_]
+    applies = [t.tree_.apply for t in est.estimators_]
+    walks = _walks(est, tables)
+    n_trees = len(tables)
+
+    def predict_one(cols: list[list[Any]]) -> Any:
+        x = row_vector(cols)
+        each = []
+        for left, right, feature, threshold, leaf_values in walks:
+            node = 0
+            child = left[0]
+            while child != -1:
+                node = child if x[feature[node]] <= threshold[node] else right[node]
+                child = left[node]
+            each.append(leaf_values[node])
+        acc = 0.0
+        for v in each:
+            acc += v
+        mean = acc / n_trees
+        sq = 0.0
+        for v in each:
+            d = v - mean
+            sq += d * d
+        return np.array([[mean, math.sqrt(sq / n_trees)]])
+
+    def predict(cols: list[list[Any]]) -> Any:
+        if len(cols[0]) == 1:
+            return predict_one(cols)
+        x32 = np.ascontiguousarray(features(cols), dtype=np.float32)
+        return _value_and_spread(
+            [table[apply(x32)] for apply, table in zip(applies, tables, strict=True)]
+        )
+
+    return predict
 
 
 def sample_columns(schema: InputSchema, model: Any, n: int = 48) -> list[list[Any]]:

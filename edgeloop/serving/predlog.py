@@ -2,7 +2,8 @@
 
 One SQLite file (``serving.log_path``, WAL mode). One record per scored row: when, which
 request, a hash of the row, which model (alias and version) said what, with which
-probabilities, and how long the model took. Shadow evaluation pairs the champion's and the
+probabilities (a regressor: the predicted value, a float, and its members' ``spread``), and how
+long the model took. Shadow evaluation pairs the champion's and the
 challenger's records of the same row by ``row_hash``.
 
 The request path never touches the disk: the service runs the log in its worker process
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 COLUMNS = (
     "ts",
     "request_id",
@@ -47,10 +48,12 @@ COLUMNS = (
     "probabilities",
     "latency_ms",
     "row_key",
+    "spread",
 )
 
-# `predicted` has no declared type on purpose: SQLite then keeps an integer class an integer and
-# a string class a string, so the read API returns classes in their own type.
+# `predicted` has no declared type on purpose: SQLite then keeps an integer class an integer, a
+# string class a string and a regressor's value a REAL, so the read API returns each in its own
+# type. `spread` (schema version 3) is a regressor's members' spread, NULL otherwise.
 _DDL = """
 CREATE TABLE IF NOT EXISTS predictions (
     id INTEGER PRIMARY KEY,
@@ -63,7 +66,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     predicted,
     probabilities TEXT NOT NULL,
     latency_ms REAL NOT NULL,
-    row_key TEXT
+    row_key TEXT,
+    spread REAL
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 """
@@ -137,16 +141,38 @@ class Entry:
     alias: str
     version: str
     batch: RowBatch
-    #: Predicted class per row (Python values).
+    #: Predicted class per row (Python values); a regressor's value (float).
     predicted: Sequence[Any]
-    #: Probability rows, aligned with ``class_keys``.
+    #: Probability rows, aligned with ``class_keys`` (a regressor: empty, no classes).
     probabilities: Sequence[Sequence[float]]
     class_keys: Sequence[str]
     latency_ms: float
+    #: A regressor's members' spread per row (NaN without members); None for a classifier.
+    spread: Sequence[float] | None = None
 
     def records(self, key_field: str | None = None) -> list[tuple[Any, ...]]:
-        keys = self.class_keys
         rows = self.batch.rows
+        if self.spread is not None:
+            # NaN is no number to SQLite: stored as NULL (a model without members).
+            return [
+                (
+                    self.ts,
+                    self.request_id,
+                    i,
+                    h,
+                    self.alias,
+                    self.version,
+                    float(value),
+                    "{}",
+                    self.latency_ms,
+                    _row_key(rows[i], key_field),
+                    None if s != s else float(s),
+                )
+                for i, (h, value, s) in enumerate(
+                    zip(self.batch.hashes(), self.predicted, self.spread, strict=True)
+                )
+            ]
+        keys = self.class_keys
         return [
             (
                 self.ts,
@@ -159,6 +185,7 @@ class Entry:
                 orjson.dumps(dict(zip(keys, p, strict=True))).decode(),
                 self.latency_ms,
                 _row_key(rows[i], key_field),
+                None,
             )
             for i, (h, cls, p) in enumerate(
                 zip(self.batch.hashes(), self.predicted, self.probabilities, strict=True)
@@ -181,10 +208,13 @@ def connect(path: Path) -> sqlite3.Connection:
     # NORMAL in WAL mode: a power cut may lose the last commits, never corrupt the file.
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(_DDL)
-    # A log written before the row_key column (schema version 1) gets it, empty for old rows.
+    # A log written before the row_key column (schema version 1) or the spread column
+    # (version 2) gets it, empty for old rows.
     have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
     if "row_key" not in have:
         conn.execute("ALTER TABLE predictions ADD COLUMN row_key TEXT")
+    if "spread" not in have:
+        conn.execute("ALTER TABLE predictions ADD COLUMN spread REAL")
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
     conn.commit()
     return conn
@@ -343,9 +373,10 @@ def read_predictions(
     """The log as a DataFrame, oldest first; ``since`` (inclusive) and ``alias`` filter it.
 
     Columns: ``ts`` (UTC timestamps), ``request_id``, ``row`` (position in the request),
-    ``row_hash``, ``alias``, ``version``, ``predicted`` (the class), ``probabilities``
-    (dict class -> p), ``latency_ms``, ``row_key`` (the row's ``schema.id`` value, as text, if
-    the request carried it). A missing file reads as an empty frame; a reader opens it
+    ``row_hash``, ``alias``, ``version``, ``predicted`` (the class; a regressor's value, float),
+    ``probabilities`` (dict class -> p; empty for a regressor), ``latency_ms``, ``row_key`` (the
+    row's ``schema.id`` value, as text, if the request carried it), ``spread`` (a regressor's
+    members' spread, float; NaN for a classifier or a model without members). A missing file reads as an empty frame; a reader opens it
     read-only, so it never creates or locks the writer's file.
     """
     import pandas as pd  # lazy: 0.6 s to import; the worker process writes the log without it
@@ -364,7 +395,7 @@ def read_predictions(
         where.append("alias = ?")
         params.append(alias)
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
-    # A log from before the row_key column reads with it empty.
+    # A log from before the row_key or spread column reads with it empty.
     have = {r[1] for r in conn.execute("PRAGMA table_info(predictions)")}
     picked = [c if c in have else f"NULL AS {c}" for c in COLUMNS]
     sql = f"SELECT {', '.join(picked)} FROM predictions"
@@ -378,4 +409,5 @@ def read_predictions(
     df = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
     df["ts"] = pd.to_datetime(df["ts"].astype("float64"), unit="s", utc=True)
     df["probabilities"] = [orjson.loads(p) for p in df["probabilities"]]
+    df["spread"] = df["spread"].astype("float64")
     return df

@@ -25,6 +25,11 @@ builds the model's feature matrix directly (``predictors.fast_predictor``). That
 checked against the pipeline's own ``predict_proba`` on sample rows when a model is loaded and
 used only if they agree exactly; any other pipeline runs through scikit-learn as is.
 
+Regression (``schema.task: regression``, a regressor as champion): each row is answered with
+its predicted ``value`` and, for an ensemble with members (random forest, extra trees, bagging),
+their ``spread`` and the ``confidence`` derived from it (``pipelines.score``); never classes.
+A model of the other task than the config's is not loaded (the reason is in ``/readyz``).
+
 Nothing here runs on import; MLflow, scikit-learn and pandas are imported when the app starts.
 """
 
@@ -68,7 +73,8 @@ class Service:
         self.settings = settings
         self.cfg = settings.serving
         self.stall_seconds = stall_seconds
-        self.metrics = Metrics()
+        schema = settings.data_schema
+        self.metrics = Metrics(regression=schema.is_regression, value_range=schema.target_range)
         self.champion: LoadedModel | None = None
         self.challenger: LoadedModel | None = None
         self.reasons: dict[str, str] = {
@@ -249,7 +255,7 @@ class Service:
         except InputError as exc:
             return exc.status, error_body(exc.message, exc.field, exc.row), "", None
         try:
-            proba = model.predict_proba(cols)
+            proba = model.predict(cols)
         except Exception as exc:
             self.metrics.errors.labels(CHAMPION, model.version).inc()
             log.exception("champion v%s failed", model.version)
@@ -259,18 +265,20 @@ class Service:
                 "",
                 None,
             )
-        idx = proba.argmax(axis=1).tolist()
-        plist = proba.tolist()
         classes, keys = model.classes, model.class_keys
         request_id = uuid.uuid4().hex
         out = orjson.dumps(
             {
                 "request_id": request_id,
                 "model": {"alias": CHAMPION, "version": model.version},
-                "predictions": [
-                    {"class": classes[j], "probabilities": dict(zip(keys, p, strict=True))}
-                    for j, p in zip(idx, plist, strict=True)
-                ],
+                "predictions": (
+                    _values(model, proba, self.metrics)
+                    if model.regression
+                    else [
+                        {"class": classes[j], "probabilities": dict(zip(keys, p, strict=True))}
+                        for j, p in zip(proba.argmax(axis=1).tolist(), proba.tolist(), strict=True)
+                    ]
+                ),
             }
         )
         latency_ms = (time.perf_counter() - t0) * 1000.0
@@ -318,6 +326,26 @@ class Service:
         if self.link is not None:
             body["worker"] = self.link.info()
         return (200 if champ is not None else 503), body
+
+
+def _values(model: LoadedModel, out: Any, metrics: Metrics) -> list[dict[str, Any]]:
+    """A regressor's answers: the value per row, with the members' spread and the confidence
+    (``pipelines.score``'s definition; null when the model has no target scale) when the model
+    is an ensemble."""
+    from pipelines.score import regression_confidence  # lazy: numpy, pandas (see start)
+
+    values = out[:, 0]
+    if metrics.values is not None:
+        metrics.values.observe(values)
+    if not model.members:
+        return [{"value": v} for v in values.tolist()]
+    spread = out[:, 1]
+    confidence = regression_confidence(spread, model.scale)
+    # orjson writes NaN as null.
+    return [
+        {"value": v, "spread": s, "confidence": c}
+        for v, s, c in zip(values.tolist(), spread.tolist(), confidence.tolist(), strict=True)
+    ]
 
 
 def error_body(message: str, field: str | None = None, row: int | None = None) -> bytes:

@@ -64,7 +64,8 @@ class ShadowItem:
     request_id: str
     ts: float
     batch: RowBatch
-    champion_keys: list[str]
+    #: The champion's answer per row: its class key, or a regressor's value (float).
+    champion: list[Any]
 
 
 class _Shadow:
@@ -248,7 +249,7 @@ class _Worker:
         )
         t0 = time.perf_counter()
         try:
-            proba = model.predict_proba(cols)
+            proba = model.predict(cols)
         except Exception as exc:
             self.count(("error", model.version), len(usable))
             if model.version not in self._error_logged:
@@ -256,6 +257,9 @@ class _Worker:
                 log.warning("challenger v%s failed to score: %r", model.version, exc)
             return
         latency_ms = (time.perf_counter() - t0) * 1000.0
+        if model.regression:
+            self._log_values(model, usable, proba, latency_ms)
+            return
         idx = proba.argmax(axis=1).tolist()
         plist = proba.tolist()
         keys = model.class_keys
@@ -263,7 +267,7 @@ class _Worker:
         for item, _ in usable:
             n = len(item.batch)
             mine = idx[start : start + n]
-            agree += sum(keys[j] == k for j, k in zip(mine, item.champion_keys, strict=True))
+            agree += sum(keys[j] == k for j, k in zip(mine, item.champion, strict=True))
             self.predlog.submit(
                 Entry(
                     ts=item.ts,
@@ -282,14 +286,60 @@ class _Worker:
         self.count(("agree",), agree)
         self.count(("disagree",), start - agree)
 
+    def _log_values(
+        self,
+        model: LoadedModel,
+        usable: list[tuple[ShadowItem, list[list[Any]]]],
+        out: np.ndarray,
+        latency_ms: float,
+    ) -> None:
+        """A regression challenger's values in the log; agreement within the tolerance."""
+        values, spread = out[:, 0].tolist(), out[:, 1].tolist()
+        # The edge cases' rule: the two disagree beyond tolerance x the training target's std
+        # (the challenger's own; unknown without one: rows then count as neither).
+        tolerance = self.settings.edge_cases.disagreement_tolerance * model.scale
+        judged = tolerance == tolerance
+        start = agree = 0
+        for item, _ in usable:
+            n = len(item.batch)
+            mine = values[start : start + n]
+            if judged:
+                agree += sum(
+                    abs(a - b) <= tolerance for a, b in zip(mine, item.champion, strict=True)
+                )
+            self.predlog.submit(
+                Entry(
+                    ts=item.ts,
+                    request_id=item.request_id,
+                    alias=CHALLENGER,
+                    version=model.version,
+                    batch=item.batch,
+                    predicted=mine,
+                    probabilities=(),
+                    class_keys=(),
+                    latency_ms=latency_ms,
+                    spread=spread[start : start + n],
+                )
+            )
+            start += n
+        self.count(("rows",), start)
+        if judged:
+            self.count(("agree",), agree)
+            self.count(("disagree",), start - agree)
+
     # ------------------------------------------------------------------ the channel
     def answered(self, a: Answered, keep_log: bool, shadow: str | None) -> None:
         try:
             data = orjson.loads(a.body)
             rows = data if a.shape == 0 else data["rows"] if a.shape == 1 else [data]
             batch = RowBatch(rows)
-            proba = np.frombuffer(a.proba, dtype=np.float64).reshape(a.n, len(a.classes))
-            idx = proba.argmax(axis=1).tolist()
+            regression = not a.classes
+            # A regressor's output is its value and its spread (ipc.Answered).
+            proba = np.frombuffer(a.proba, dtype=np.float64).reshape(a.n, len(a.classes) or 2)
+            if regression:
+                values, spread = proba[:, 0].tolist(), proba[:, 1].tolist()
+            else:
+                idx = proba.argmax(axis=1).tolist()
         except Exception:  # cannot happen for a body the service accepted; never fatal
             log.exception("worker: unreadable request %s", a.request_id)
             if keep_log:
@@ -308,6 +358,19 @@ class _Worker:
                     CHAMPION,
                     a.version,
                     batch,
+                    values,
+                    (),
+                    (),
+                    a.latency_ms,
+                    spread,
+                )
+                if regression
+                else Entry(
+                    a.ts,
+                    a.request_id,
+                    CHAMPION,
+                    a.version,
+                    batch,
                     [a.classes[j] for j in idx],
                     proba.tolist(),
                     a.class_keys,
@@ -317,7 +380,8 @@ class _Worker:
         if shadow is not None:
             self.want(shadow)
             keys = a.class_keys
-            self.queue.put(ShadowItem(a.request_id, a.ts, batch, [keys[j] for j in idx]))
+            champion = values if regression else [keys[j] for j in idx]
+            self.queue.put(ShadowItem(a.request_id, a.ts, batch, champion))
 
     def run(self, challenger: str | None) -> None:
         self.predlog.start()

@@ -120,3 +120,14 @@ def test_a_custom_training_function_project_runs_the_loop(tmp_path: Path) -> Non
 
     model = Registry(load_settings(root / "edgeloop.yaml")).load("champion")
     assert type(model[-1]).__name__ == "LogisticRegression"
+
+
+def test_the_training_functions_source_is_part_of_the_code_hash(tmp_path: Path) -> None:
+    from edgeloop.models.cache import code_hash
+
+    module = tmp_path / "hashed_team_model.py"
+    module.write_text(CUSTOM, encoding="utf-8")
+    plain, first = code_hash(tmp_path), code_hash(tmp_path, "hashed_team_model:fit")
+    assert first != plain
+    module.write_text(CUSTOM.replace("max_iter=500", "max_iter=800"), encoding="utf-8")
+    assert code_hash(tmp_path, "hashed_team_model:fit") not in (first, plain)

@@ -68,7 +68,9 @@ def test_score_frame_gives_prediction_spread_and_a_bounded_confidence() -> None:
         "row_id", "listing_id", "batch_id", "predicted", "confidence", "margin", "spread", "scale",
     ]  # fmt: skip
     # The members' mean is the forest's own prediction.
-    np.testing.assert_allclose(out["predicted"], model.predict(batch[SCHEMA.inputs]), rtol=1e-9)
+    np.testing.assert_array_equal(out["predicted"], model.predict(batch[SCHEMA.inputs]))
+    one = score_frame(model, batch.head(1), SCHEMA)  # one row: the same bits too
+    assert one["predicted"].iloc[0] == model.predict(batch.head(1)[SCHEMA.inputs])[0]
     assert (out["spread"] > 0).all()
     assert out["confidence"].between(0, 1).all()
     # A row far outside the training data spreads the members more than a typical one.
