@@ -83,7 +83,12 @@ def _num(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _artifacts(summary: MonitorSummary, dashboard: str, retrain: dict[str, Any] | None) -> None:
+def _artifacts(
+    summary: MonitorSummary,
+    dashboard: str,
+    retrain: dict[str, Any] | None,
+    regression: bool = False,
+) -> None:
     rows = [
         {
             "batch": b.batch_id,
@@ -91,8 +96,19 @@ def _artifacts(summary: MonitorSummary, dashboard: str, retrain: dict[str, Any] 
             "drifted features": ", ".join(b.drifted_features[:10])
             + (" ..." if len(b.drifted_features) > 10 else ""),
             "mean confidence": _num(b.mean_confidence),
-            "champion accuracy": _num(b.champion_accuracy),
-            "challenger accuracy": _num(b.challenger_accuracy),
+            # Regression batches carry errors (MAE, R² on labeled rows) instead of accuracy.
+            **(
+                {
+                    "champion MAE": _num(b.errors.get("champion_mae")),
+                    "champion R²": _num(b.errors.get("champion_r2")),
+                    "challenger MAE": _num(b.errors.get("challenger_mae")),
+                }
+                if regression
+                else {
+                    "champion accuracy": _num(b.champion_accuracy),
+                    "challenger accuracy": _num(b.challenger_accuracy),
+                }
+            ),
         }
         for b in summary.monitored
     ]
@@ -164,5 +180,5 @@ def monitor(
             result["retrain"] = {"mode": "failed", "reason": reason, "error": str(exc)}
     # The monitor runs on a schedule: it is also where a backlog that stopped moving is seen.
     result["sla_alert"] = announce_sla(settings, sla(settings))
-    _artifacts(summary, dashboard, result["retrain"])
+    _artifacts(summary, dashboard, result["retrain"], settings.data_schema.is_regression)
     return result

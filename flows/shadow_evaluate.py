@@ -49,7 +49,9 @@ def shadow_evaluate_flow(config: str = "edgeloop.yaml") -> dict[str, Any]:
         "",
         f"- rule: {c.get('rule')}; rows scored by both: {c.get('n_rows')}, labeled: {c['n']},"
         f" labeled disagreements: {c.get('n_disagreements')}, agreement: {c['agreement']}",
-        f"- {c['metric']} delta {_num(c['delta'])}; accuracy confidence sequence"
+        f"- {c['metric']} delta {_num(c['delta'])}"
+        + (" (in the training target's std, clipped to ±1)" if c["metric"] == "abs_error" else "")
+        + f"; {'absolute-error' if c['metric'] == 'abs_error' else 'accuracy'} confidence sequence"
         f" [{_num(c.get('cs_low'))}, {_num(c.get('cs_high'))}] (valid at every look)",
     ]
     if report.state == "need_more":

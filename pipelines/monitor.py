@@ -14,13 +14,18 @@ Drift rule per feature (settings under ``monitoring``): PSI above ``psi_threshol
 two-sample test (KS for numeric, chi-square for categorical) below ``p_value`` *and* PSI above
 half the threshold (on large batches the test alone flags trivial shifts). A categorical value
 the reference never had is drift on its own: the model's one-hot step encodes it as all zeros.
+
+Regression: the reference target is profiled as a numeric column and the prediction shift is
+PSI and KS of the predictions against it (predictions are narrower than labels, so that PSI has
+a floor above 0 without drift: read its trend); labeled rows give MAE, RMSE, R² and the mean
+residual; agreement is ``|champion - challenger| <= tolerance x scale`` (training target std).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -30,6 +35,7 @@ from scipy.stats import chi2_contingency, ks_2samp
 
 from edgeloop.core.config import MonitoringSettings, SchemaSettings
 from edgeloop.core.errors import MonitoringError
+from pipelines.performance import measured_errors
 
 #: A column of values: a NumPy array, a pandas Series or a plain sequence.
 Values: TypeAlias = NDArray[Any] | pd.Series | Sequence[Any]
@@ -80,6 +86,8 @@ class ReferenceProfile:
     class_shares: NDArray[np.float64]
     seed: int
     sample_rows: int
+    #: Regression: the reference target's bins and KS sample (labeled rows); None otherwise.
+    target: NumericReference | None = None
 
 
 def _readonly(a: NDArray[Any]) -> NDArray[Any]:
@@ -151,20 +159,23 @@ def build_reference(
         rng = np.random.default_rng(seed)
         sample_idx = np.sort(rng.choice(n, settings.reference_sample, replace=False))
     probs = np.linspace(0.0, 1.0, settings.psi_bins + 1)[1:-1]
-    numeric: dict[str, NumericReference] = {}
-    for name in schema.numeric:
-        values = _as_float(_column(frame, name, "the reference"), name)
+
+    def numeric_reference(values: NDArray[np.float64]) -> NumericReference:
         picked = values if sample_idx is None else values[sample_idx]
         picked = picked[~np.isnan(picked)]
         valid = values[~np.isnan(values)]
         # Quantile edges of the full reference; repeated edges (discrete values) collapse.
         edges = np.unique(np.quantile(valid, probs)) if len(valid) else np.empty(0)
         counts = _bin_counts(values, edges)
-        numeric[name] = NumericReference(
+        return NumericReference(
             edges=_readonly(edges),
             shares=_readonly(counts / n),
             sample=_readonly(np.sort(picked)),
         )
+
+    numeric: dict[str, NumericReference] = {}
+    for name in schema.numeric:
+        numeric[name] = numeric_reference(_as_float(_column(frame, name, "the reference"), name))
     categorical: dict[str, CategoricalReference] = {}
     for name in schema.categorical:
         counts_by = _counts(_column(frame, name, "the reference"))
@@ -177,7 +188,17 @@ def build_reference(
             open_set=name in schema.high_cardinality,
         )
     classes = tuple(_label(c) for c in schema.classes)
-    target = _counts(_column(frame, schema.target, "the reference"))
+    target_ref = None
+    if schema.is_regression:
+        y = _as_float(_column(frame, schema.target, "the reference"), schema.target)
+        ref = numeric_reference(y)
+        # Shares among the labeled rows: predictions are never missing.
+        known = 1.0 - float(ref.shares[-1])
+        shares = ref.shares / (known if known > 0 else 1.0)
+        target_ref = NumericReference(ref.edges, _readonly(shares), ref.sample)
+        target: dict[str, int] = {}
+    else:
+        target = _counts(_column(frame, schema.target, "the reference"))
     class_counts = np.array([target.get(c, 0) for c in classes], dtype=np.int64)
     labeled = int(class_counts.sum())
     return ReferenceProfile(
@@ -190,6 +211,7 @@ def build_reference(
         class_shares=_readonly(class_counts / labeled if labeled else class_counts * 0.0),
         seed=seed,
         sample_rows=n if sample_idx is None else len(sample_idx),
+        target=target_ref,
     )
 
 
@@ -319,20 +341,41 @@ def feature_drift(
 
 @dataclass(frozen=True)
 class PredictionShift:
-    """The predicted-class distribution of a batch against the reference's class distribution."""
+    """The predicted-class distribution of a batch against the reference's class distribution
+    (regression: the predictions' quantile bins against the reference target's)."""
 
     psi: float
     statistic: float
     p_value: float
     reference_shares: dict[str, float]
     batch_shares: dict[str, float]
+    #: ``chi2`` (classes) or ``ks`` (regression: shares keyed by bin, ``< edge`` / ``>= edge``).
+    test: str = "chi2"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _finite(v) for k, v in asdict(self).items()}
 
 
+def _numeric_shift(ref: NumericReference, predicted: Values) -> PredictionShift:
+    """PSI and KS of numeric predictions against the reference target (missing ones left out)."""
+    values = _as_float(pd.Series(predicted, copy=False), "predicted")
+    values = values[~np.isnan(values)]
+    n = len(values)
+    counts = _bin_counts(values, ref.edges)[:-1]
+    value = psi(ref.shares[:-1], counts / n) if n else 0.0
+    res = ks_2samp(ref.sample, values) if n and len(ref.sample) else None
+    stat, p = (math.nan, math.nan) if res is None else (float(res.statistic), float(res.pvalue))
+    names = [f"< {e:.4g}" for e in ref.edges] + [f">= {ref.edges[-1]:.4g}" if len(ref.edges) else "all"]  # fmt: skip
+    reference = {k: float(v) for k, v in zip(names, ref.shares[:-1], strict=True)}
+    batch = {k: (int(c) / n if n else 0.0) for k, c in zip(names, counts, strict=True)}
+    return PredictionShift(value, stat, p, reference, batch, test="ks")
+
+
 def prediction_shift(profile: ReferenceProfile, predicted_classes: Values) -> PredictionShift:
-    """PSI and chi-square of the predicted classes against the reference's labels."""
+    """PSI and chi-square of the predicted classes against the reference's labels (regression:
+    ``_numeric_shift``)."""
+    if profile.target is not None:
+        return _numeric_shift(profile.target, predicted_classes)
     counts_by = _counts(predicted_classes)
     n = sum(counts_by.values())
     batch = np.array([counts_by.get(c, 0) for c in profile.classes], dtype=np.int64)
@@ -422,6 +465,9 @@ class BatchReport:
     champion_accuracy: float | None = None
     challenger_accuracy: float | None = None
     agreement: float | None = None
+    #: Regression, on labeled rows: ``champion_mae``, ``champion_rmse``, ``champion_r2``,
+    #: ``champion_mean_residual`` and the same for ``challenger_`` (NaN ones left out).
+    errors: dict[str, float] = field(default_factory=dict)
 
     @property
     def drifted_features(self) -> list[FeatureDrift]:
@@ -441,6 +487,7 @@ class BatchReport:
             "champion_accuracy": self.champion_accuracy,
             "challenger_accuracy": self.challenger_accuracy,
             "agreement": self.agreement,
+            "errors": dict(self.errors),
             "prediction": self.prediction.to_dict(),
             "confidence": self.confidence.to_dict(),
             "features": [f.to_dict() for f in self.features],
@@ -458,9 +505,12 @@ def batch_report(
     challenger_predicted: Values | None = None,
     labels: Values | None = None,
     batch_id: str = "",
+    scale: float = math.nan,
+    tolerance: float = 0.5,
 ) -> BatchReport:
     """The whole report of one batch. Prediction, confidence, challenger and label arrays are
-    aligned with ``batch_frame``'s rows; labels may be missing (None/NaN) on unlabeled rows."""
+    aligned with ``batch_frame``'s rows; labels may be missing (None/NaN) on unlabeled rows.
+    ``scale`` (NaN: the reference target's std) and ``tolerance``: regression agreement."""
 
     n = len(batch_frame)
     for what, arr in (
@@ -476,21 +526,25 @@ def batch_report(
     drift = feature_drift(profile, batch_frame, settings)
     n_drifted = sum(f.drifted for f in drift)
     share = n_drifted / len(drift) if drift else 0.0
-    champ = class_codes(champion_predicted, profile.classes)
-    chall = (
-        class_codes(challenger_predicted, profile.classes)
-        if challenger_predicted is not None
-        else None
-    )
+    errors: dict[str, float] = {}
     labeled_rows, champ_acc, chall_acc = 0, None, None
-    if labels is not None:
-        y = class_codes(labels, profile.classes)
-        known = y != -2
-        labeled_rows = int(known.sum())
-        if labeled_rows:
-            champ_acc = float((champ[known] == y[known]).mean())
-            if chall is not None:
-                chall_acc = float((chall[known] == y[known]).mean())
+    if profile.target is not None:  # regression (module docstring)
+        labeled_rows, errors, agreement = _regression(
+            profile, champion_predicted, challenger_predicted, labels, scale, tolerance
+        )
+    else:
+        champ = class_codes(champion_predicted, profile.classes)
+        other = challenger_predicted
+        chall = None if other is None else class_codes(other, profile.classes)
+        if labels is not None:
+            y = class_codes(labels, profile.classes)
+            known = y != -2
+            labeled_rows = int(known.sum())
+            if labeled_rows:
+                champ_acc = float((champ[known] == y[known]).mean())
+                if chall is not None:
+                    chall_acc = float((chall[known] == y[known]).mean())
+        agreement = _agreement(champ, chall)
     return BatchReport(
         batch_id=batch_id,
         rows=n,
@@ -503,7 +557,8 @@ def batch_report(
         labeled_rows=labeled_rows,
         champion_accuracy=champ_acc,
         challenger_accuracy=chall_acc,
-        agreement=_agreement(champ, chall),
+        agreement=agreement,
+        errors=errors,
     )
 
 
@@ -513,3 +568,32 @@ def _agreement(champ: NDArray[np.int64], chall: NDArray[np.int64] | None) -> flo
         return None
     both = chall != -2
     return float((champ[both] == chall[both]).mean()) if both.any() else None
+
+
+def _regression(
+    profile: ReferenceProfile,
+    champion: Values,
+    challenger: Values | None,
+    labels: Values | None,
+    scale: float,
+    tolerance: float,
+) -> tuple[int, dict[str, float], float | None]:
+    """Labeled rows, the errors on them, and agreement within ``tolerance`` x ``scale``."""
+    assert profile.target is not None
+    a = _as_float(pd.Series(champion, copy=False), "predictions")
+    b = None if challenger is None else _as_float(pd.Series(challenger, copy=False), "predictions")
+    errors: dict[str, float] = {}
+    labeled_rows = 0
+    if labels is not None:
+        y = pd.to_numeric(pd.Series(labels, copy=False), errors="coerce").to_numpy(np.float64)
+        labeled_rows = int(np.isfinite(y).sum())
+        for alias, pred in (("champion", a), ("challenger", b)):
+            if pred is not None and labeled_rows:
+                found = measured_errors(y, pred).items()
+                errors |= {f"{alias}_{k}": v for k, v in found if k != "rows" and v == v}
+    if b is None:
+        return labeled_rows, errors, None
+    both = np.isfinite(a) & np.isfinite(b)
+    unit = scale if math.isfinite(scale) and scale > 0 else float(profile.target.sample.std())
+    close = np.abs(a[both] - b[both]) <= tolerance * unit
+    return labeled_rows, errors, float(close.mean()) if both.any() else None

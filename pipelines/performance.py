@@ -322,3 +322,37 @@ def estimate_macro_f1(
     if not used.any():
         return None
     return float((2 * tp[used] / denom[used]).mean())
+
+
+#: Why a regression project has no label-free estimates (said once, in the monitoring output).
+REGRESSION_NOTE = (
+    "label-free performance estimates (CBPE) calibrate a classifier's confidence and do not"
+    " apply to a regression target: skipped; MAE, RMSE and R² are measured on the labeled rows"
+    " where labels exist"
+)
+
+
+def measured_errors(y_true: ArrayLike, predicted: ArrayLike) -> dict[str, float]:
+    """MAE, RMSE, R² and the mean residual (label minus prediction: the bias, whose drift says
+    the model is off in one direction) over the rows where both are known, and their count.
+    R² is NaN on fewer than two rows or constant labels (no spread to explain)."""
+    y = np.asarray(y_true, dtype=np.float64)
+    p = np.asarray(predicted, dtype=np.float64)
+    if y.shape != p.shape:
+        raise MonitoringError(f"{len(y)} labels for {len(p)} predictions")
+    known = np.isfinite(y) & np.isfinite(p)
+    y, p = y[known], p[known]
+    n = len(y)
+    if n == 0:
+        return {"rows": 0.0, "mae": math.nan, "rmse": math.nan, "r2": math.nan,
+                "mean_residual": math.nan}  # fmt: skip
+    residual = y - p
+    sst = float(((y - y.mean()) ** 2).sum())
+    sse = float((residual**2).sum())
+    return {
+        "rows": float(n),
+        "mae": float(np.abs(residual).mean()),
+        "rmse": math.sqrt(sse / n),
+        "r2": 1.0 - sse / sst if n > 1 and sst > 0 else math.nan,
+        "mean_residual": float(residual.mean()),
+    }

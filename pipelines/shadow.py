@@ -31,6 +31,18 @@ For display: each model's accuracy (Hájek: labeled rows weighted by ``1/pi``), 
 normal interval on the delta, McNemar's exact test on the labeled rows, the agreement rate.
 ``shadow.metric: macro_f1`` keeps the earlier fixed-sample rule: a paired bootstrap interval on
 the labeled rows, at least ``shadow.min_samples`` of them.
+
+**Regression** (``shadow.metric: abs_error``): the same sequential rule on ``d_i = (|y_i -
+champion_i| - |y_i - challenger_i|) / scale`` clipped to [-1, 1] (positive: the challenger is
+closer), ``scale`` the training target's standard deviation (the champion's; the labels' when
+it is unknown). The clip keeps each term bounded, as the accuracy terms are, so one wild label
+cannot swing the sequence; since ``| |y-a| - |y-b| | <= |a-b|`` a row where the two predictions
+are within ``scale`` of each other is never clipped. "Disagreement" is ``|champion_i -
+challenger_i| > edge_cases.disagreement_tolerance * scale``; ``agreement`` is the share of rows
+within it. ``shadow.min_labeled_disagreements`` counts the labeled rows that carry evidence
+there, those where one model is closer (``d_i != 0``). For display each model's MAE (Hájek-weighted), per slice the weighted R² (the units
+of ``gates.slice_floors`` there), and the exact sign test on the labeled rows where one model is
+closer (McNemar's test is that sign test for 0/1 errors).
 """
 
 from __future__ import annotations
@@ -43,7 +55,7 @@ import numpy as np
 from scipy.optimize import brentq
 from scipy.special import log_ndtr
 from scipy.stats import binomtest, norm
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, r2_score
 
 from edgeloop.core.config import GateSettings, ShadowSettings
 from edgeloop.core.errors import EdgeloopError
@@ -51,6 +63,8 @@ from edgeloop.core.errors import EdgeloopError
 RULE_SEQUENTIAL = "confidence-sequence"
 RULE_BOOTSTRAP = "bootstrap"
 PROMOTE, KEEP, NEED_MORE = "promote", "keep", "need_more"
+#: The regression metric: the paired difference of absolute errors.
+ABS_ERROR = "abs_error"
 #: Beyond this many rows the search for "how many more" stops: the models look equal.
 _MAX_ROWS = 10**9
 
@@ -61,6 +75,28 @@ def paired_differences(y_true: Any, champion_pred: Any, challenger_pred: Any) ->
     y, a, b = (_as_labels(v) for v in (y_true, champion_pred, challenger_pred))
     d: np.ndarray = (b == y).astype(np.float64) - (a == y).astype(np.float64)
     return d
+
+
+def abs_error_differences(
+    y_true: Any, champion_pred: Any, challenger_pred: Any, scale: float
+) -> np.ndarray:
+    """``d_i = (|y - champion| - |y - challenger|) / scale`` clipped to [-1, 1] (regression)."""
+    y, a, b = (np.asarray(v, dtype=np.float64) for v in (y_true, champion_pred, challenger_pred))
+    if not (math.isfinite(scale) and scale > 0):
+        raise EdgeloopError(f"the error scale must be a positive number, got {scale}")
+    d: np.ndarray = np.clip((np.abs(y - a) - np.abs(y - b)) / scale, -1.0, 1.0)
+    return d
+
+
+def error_scale(scale: float | None, labels: Any) -> float:
+    """``scale`` when it is a positive number, else the labels' standard deviation (1 when that
+    is 0 or there are no labels: every ``d_i`` is then 0 or a plain error difference)."""
+    if scale is not None and math.isfinite(scale) and scale > 0:
+        return float(scale)
+    y = np.asarray(labels, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    std = float(y.std()) if len(y) > 1 else 0.0
+    return std if std > 0 else 1.0
 
 
 def horvitz_thompson(d: Any, inclusion_prob: Any, labeled: Any) -> np.ndarray:
@@ -193,6 +229,10 @@ class ShadowComparison:
     legacy_rows: int = 0
     #: Rows left out because their batch's queued rows are not labeled yet.
     pending_rows: int = 0
+    #: Regression: the unit of ``d_i`` (the training target's std) and the rows (labeled or
+    #: not) where the two predictions differ at all (0: no label can tell the models apart).
+    scale: float = math.nan
+    differing_rows: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -262,6 +302,8 @@ def compare(
     inclusion_prob: Any = None,
     legacy: Any = None,
     pending_rows: int = 0,
+    scale: float | None = None,
+    tolerance: float = 0.5,
 ) -> ShadowComparison:
     """Paired comparison on the same rows (inputs are not modified).
 
@@ -269,26 +311,54 @@ def compare(
     of them when None; ``y_true`` is read there only), ``inclusion_prob`` their probability of
     having been labeled (1 when None), ``legacy`` the labeled rows whose batch had no design
     (counted in ``legacy_rows``), ``pending_rows`` rows left out for want of labels.
+    ``scale`` and ``tolerance`` are for ``abs_error`` only (the module docstring).
     """
     n_rows = len(champion_pred)
     mask = np.ones(n_rows, dtype=bool) if labeled is None else np.asarray(labeled, dtype=bool)
     pi = np.ones(n_rows) if inclusion_prob is None else np.asarray(inclusion_prob, dtype=np.float64)
-    a_all, b_all = _as_labels(champion_pred), _as_labels(challenger_pred)
-    y_lab = _as_labels(np.asarray(y_true, dtype=object)[mask])
-    a, b = a_all[mask], b_all[mask]
-    classes = [_as_label(c) for c in classes]
+    w = 1.0 / pi[mask]
     m, n = settings.metric, int(mask.sum())
+    extra: dict[str, Any] = {}
     d = np.zeros(n_rows)
-    d[mask] = paired_differences(y_lab, a, b)
+    if m == ABS_ERROR:
+        a_all = np.asarray(champion_pred, dtype=np.float64)
+        b_all = np.asarray(challenger_pred, dtype=np.float64)
+        y_num = np.asarray(np.asarray(y_true, dtype=object)[mask], dtype=np.float64)
+        a, b = a_all[mask], b_all[mask]
+        unit = error_scale(scale, y_num)
+        d[mask] = abs_error_differences(y_num, a, b, unit)
+        ea, eb = np.abs(y_num - a), np.abs(y_num - b)
+        champ, chall = _weighted(ea, w), _weighted(eb, w)
+        only_a, only_b = int((ea < eb).sum()), int((eb < ea).sum())
+        apart = np.abs(a_all - b_all) > tolerance * unit
+        agree = ~apart
+
+        def score(mk: np.ndarray, p: np.ndarray) -> float:
+            return _weighted_r2(y_num[mk], p[mk], w[mk])
+
+        extra = {"scale": unit, "differing_rows": int((a_all != b_all).sum())}
+    else:
+        a_all, b_all = _as_labels(champion_pred), _as_labels(challenger_pred)
+        y_lab = _as_labels(np.asarray(y_true, dtype=object)[mask])
+        a, b = a_all[mask], b_all[mask]
+        classes = [_as_label(c) for c in classes]
+        d[mask] = paired_differences(y_lab, a, b)
+        champ, chall = _metric(y_lab, a, m, classes, w), _metric(y_lab, b, m, classes, w)
+        a_right, b_right = a == y_lab, b == y_lab
+        only_a, only_b = int((a_right & ~b_right).sum()), int((b_right & ~a_right).sum())
+        agree = a_all == b_all
+        apart = ~agree
+
+        def score(mk: np.ndarray, p: np.ndarray) -> float:
+            return _metric(y_lab[mk], p[mk], m, classes, w[mk])
+
     cs = confidence_sequence(
         horvitz_thompson(d, pi, mask),
         alpha=1 - settings.confidence,
         tuned_rows=settings.cs_tuned_rows,
     )
-    w = 1.0 / pi[mask]
-    champ, chall = _metric(y_lab, a, m, classes, w), _metric(y_lab, b, m, classes, w)
     lo = hi = math.nan
-    if m == "accuracy":
+    if m != "macro_f1":
         delta = cs.mean
         if n_rows:  # the one-look interval: what a single fixed-sample test would claim
             h = float(norm.ppf(1 - (1 - settings.confidence) / 2)) * cs.std / math.sqrt(n_rows)
@@ -297,16 +367,11 @@ def compare(
         delta = chall - champ if n else math.nan
         if n:
             lo, hi = _bootstrap(y_lab, a, b, m, classes, settings, seed)
-    a_right, b_right = a == y_lab, b == y_lab
-    only_a, only_b = int((a_right & ~b_right).sum()), int((b_right & ~a_right).sum())
     slices = {}
     for name, smask in (slice_masks or {}).items():
         mk = np.asarray(smask, dtype=bool)[mask]
-        slices[name] = {
-            "rows": float(mk.sum()),
-            "champion": _metric(y_lab[mk], a[mk], m, classes, w[mk]),
-            "challenger": _metric(y_lab[mk], b[mk], m, classes, w[mk]),
-        }
+        slices[name] = {"rows": float(mk.sum()), "champion": score(mk, a),
+                        "challenger": score(mk, b)}  # fmt: skip
     return ShadowComparison(
         n=n,
         metric=m,
@@ -316,21 +381,34 @@ def compare(
         ci_low=lo,
         ci_high=hi,
         confidence=settings.confidence,
-        agreement=float((a_all == b_all).mean()) if n_rows else math.nan,
+        agreement=float(agree.mean()) if n_rows else math.nan,
         mcnemar_p=mcnemar_exact(only_a, only_b),
         only_champion_right=only_a,
         only_challenger_right=only_b,
         slices=slices,
-        rule=RULE_SEQUENTIAL if m == "accuracy" else RULE_BOOTSTRAP,
+        rule=RULE_BOOTSTRAP if m == "macro_f1" else RULE_SEQUENTIAL,
         n_rows=n_rows,
         n_labeled=n,
-        n_disagreements=int((a != b).sum()),
+        # Regression: every labeled row where one model is closer carries evidence (d_i != 0),
+        # however near the two predictions are; the tolerance only names "agreement".
+        n_disagreements=only_a + only_b if m == ABS_ERROR else int(apart[mask].sum()),
         cs_low=cs.low,
         cs_high=cs.high,
         cs_std=cs.std,
         legacy_rows=0 if legacy is None else int(np.asarray(legacy, dtype=bool)[mask].sum()),
         pending_rows=pending_rows,
+        **extra,
     )
+
+
+def _weighted(values: np.ndarray, w: np.ndarray) -> float:
+    return float(np.average(values, weights=w)) if len(values) else math.nan
+
+
+def _weighted_r2(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
+    if len(y) < 2 or float(np.ptp(y)) == 0.0:
+        return math.nan  # R² needs a spread of labels
+    return float(r2_score(y, p, sample_weight=w))
 
 
 # ---------------------------------------------------------------------- the decision
@@ -384,14 +462,22 @@ def _labels_for(rows: int | None, cmp: ShadowComparison) -> int | None:
 def _sequential(cmp: ShadowComparison, shadow: ShadowSettings) -> tuple[str, list[str], int | None]:
     thr = shadow.min_delta_lower_bound
     level = f"{cmp.confidence:.0%} confidence sequence [{cmp.cs_low:+.4f}, {cmp.cs_high:+.4f}]"
+    regression = cmp.metric == ABS_ERROR
+    what = (
+        f"absolute-error delta (in target std {cmp.scale:.4g}, clipped)"
+        if regression
+        else "accuracy delta"
+    )
     est = (
-        f"accuracy delta {cmp.delta:+.4f} (importance-weighted over {cmp.n_rows} rows,"
+        f"{what} {cmp.delta:+.4f} (importance-weighted over {cmp.n_rows} rows,"
         f" {cmp.n_labeled} labeled, {cmp.n_disagreements} labeled disagreements), {level}"
     )
     if cmp.n_rows == 0:
         return NEED_MORE, ["no rows scored by both models since the challenger was deployed"], None
-    if cmp.agreement == 1.0 and thr >= 0:  # d_i = 0 on every row: no label can change that
-        why = f"the two models predict the same class on every row ({cmp.n_rows}): not better"
+    same = cmp.differing_rows == 0 if regression else cmp.agreement == 1.0
+    if same and thr >= 0:  # d_i = 0 on every row: no label can change that
+        kind = "prediction" if regression else "class"
+        why = f"the two models predict the same {kind} on every row ({cmp.n_rows}): not better"
         return KEEP, [why], None
     alpha, rho = 1 - cmp.confidence, cs_rho(1 - cmp.confidence, shadow.cs_tuned_rows)
     gap = abs(cmp.delta - thr) if not math.isnan(cmp.delta) else 0.0

@@ -169,12 +169,18 @@ def evidence(settings: Settings, rows: pd.DataFrame) -> Evidence:
     )
 
 
-def _both_scored(settings: Settings, reg: Registry, champ_v: str, chall_v: str) -> tuple[pd.DataFrame, str]:  # fmt: skip
-    """Rows both versions scored, of the batches that arrived after the challenger's deployment."""
+def _both_scored(settings: Settings, reg: Registry, champ_v: str, chall_v: str) -> tuple[pd.DataFrame, str, float]:  # fmt: skip
+    """Rows both versions scored, of the batches that arrived after the challenger's deployment,
+    and the champion's error scale (regression score files carry the model's ``scale``: the
+    training target's std; NaN when unknown, then ``pipelines.shadow`` uses the labels')."""
     data = DataStore(settings).load_dataset()
-    a = read_scores(settings, champ_v)[[keys.ROW_ID, "predicted"]].rename(
-        columns={"predicted": "champion"}
-    )
+    champ_scores = read_scores(settings, champ_v)
+    scale = math.nan
+    if "scale" in champ_scores.columns:
+        known = champ_scores["scale"].to_numpy(dtype=np.float64)
+        known = known[np.isfinite(known)]
+        scale = float(known[-1]) if len(known) else math.nan
+    a = champ_scores[[keys.ROW_ID, "predicted"]].rename(columns={"predicted": "champion"})
     b = read_scores(settings, chall_v)[[keys.ROW_ID, "predicted"]].rename(
         columns={"predicted": "challenger"}
     )
@@ -184,7 +190,7 @@ def _both_scored(settings: Settings, reg: Registry, champ_v: str, chall_v: str) 
     rows = data.merge(a, on=keys.ROW_ID).merge(b, on=keys.ROW_ID)
     if deployed:
         rows = rows[rows[keys.BATCH_ID].map(lambda bid: ledger_times.get(bid, "") >= deployed)]
-    return rows.reset_index(drop=True), deployed
+    return rows.reset_index(drop=True), deployed, scale
 
 
 def _finite(values: dict[str, Any]) -> dict[str, float]:
@@ -207,7 +213,7 @@ def shadow_evaluate(settings: Settings) -> ShadowReport:
         )
     champ_v, chall_v = aliases[CHAMPION], aliases[CHALLENGER]
     schema = settings.data_schema
-    rows, deployed = _both_scored(settings, reg, champ_v, chall_v)
+    rows, deployed, scale = _both_scored(settings, reg, champ_v, chall_v)
     ev = evidence(settings, rows)
     y = np.full(len(ev.rows), None, dtype=object)  # read on labeled rows only
     y[ev.labeled] = target(ev.rows[ev.labeled], schema)
@@ -223,6 +229,8 @@ def shadow_evaluate(settings: Settings) -> ShadowReport:
         inclusion_prob=ev.inclusion_prob,
         legacy=ev.legacy,
         pending_rows=ev.pending_rows,
+        scale=scale,
+        tolerance=settings.edge_cases.disagreement_tolerance,
     )
     rate = labeling_rate(read_labels(settings))
     decision = sh.decide(cmp, settings.shadow, settings.gates, labels_per_day=rate)
@@ -245,7 +253,9 @@ def shadow_evaluate(settings: Settings) -> ShadowReport:
         s = settings.shadow
         mlflow.log_params({"min_samples": s.min_samples, "metric": s.metric, "confidence": s.confidence,
                            "bootstrap_samples": s.bootstrap_samples, "cs_tuned_rows": s.cs_tuned_rows,
-                           "min_labeled_disagreements": s.min_labeled_disagreements})  # fmt: skip
+                           "min_labeled_disagreements": s.min_labeled_disagreements,
+                           **({"disagreement_tolerance": settings.edge_cases.disagreement_tolerance}
+                              if schema.is_regression else {})})  # fmt: skip
         extra = {"labels_needed": decision.labels_needed, "days_needed": decision.days_needed,
                  "labels_per_day": rate}  # fmt: skip
         mlflow.log_metrics(_finite({**cmp.to_dict(), **extra}))

@@ -12,6 +12,9 @@ artifact ``dashboard/dashboard.html``. Plots:
   (CBPE, ``edgeloop.monitoring.estimates``) with its approximate 95 % band; the estimates'
   flags (ask for labels, a likely regression) are listed under the table;
 * the annotation backlog and the labeling SLA (``edgeloop.batch.annotation.sla``).
+
+A regression project shows MAE, RMSE and R² on labeled rows where a classifier shows accuracy
+and its label-free estimates (there are none for regression: said once under the table).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from edgeloop.core import keys
 from edgeloop.core.config import Settings
 from edgeloop.core.layout import Layout
 from edgeloop.monitoring.monitor import monitoring_history
+from pipelines.performance import REGRESSION_NOTE
 
 #: Features shown in the heatmap (those with the largest PSI over all batches).
 TOP_FEATURES = 15
@@ -63,14 +67,20 @@ def write_dashboard(settings: Settings, *, run_id: str = "") -> Path:
 def render(settings: Settings, history: list[dict[str, Any]], backlog: dict[str, Any]) -> str:
     """The HTML page for a monitoring history and an SLA snapshot."""
     esc = html.escape
+    regression = settings.data_schema.is_regression
+    performance = (
+        ("Champion vs challenger error on labeled rows (MAE, RMSE)", _errors(history))
+        if regression
+        else (
+            "Champion vs challenger accuracy: labeled rows and label-free estimate (CBPE)",
+            _accuracy(history),
+        )
+    )
     figures = [
         ("Drift per feature over time (PSI)", _psi_heatmap(history, settings)),
         ("Share of drifted features per batch", _drift_share(history, settings)),
         ("Champion confidence", _confidence(history, settings)),
-        (
-            "Champion vs challenger accuracy: labeled rows and label-free estimate (CBPE)",
-            _accuracy(history),
-        ),
+        performance,
         ("Annotation backlog and SLA", _backlog(backlog)),
     ]
     m = settings.monitoring
@@ -88,8 +98,8 @@ def render(settings: Settings, history: list[dict[str, Any]], backlog: dict[str,
         f"{len(history)} monitored batch(es). A feature drifts when PSI &gt; {m.psi_threshold} "
         f"(or its test p &lt; {m.p_value} with PSI &gt; {m.psi_threshold / 2:g}); a batch drifts "
         f"when at least {m.drift_share_threshold:.0%} of its features do.</p>",
-        _table(history),
-        _flags(history),
+        _table(history, regression),
+        f"<p>{esc(REGRESSION_NOTE)}.</p>" if regression else _flags(history),
     ]
     for title, png in figures:
         parts.append(f"<figure><figcaption><h2>{esc(title)}</h2></figcaption>")
@@ -111,14 +121,20 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _table(history: list[dict[str, Any]]) -> str:
+def _table(history: list[dict[str, Any]], regression: bool = False) -> str:
     if not history:
         return "<p>No batch has been monitored yet (run <code>edgeloop monitor</code>).</p>"
+    perf = (
+        "<th>champion MAE</th><th>champion RMSE</th><th>champion R²</th>"
+        "<th>challenger MAE</th><th>challenger R²</th>"
+        if regression
+        else "<th>champion acc.</th><th>challenger acc.</th><th>champion est.</th>"
+        "<th>challenger est.</th>"
+    )
     head = (
         "<table><tr><th>#</th><th>batch</th><th>rows</th><th>drift share</th>"
         "<th>drifted features</th><th>prediction PSI</th><th>mean confidence</th>"
-        "<th>champion acc.</th><th>challenger acc.</th><th>champion est.</th>"
-        "<th>challenger est.</th><th>agreement</th></tr>"
+        f"{perf}<th>agreement</th></tr>"
     )
     rows = [head]
     for h in reversed(history[-TABLE_BATCHES:]):
@@ -130,12 +146,24 @@ def _table(history: list[dict[str, Any]]) -> str:
             f"<td>{_fmt(m.get('drift_share'), 2)}</td>"
             f'<td class="l">{html.escape(t.get(keys.TAG_DRIFTED_FEATURES, ""))}</td>'
             f"<td>{_fmt(m.get('prediction_psi'))}</td><td>{_fmt(m.get('mean_confidence'))}</td>"
-            f"<td>{_fmt(m.get('champion_accuracy'))}</td>"
-            f"<td>{_fmt(m.get('challenger_accuracy'))}</td><td>{_estimate(m, keys.CHAMPION)}</td>"
-            f"<td>{_estimate(m, keys.CHALLENGER)}</td><td>{_fmt(m.get('agreement'))}</td></tr>"
+            + (_error_cells(m) if regression else _accuracy_cells(m))
+            + f"<td>{_fmt(m.get('agreement'))}</td></tr>"
         )
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _accuracy_cells(m: dict[str, float]) -> str:
+    return (
+        f"<td>{_fmt(m.get('champion_accuracy'))}</td>"
+        f"<td>{_fmt(m.get('challenger_accuracy'))}</td><td>{_estimate(m, keys.CHAMPION)}</td>"
+        f"<td>{_estimate(m, keys.CHALLENGER)}</td>"
+    )
+
+
+def _error_cells(m: dict[str, float]) -> str:
+    names = ("champion_mae", "champion_rmse", "champion_r2", "challenger_mae", "challenger_r2")
+    return "".join(f"<td>{_fmt(m.get(n))}</td>" for n in names)
 
 
 def _estimate(m: dict[str, float], alias: str) -> str:
@@ -267,7 +295,11 @@ def _confidence(history: list[dict[str, Any]], settings: Settings) -> str:
                   label=f"earlier batches ({len(earlier)})")  # fmt: skip
     ax.axvline(settings.edge_cases.min_confidence, color="#d62728", ls="--", lw=1,
                label=f"min_confidence {settings.edge_cases.min_confidence:g}")  # fmt: skip
-    ax.set_xlabel("champion top-1 probability")
+    ax.set_xlabel(
+        "champion confidence (1 - members' spread / target std)"
+        if settings.data_schema.is_regression
+        else "champion top-1 probability"
+    )
     ax.set_ylabel("share of rows")
     ax.legend(loc="upper left")
     return _png(fig)
@@ -301,6 +333,26 @@ def _accuracy(history: list[dict[str, Any]]) -> str:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy")
     ax.legend(loc="lower left", fontsize=7)
+    return _png(fig)
+
+
+def _errors(history: list[dict[str, Any]]) -> str:
+    """Regression: MAE and RMSE of champion and challenger per batch, on its labeled rows."""
+    if not any("champion_mae" in h["metrics"] for h in history):
+        return ""
+    x = np.arange(len(history))
+    fig = _figure(max(6.0, 0.4 * len(history) + 2), 3.2)
+    ax = fig.add_subplot()
+    for alias, color in ((keys.CHAMPION, "#1f77b4"), (keys.CHALLENGER, "#ff7f0e")):
+        for metric, style in (("mae", "o-"), ("rmse", "s:")):
+            y = np.array([h["metrics"].get(f"{alias}_{metric}", np.nan) for h in history])
+            if np.isfinite(y).any():
+                ax.plot(x, y, style, color=color, label=f"{alias} {metric.upper()}")
+    labeled = [int(h["metrics"].get("labeled_rows", 0)) for h in history]
+    ax.set_xticks(x, [f"{lbl}\n({n} labeled)" for lbl, n in zip(_labels(history), labeled, strict=True)],
+                  rotation=45, ha="right", fontsize=8)  # fmt: skip
+    ax.set_ylabel("error (target units)")
+    ax.legend(loc="upper left", fontsize=7)
     return _png(fig)
 
 

@@ -10,6 +10,9 @@ calibrations are the JSON artifacts of the retrain runs (``edgeloop.models.train
   through calibrations fitted on the same rows; otherwise its own run's calibration;
 * a version registered before calibrations were stored: raw confidence, flagged ``raw``.
 
+A regression project has no estimates (``note`` says why once: CBPE calibrates a classifier's
+confidence); the monitor measures MAE, RMSE and R² on the labeled rows instead.
+
 The estimates inform: ``flags`` asks for labels when the champion's estimate is below
 ``gates.min_accuracy`` or the challenger looks worse than the champion. Nothing here promotes.
 """
@@ -30,6 +33,7 @@ from edgeloop.core.config import Settings
 from edgeloop.core.errors import EdgeloopError
 from edgeloop.tracking.registry import Registry
 from pipelines.performance import (
+    REGRESSION_NOTE,
     AccuracyEstimate,
     ConfidenceCalibration,
     estimate_accuracy,
@@ -63,6 +67,8 @@ class BatchEstimates:
     champion: ModelEstimate | None = None
     challenger: ModelEstimate | None = None
     flags: list[str] = field(default_factory=list)
+    #: Why there are no estimates at all (a regression target), else empty.
+    note: str = ""
 
     def metrics(self) -> dict[str, float]:
         """The monitoring run's CBPE metrics (names in ``edgeloop.core.keys``)."""
@@ -96,6 +102,7 @@ class BatchEstimates:
             "champion": one(self.champion),
             "challenger": one(self.challenger),
             "flags": self.flags,
+            **({"note": self.note} if self.note else {}),
         }
 
 
@@ -195,7 +202,10 @@ def estimate_batch(
     champion: tuple[str, Path | None],
     challenger: tuple[str, Path | None],
 ) -> BatchEstimates:
-    """CBPE of both models on the batch's rows (``row_ids``) from their score files."""
+    """CBPE of both models on the batch's rows (``row_ids``) from their score files (none for a
+    regression target: ``BatchEstimates.note``)."""
+    if settings.data_schema.is_regression:
+        return BatchEstimates(note=REGRESSION_NOTE)
     classes = list(settings.data_schema.classes)
     seed = settings.seeds.split
     champ_v, champ_file = champion

@@ -23,6 +23,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
 from edgeloop.core import keys
@@ -53,6 +54,10 @@ METRICS = (
     "challenger_accuracy",  # ... and a challenger score file
     "agreement",  # only when a challenger score file exists
 )
+#: Regression, on the batch's labeled rows, instead of ``champion_accuracy``/``challenger_accuracy``.
+REGRESSION_METRICS = tuple(
+    f"{alias}_{k}" for alias in (CHAMPION, CHALLENGER) for k in ("mae", "rmse", "r2", "mean_residual")
+)  # fmt: skip
 #: Label-free estimates (CBPE) and the accuracy on labeled rows they can be checked against;
 #: ``cbpe_accuracy_<alias>_low``/``_high``, ``cbpe_macro_f1_<alias>`` and
 #: ``cbpe_calibrated_<alias>`` (1/0) are logged beside them.
@@ -118,6 +123,8 @@ class BatchMonitoring:
     cbpe_calibrated_challenger: bool | None = None
     #: What the estimates suggest (ask for labels, a likely regression, no calibration).
     cbpe_flags: list[str] = field(default_factory=list)
+    #: Regression: ``REGRESSION_METRICS`` measured on the labeled rows (those it has).
+    errors: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -326,7 +333,12 @@ def _report(
     challenger_file: Path | None,
 ) -> BatchReport:
     """Align the score files with the batch's rows by row id, then compute the report."""
-    champ = pd.read_parquet(champion_file, columns=["row_id", "predicted", "confidence"])
+    regression = settings.data_schema.is_regression
+    extra = ["scale"] if regression and "scale" in pq.read_schema(champion_file).names else []
+    champ = pd.read_parquet(champion_file, columns=["row_id", "predicted", "confidence", *extra])
+    # Regression: the champion's training-target std, the unit of agreement (NaN: unknown).
+    known = champ["scale"].dropna() if extra else champ.iloc[:0, 0]
+    scale = float(known.iloc[0]) if len(known) else float("nan")
     pos = pd.Index(champ["row_id"]).get_indexer(rows["row_id"])
     if (pos < 0).any():
         # Rows the champion did not score (a file from an older dataset state) are left out.
@@ -348,6 +360,8 @@ def _report(
         challenger_predicted=challenger,
         labels=rows[settings.data_schema.target],
         batch_id=batch_id,
+        scale=scale,
+        tolerance=settings.edge_cases.disagreement_tolerance,
     )
 
 
@@ -377,6 +391,7 @@ def _metrics(report: BatchReport, estimates: BatchEstimates) -> dict[str, float]
         if value is not None:
             out[name] = value
     out.update(estimates.metrics())
+    out.update(report.errors)
     for f in report.features:
         out[metric_key(f.feature)] = f.psi
     # NaN (an empty batch, an all-missing column) is not a measurement: leave it out.
@@ -421,7 +436,9 @@ def _log_run(
         f"{'DRIFT' if report.drifted else 'no drift'}: {report.n_drifted} of "
         f"{len(report.features)} features drifted (share {report.drift_share:.2f}, threshold "
         f"{m.drift_share_threshold})" + (f": {', '.join(drifted[:10])}" if drifted else "")
-    ) + "".join(f"\n\n{f}" for f in estimates.flags)
+    ) + "".join(
+        f"\n\n{f}" for f in [*estimates.flags, *([estimates.note] if estimates.note else [])]
+    )
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"monitor-{entry.batch_id}") as run:
         mlflow.set_tags(
             {
@@ -505,6 +522,7 @@ def _result(
         cbpe_accuracy_challenger_high=chall.accuracy.high if chall else None,
         cbpe_calibrated_challenger=chall.calibrated if chall else None,
         cbpe_flags=list(estimates.flags),
+        errors=dict(report.errors),
     )
 
 
@@ -533,6 +551,7 @@ def _from_history(settings: Settings, entry: LedgerEntry, h: dict[str, Any]) -> 
         agreement=m.get("agreement"),
         soft_expectations_failed=int(m.get(SOFT_FAILURES_METRIC, len(entry.warnings))),
         **_cbpe_from_history(m, t),
+        errors={k: m[k] for k in REGRESSION_METRICS if k in m},
     )
 
 

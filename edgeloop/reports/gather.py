@@ -46,6 +46,12 @@ SHADOW_METRICS = (
     "agreement",
     "mcnemar_p",
 )
+#: A regression retrain's holdout figures (``Retrain``'s fields of the same names).
+RETRAIN_REGRESSION_METRICS = ("r2", "mae", "rmse", "champion_r2", "champion_mae")
+#: A regression batch's errors on its labeled rows (``MonitoredBatch``'s fields).
+MONITORING_REGRESSION_METRICS = (
+    "champion_mae", "champion_rmse", "champion_r2", "challenger_mae", "challenger_r2",
+)  # fmt: skip
 #: The sequential rule's figures (runs logged before it have none of them).
 SHADOW_RULE_METRICS = ("n_rows", "cs_low", "cs_high", "labels_needed", "days_needed")
 
@@ -136,6 +142,7 @@ def retrains(w: Window) -> list[Retrain]:
                     )
                 ),
                 **_refs(w, r),
+                **_metrics(m, RETRAIN_REGRESSION_METRICS),
             )
         )
     return out
@@ -169,6 +176,7 @@ def monitoring(w: Window) -> tuple[bool, list[MonitoredBatch]]:
                 top_psi=tuple(top[:3]),
                 **_refs(w, r),
                 **_cbpe(m, tags),
+                **_metrics(m, MONITORING_REGRESSION_METRICS),
             )
         )
     # Batch order, not run order: a batch monitored again later still sits in its place.

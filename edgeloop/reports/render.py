@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from edgeloop.core.keys import CHALLENGER, CHAMPION
 from edgeloop.data.exports import markdown_cell, markdown_text
 from edgeloop.reports.timestamps import parse_time
+from pipelines.performance import REGRESSION_NOTE
 
 if TYPE_CHECKING:
     from edgeloop.reports.result import Review
@@ -97,11 +98,20 @@ def _header(r: Review) -> str:
 _RUN: Column = ("MLflow run", lambda x: _run_link(x.mlflow_url, x.run_id))
 _FLOW: Column = ("Prefect flow run", lambda x: _flow_link(x.flow_run_url))
 
+_MODEL_SCORES: list[Column] = [
+    ("accuracy", lambda am: _num(am[1].get("accuracy"))),
+    ("macro-F1", lambda am: _num(am[1].get("macro_f1"))),
+]
+#: Regression: what stands where a classifier's accuracy and macro-F1 are.
+_MODEL_ERRORS: list[Column] = [
+    ("R²", lambda am: _num(am[1].get("r2"))),
+    ("MAE", lambda am: _num(am[1].get("mae"))),
+    ("RMSE", lambda am: _num(am[1].get("rmse"))),
+]
 _MODEL_COLUMNS: list[Column] = [
     ("alias", lambda am: markdown_text(am[0])),
     ("version", lambda am: f"v{markdown_text(am[1]['version'])}"),
-    ("accuracy", lambda am: _num(am[1].get("accuracy"))),
-    ("macro-F1", lambda am: _num(am[1].get("macro_f1"))),
+    *_MODEL_SCORES,
     ("data version", lambda am: markdown_text((am[1].get("data_version") or "")[:12])),
     ("since", lambda am: markdown_text(am[1].get("alias_since") or "")),
     ("MLflow run", lambda am: _run_link(am[1].get("mlflow_url", ""), am[1].get("run_id", ""))),
@@ -121,18 +131,39 @@ _RETRAIN_COLUMNS: list[Column] = [
 ]
 
 
+_RETRAIN_ERRORS: list[Column] = [
+    ("R²", lambda r: _num(r.r2)),
+    ("MAE", lambda r: _num(r.mae)),
+    ("RMSE", lambda r: _num(r.rmse)),
+    ("champion R²", lambda r: _num(r.champion_r2)),
+    ("champion MAE", lambda r: _num(r.champion_mae)),
+]
+
+
+def _swap(columns: list[Column], regression: bool, old: list[str], new: list[Column]) -> list[Column]:  # fmt: skip
+    """The columns, those headed ``old`` replaced by ``new`` (in their place) for regression."""
+    if not regression:
+        return columns
+    at = next(i for i, (h, _) in enumerate(columns) if h in old)
+    kept = [c for c in columns if c[0] not in old]
+    return [*kept[:at], *new, *kept[at:]]
+
+
 def _performance(r: Review) -> str:
     lines = ["## Model performance", "", "### Current models", ""]
     if r.models:
-        lines.append(_table_of(r.models.items(), _MODEL_COLUMNS))
-        lines += ["", "Accuracy and macro-F1 on the holdout when the model was trained."]
+        cols = _swap(_MODEL_COLUMNS, r.regression, ["accuracy", "macro-F1"], _MODEL_ERRORS)
+        lines.append(_table_of(r.models.items(), cols))
+        what = "R², MAE and RMSE" if r.regression else "Accuracy and macro-F1"
+        lines += ["", f"{what} on the holdout when the model was trained."]
     else:
         lines.append("No registered model yet.")
     lines += ["", "### Retrains", ""]
     if not r.retrains:
         lines.append(f"{NOTHING}: no retrain runs.")
         return "\n".join(lines)
-    lines.append(_table_of(r.retrains, _RETRAIN_COLUMNS))
+    old = ["accuracy", "macro-F1", "champion accuracy", "champion macro-F1"]
+    lines.append(_table_of(r.retrains, _swap(_RETRAIN_COLUMNS, r.regression, old, _RETRAIN_ERRORS)))
     lines += [
         "",
         "Candidate and champion are scored on the same fixed holdout rows of each run.",
@@ -168,6 +199,15 @@ _DRIFT_COLUMNS: list[Column] = [
 ]
 
 
+_DRIFT_ERRORS: list[Column] = [
+    ("champion MAE", lambda m: _num(m.champion_mae)),
+    ("champion RMSE", lambda m: _num(m.champion_rmse)),
+    ("champion R²", lambda m: _num(m.champion_r2)),
+    ("challenger MAE", lambda m: _num(m.challenger_mae)),
+    ("challenger R²", lambda m: _num(m.challenger_r2)),
+]
+
+
 def _drift(r: Review) -> str:
     lines = ["## Drift", ""]
     if not r.monitoring:
@@ -184,7 +224,13 @@ def _drift(r: Review) -> str:
         top = ", ".join(f"{_code(f)} ({n})" for f, n in features.most_common(5))
         lines.append(f"Features that drifted most often: {top}.")
     lines.append("")
-    table = _with_table(lines, r.monitoring, _DRIFT_COLUMNS)
+    old = ["champion accuracy", "challenger accuracy", "champion est. (CBPE)",
+           "challenger est. (CBPE)"]  # fmt: skip
+    table = _with_table(
+        lines, r.monitoring, _swap(_DRIFT_COLUMNS, r.regression, old, _DRIFT_ERRORS)
+    )
+    if r.regression:  # said once: a regressor has no confidence to calibrate
+        return table.rstrip("\n") + f"\n\nNote: {markdown_text(REGRESSION_NOTE)}.\n"
     flagged = [(m.batch_id, f) for m in r.monitoring for f in m.cbpe_flags]
     if not flagged:
         return table
@@ -298,7 +344,12 @@ def _shadow(r: Review) -> str:
         ]
     else:
         lines += ["No challenger in shadow now.", ""]
-    return _listing(lines, r.shadow, "shadow evaluations", _SHADOW_COLUMNS)
+    columns = _SHADOW_COLUMNS
+    if r.regression:  # the scores are MAEs, the delta in target std, the test a sign test
+        names = {"challenger score": "challenger MAE", "champion score": "champion MAE",
+                 "delta": "delta (target std)", "McNemar p": "sign test p"}  # fmt: skip
+        columns = [(names.get(h, h), cell) for h, cell in columns]
+    return _listing(lines, r.shadow, "shadow evaluations", columns)
 
 
 _ALIAS_COLUMNS: list[Column] = [
@@ -366,11 +417,13 @@ def to_html(review: Review) -> str:
 
 
 def _performance_png(r: Review) -> bytes | None:
-    labeled = [m for m in r.monitoring if m.champion_accuracy is not None]
+    batch_score = "champion_r2" if r.regression else "champion_accuracy"
+    labeled = [m for m in r.monitoring if getattr(m, batch_score) is not None]
     if not r.retrains and not labeled:
         return None
     fig, ax = _figure()
-    for metric, colour in (("accuracy", "tab:blue"), ("macro_f1", "tab:orange")):
+    metrics = (("r2", "tab:blue"),) if r.regression else (("accuracy", "tab:blue"), ("macro_f1", "tab:orange"))  # fmt: skip
+    for metric, colour in metrics:
         for decision, marker in (("registered", "o"), ("rejected", "x")):
             pts = [
                 (parse_time(t.at), getattr(t, metric))
@@ -389,9 +442,9 @@ def _performance_png(r: Review) -> bytes | None:
             ax.plot(*zip(*champ, strict=True), color=colour, linestyle="--",
                     label=f"champion {metric} (same holdout)")  # fmt: skip
     if labeled:
-        pts = [(parse_time(m.at), m.champion_accuracy) for m in labeled]
+        pts = [(parse_time(m.at), getattr(m, batch_score)) for m in labeled]
         ax.plot(*zip(*pts, strict=True), color="tab:green", linestyle=":", marker=".",
-                label="champion accuracy on labeled batches")  # fmt: skip
+                label=f"{batch_score.replace('_', ' ')} on labeled batches")  # fmt: skip
     estimated = [
         (parse_time(m.at), m.cbpe_accuracy_champion)
         for m in r.monitoring
@@ -401,8 +454,11 @@ def _performance_png(r: Review) -> bytes | None:
         ax.plot(*zip(*estimated, strict=True), color="tab:purple", linestyle=":", marker="+",
                 label="champion accuracy estimated without labels (CBPE)")  # fmt: skip
     ax.set_title(f"Model performance, {r.start[:10]} to {r.end[:10]}")
-    ax.set_ylabel("score")
-    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("R²" if r.regression else "score")
+    # R² has no floor (a model worse than the mean is below 0): the axis shows it.
+    values = [v for t in r.retrains for v in (t.r2, t.champion_r2) if v is not None]
+    low = min([0.0, *values, *(float(m.champion_r2 or 0.0) for m in labeled)])
+    ax.set_ylim(low - 0.05 if r.regression else 0, 1.05)
     _date_axis(ax)
     ax.legend(fontsize=7, loc="lower left")
     return _png(fig)
@@ -468,6 +524,8 @@ def _pct(v: Any) -> str:
 def _model_line(m: dict[str, Any] | None) -> str:
     if not m:
         return "none"
+    if "r2" in m or "mae" in m:  # a regression model (models_status has its errors)
+        return f"v{markdown_text(m['version'])} (R² {_num(m.get('r2'))}, MAE {_num(m.get('mae'))})"
     return (
         f"v{markdown_text(m['version'])} (accuracy {_num(m.get('accuracy'))}, "
         f"macro-F1 {_num(m.get('macro_f1'))})"

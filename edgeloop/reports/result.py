@@ -33,6 +33,12 @@ class Retrain:
     run_id: str
     mlflow_url: str
     flow_run_url: str
+    #: Regression: the holdout R², MAE and RMSE, the champion's on the same rows.
+    r2: float | None = None
+    mae: float | None = None
+    rmse: float | None = None
+    champion_r2: float | None = None
+    champion_mae: float | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,12 @@ class MonitoredBatch:
     cbpe_calibrated_champion: bool | None = None
     #: What the estimates suggest (ask for labels, a likely regression): they never promote.
     cbpe_flags: tuple[str, ...] = ()
+    #: Regression, on the batch's labeled rows (``monitor.REGRESSION_METRICS``).
+    champion_mae: float | None = None
+    champion_rmse: float | None = None
+    champion_r2: float | None = None
+    challenger_mae: float | None = None
+    challenger_r2: float | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,12 @@ class Review:
     alias_events: list[AliasMove] = field(default_factory=list)
     #: The demo's frozen-vs-loop-vs-oracle measure (``reports/loop-effect.json``), if written.
     loop_effect: dict[str, Any] | None = None
+    #: ``schema.task``: a regression review shows R², MAE and RMSE instead of accuracy/macro-F1.
+    task: str = "classification"
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
 
     def counts(self) -> dict[str, int]:
         """The headline numbers (also the metrics of the review's MLflow run)."""

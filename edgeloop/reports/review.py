@@ -71,6 +71,7 @@ def build_review(settings: Settings, *, now: datetime | None = None, days: int =
         shadow=gather.shadow(window),
         alias_events=gather.alias_events(window),
         loop_effect=read_loop_effect(settings),
+        task=settings.data_schema.task,
     )
 
 

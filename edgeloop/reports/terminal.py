@@ -82,10 +82,15 @@ def print_status(state: dict[str, Any]) -> None:
     if not models:
         console.print("models: none registered yet (run 'edgeloop retrain')")
     for alias, m in models.items():
+        # A regression model's training run has R², MAE and RMSE, no accuracy or macro-F1.
+        scores = (
+            f"R² {_num(m.get('r2'))}  MAE {_num(m.get('mae'))}  RMSE {_num(m.get('rmse'))}"
+            if any(k in m for k in REGRESSION_KEYS)
+            else f"macro-F1 {_num(m.get('macro_f1'))}  accuracy {_num(m.get('accuracy'))}"
+        )
         console.print(
-            f"model [bold]{alias}[/]: v{m['version']}  macro-F1 {_num(m['macro_f1'])}"
-            f"  accuracy {_num(m['accuracy'])}  data {str(m['data_version'])[:12]}"
-            f"  {alias} for {m['age_hours']:.1f} h"
+            f"model [bold]{alias}[/]: v{m['version']}  {scores}"
+            f"  data {str(m.get('data_version'))[:12]}  {alias} for {m['age_hours']:.1f} h"
         )
     a = state.get("annotation") or {}
     if a.get("queued"):
@@ -116,21 +121,25 @@ def loop_effect_line(effect: dict[str, Any]) -> str:
 
 
 def _num(v: Any) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
+    return "n/a" if v is None or v != v else f"{v:.4f}"
 
 
 #: A retrain's holdout groups, by metric-key prefix (``pipelines.evaluate.GROUP_PREFIXES``).
 HOLDOUT_GROUPS = ("reference_", "recent_", "present_weighted_")
+#: A regression model's metrics (``pipelines.evaluate``), shown where classifiers show theirs.
+REGRESSION_KEYS = ("r2", "mae", "rmse")
 
 
 def holdout_group_lines(m: dict[str, Any], ch: dict[str, Any]) -> list[str]:
-    """One line per holdout group the metrics have: accuracy and macro-F1, the champion's, rows."""
+    """One line per holdout group the metrics have: accuracy and macro-F1 (regression: R², MAE,
+    RMSE), the champion's, rows."""
     lines = []
     for g in HOLDOUT_GROUPS:
         if not m.get(f"{g}rows"):
             continue
         parts = []
-        for k in ("accuracy", "macro_f1"):
+        regression = any(f"{g}{k}" in m for k in REGRESSION_KEYS)
+        for k in REGRESSION_KEYS if regression else ("accuracy", "macro_f1"):
             champ = f" (champion {_num(ch.get(f'{g}{k}'))})" if ch else ""
             parts.append(f"{k} {_num(m.get(f'{g}{k}'))}{champ}")
         rows = f"{int(m[f'{g}rows'])} rows, effective {m.get(f'{g}effective_rows') or 0:.1f}"
@@ -149,7 +158,7 @@ def print_retrain(result: dict[str, Any]) -> None:
     m, ch = result.get("metrics") or {}, result.get("champion_metrics") or {}
     base = result.get("baseline_metrics") or {}
     strategy = (result.get("gates") or {}).get("baseline", "")
-    for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", *REGRESSION_KEYS):
         if k in m:
             extra = [f"champion {_num(ch.get(k))}"] if ch else []
             b = base.get(f"{METRIC_BASELINE_PREFIX}{k}")

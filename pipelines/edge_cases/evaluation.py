@@ -26,9 +26,19 @@ such a row is known without labeling it and counts with its 0 in the estimate (a
 to the other rows, by the same design. The importance weights stay near 1 instead of the
 1 / (a few percent) of rows drawn from the whole batch, and the estimate stays unbiased: every
 row that can carry a nonzero ``d_i`` keeps ``q_i > 0``.
+
+Regression (score frames with a ``scale`` or ``spread`` column and no ``p_<class>`` ones): the
+paired difference is ``d_i = (|y - a_i| - |y - b_i|) / scale`` clipped to [-1, 1], and
+``|d_i| <= min(1, |a_i - b_i| / scale)`` whatever the label, so ``w_i = min(1, |a_i - b_i| /
+scale)`` (``scale``: the champion's training-target std, or the spread of the two models'
+predictions when unknown; only the ratios of ``w`` matter). ``disagreements_first`` does not
+apply: two regressors almost never predict the same number, and ``d_i`` is not 0 where they
+are close, so every eligible row keeps its share of the uniform part (``q_i > 0``).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pandas as pd
@@ -39,6 +49,8 @@ from edgeloop.core.keys import BATCH_ID, QUEUE_INCLUSION_PROB, ROW_ID
 from pipelines.edge_cases.arrow import _arrow_strings, _Column
 
 PROB_PREFIX = "p_"
+#: Columns only a regression score frame has (``pipelines.score``).
+REGRESSION_COLUMNS = ("scale", "spread")
 
 
 def excluded_mask(ids: pd.Series, exclude: set[str] | frozenset[str]) -> np.ndarray:
@@ -59,6 +71,10 @@ def comparison_weights(champion: pd.DataFrame, challenger: pd.DataFrame | None) 
     without ``p_<class>`` columns. ``challenger`` is aligned with ``champion`` by position."""
     n = len(champion)
     classes = [c for c in champion.columns if str(c).startswith(PROB_PREFIX)]
+    if challenger is not None and is_regression_scores(champion):
+        if len(challenger) != n:
+            raise ValueError(f"challenger has {len(challenger)} rows, champion {n}")
+        return regression_weights(champion, challenger)
     if challenger is None or not classes:
         return np.ones(n)
     if len(challenger) != n:
@@ -74,6 +90,34 @@ def comparison_weights(champion: pd.DataFrame, challenger: pd.DataFrame | None) 
     one_right = np.where(disagree, mean[rows, ia] + mean[rows, ib], 0.0)
     loss_gap = np.abs(a[rows, ia] - b[rows, ia])
     w: np.ndarray = np.maximum(np.sqrt(np.clip(one_right, 0.0, 1.0)), loss_gap)
+    return w
+
+
+def is_regression_scores(scores: pd.DataFrame) -> bool:
+    """A regression model's score frame: no class probabilities, a ``scale`` or ``spread``."""
+    cols = [str(c) for c in scores.columns]
+    return not any(c.startswith(PROB_PREFIX) for c in cols) and any(
+        c in cols for c in REGRESSION_COLUMNS
+    )
+
+
+def regression_weights(champion: pd.DataFrame, challenger: pd.DataFrame) -> np.ndarray:
+    """``w_i = min(1, |a_i - b_i| / scale)``, the bound on ``|d_i|`` (module docstring)."""
+    a = champion["predicted"].to_numpy(dtype=np.float64)
+    b = challenger["predicted"].to_numpy(dtype=np.float64)
+    scale = math.nan
+    if "scale" in champion.columns:
+        known = champion["scale"].to_numpy(dtype=np.float64)
+        known = known[np.isfinite(known)]
+        scale = float(known[0]) if len(known) else math.nan
+    if not (math.isfinite(scale) and scale > 0):
+        both = np.concatenate([a, b])
+        both = both[np.isfinite(both)]
+        scale = float(both.std()) if len(both) > 1 else 0.0
+    gap = np.abs(a - b)
+    if not scale > 0:  # constant predictions: no row says more than another
+        return np.ones(len(a))
+    w: np.ndarray = np.clip(np.nan_to_num(gap / scale, nan=0.0), 0.0, 1.0)
     return w
 
 
@@ -143,7 +187,7 @@ def evaluation_sample(
     if challenger is not None and not _same_rows(champion, challenger):
         raise ValueError("challenger scores are not the champion's rows in the same order")
     weights = comparison_weights(champion, challenger)
-    if disagreements_first and challenger is not None:
+    if disagreements_first and challenger is not None and not is_regression_scores(champion):
         apart = (
             champion["predicted"].astype(str).to_numpy()
             != challenger["predicted"].astype(str).to_numpy()
