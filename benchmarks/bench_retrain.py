@@ -1,14 +1,17 @@
 """What does ``edgeloop retrain`` cost over a bare scikit-learn script, and what does a cache hit?
 
-In one run, on one seeded synthetic dataset (1M labeled rows x 21 features by default):
+In one run, on one seeded synthetic dataset (1M labeled rows x 21 features by default; with
+``--task regression`` a continuous target, ``edgeloop.demo.synthetic``):
 
 * builds a throw-away project under ``benchmarks/.work/retrain/`` (``git init`` +
-  ``init_project`` with the Parquet file, estimator ``HistGradientBoostingClassifier`` with
-  default params; the ``random_state`` comes from ``seeds.train``);
+  ``init_project`` with the Parquet file, estimator ``HistGradientBoostingClassifier`` (or
+  ``HistGradientBoostingRegressor``) with default params; the ``random_state`` comes from
+  ``seeds.train``);
 * baseline: a bare scikit-learn script in a cold subprocess (read the project's reference
   Parquet, the same hash-based 80/20 holdout, the same ``ColumnTransformer`` (categoricals as
   ordinal codes, the estimator told their positions, as ``build_pipeline`` does for it) +
-  estimator, fit, predict the holdout, accuracy / macro-F1 / per-class metrics);
+  estimator, fit, predict the holdout, accuracy / macro-F1 / per-class metrics, or R² / MAE /
+  RMSE for regression);
 * edgeloop: ``edgeloop retrain --json --reason bench`` in a cold subprocess (the console script,
   cwd = the project), then ``edgeloop retrain --json`` again (same inputs: ``cached``);
 * the overhead split: stack imports, a trivial Prefect flow (ephemeral server start + flow and
@@ -22,13 +25,14 @@ In one run, on one seeded synthetic dataset (1M labeled rows x 21 features by de
 Goals: edgeloop cold CLI / baseline cold script <= 1.15; cache hit / full retrain <= 0.1.
 
     .venv/bin/python benchmarks/bench_retrain.py [--rows 1000000] [--repeat 3]
+    .venv/bin/python benchmarks/bench_retrain.py --task regression
 
 Bytecode: as ``bench_cli_help.py``, by default every process (this one, its children and the
 Prefect server they start) writes and reuses ``.pyc`` files in a private temporary folder, and
 an untimed warm-up (a small project: init, retrain, baseline) fills it before anything is timed.
 ``--bytecode inherit`` keeps the environment as it is.
 
-Writes ``benchmarks/results/retrain.json``; the profile and the projects go to
+Writes ``benchmarks/results/retrain.json`` (``retrain-regression.json``); the profile and the projects go to
 ``benchmarks/.work/retrain/``.
 """
 
@@ -38,6 +42,7 @@ import argparse
 import contextlib
 import cProfile
 import json
+import math
 import os
 import pstats
 import re
@@ -54,6 +59,7 @@ from statistics import median
 from typing import Any
 
 from _harness import (
+    RESULTS,
     ROOT,
     add_output,
     arguments,
@@ -69,10 +75,18 @@ WORK = Path(__file__).resolve().parent / ".work" / "retrain"
 #: The venv's bin folder, not resolved: sys.executable may be a symlink to a base interpreter.
 BIN = Path(sys.executable).parent
 EDGELOOP = [sys.executable, str(BIN / "edgeloop")]
-ESTIMATOR = "sklearn.ensemble.HistGradientBoostingClassifier"
+ESTIMATORS = {
+    "classification": "sklearn.ensemble.HistGradientBoostingClassifier",
+    "regression": "sklearn.ensemble.HistGradientBoostingRegressor",
+}
 GOAL_FULL = 1.15
 GOAL_CACHE = 0.1
-TARGET = "label"
+TARGETS = {"classification": "label", "regression": "value"}
+#: The metrics both arms report and must agree on.
+METRICS = {
+    "classification": ("accuracy", "macro_f1", "weighted_f1"),
+    "regression": ("r2", "mae", "rmse"),
+}
 #: The imports the brief names ("the stack").
 STACK_IMPORTS = "import prefect, mlflow, great_expectations, dvc.repo, sklearn.ensemble"
 #: What a retrain actually imports (GX is not among them): the flow module and its lazy imports.
@@ -91,8 +105,9 @@ t0 = time.perf_counter()
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+from sklearn.metrics import (accuracy_score, f1_score, mean_absolute_error,
+                             precision_recall_fscore_support, r2_score, root_mean_squared_error)
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 t1 = time.perf_counter()
@@ -113,24 +128,32 @@ pre = ColumnTransformer(
     remainder="passthrough",
     verbose_feature_names_out=False,
 )
-est = HistGradientBoostingClassifier(
-    random_state=cfg["seed_train"], categorical_features=list(range(len(cats)))
-)
+regression = cfg["task"] == "regression"
+Estimator = HistGradientBoostingRegressor if regression else HistGradientBoostingClassifier
+est = Estimator(random_state=cfg["seed_train"], categorical_features=list(range(len(cats))))
 model = Pipeline([("features", pre), ("model", est)])
-model.fit(train[cfg["features"]], train[cfg["target"]].to_numpy())
+y_train = train[cfg["target"]].to_numpy()
+model.fit(train[cfg["features"]], y_train.astype("float64") if regression else y_train)
 t4 = time.perf_counter()
 y_true = test[cfg["target"]].to_numpy()
 y_pred = model.predict(test[cfg["features"]])
-classes = cfg["classes"]
-metrics = {
-    "accuracy": float(accuracy_score(y_true, y_pred)),
-    "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro")),
-    "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted")),
-}
-p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
-for i, c in enumerate(classes):
-    metrics.update({f"class_{c}_precision": float(p[i]), f"class_{c}_recall": float(r[i]),
-                    f"class_{c}_f1": float(f[i]), f"class_{c}_support": float(n[i])})
+if regression:
+    metrics = {
+        "r2": float(r2_score(y_true, y_pred)),
+        "mae": float(mean_absolute_error(y_true, y_pred)),
+        "rmse": float(root_mean_squared_error(y_true, y_pred)),
+    }
+else:
+    classes = cfg["classes"]
+    metrics = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=classes, average="macro")),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=classes, average="weighted")),
+    }
+    p, r, f, n = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    for i, c in enumerate(classes):
+        metrics.update({f"class_{c}_precision": float(p[i]), f"class_{c}_recall": float(r[i]),
+                        f"class_{c}_f1": float(f[i]), f"class_{c}_support": float(n[i])})
 t5 = time.perf_counter()
 print(json.dumps({
     "seconds": {"import": t1 - t0, "read": t2 - t1, "split": t3 - t2, "fit": t4 - t3,
@@ -213,12 +236,14 @@ def last_json(stdout: str) -> dict[str, Any]:
     return obj
 
 
-def set_estimator(config: Path) -> None:
-    """training: HistGradientBoostingClassifier, default params (random_state from seeds)."""
+def set_estimator(config: Path, task: str) -> None:
+    """training: HistGradientBoosting of the task, default params (random_state from seeds)."""
     import yaml
 
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
-    data["training"]["estimator"] = ESTIMATOR
+    if data["schema"].get("task", "classification") != task:
+        raise RuntimeError(f"init inferred task {data['schema'].get('task')!r}, expected {task!r}")
+    data["training"]["estimator"] = ESTIMATORS[task]
     data["training"]["params"] = {}
     config.write_text(
         yaml.safe_dump(data, sort_keys=False, width=100, default_flow_style=None), encoding="utf-8"
@@ -238,6 +263,7 @@ def baseline_args(settings: Any, parquet: Path) -> str:
             "features": list(schema.features),
             "categorical": list(schema.categorical),
             "target": schema.target,
+            "task": schema.task,
             "classes": list(schema.classes),
             "holdout_fraction": settings.training.holdout_fraction,
             "seed_split": settings.seeds.split,
@@ -305,22 +331,22 @@ def profile_top(prof: cProfile.Profile, top: int) -> tuple[list[dict[str, Any]],
 
 
 # ---------------------------------------------------------------------- steps
-def build_project(path: Path, source: Path, rows: int, seed: int) -> dict[str, float]:
+def build_project(path: Path, source: Path, rows: int, seed: int, task: str) -> dict[str, float]:
     """The measured project, built in this process with ``init_project``."""
     from edgeloop.demo.synthetic import synthetic_frame
     from edgeloop.stack.init import init_project
 
-    t_gen, frame = timed(lambda: synthetic_frame(rows, seed=seed, labeled=True))
+    t_gen, frame = timed(lambda: synthetic_frame(rows, seed=seed, labeled=True, task=task))
     t_write, _ = timed(lambda: frame.to_parquet(source, index=False))
     frame = None  # free it before init reads the file back
     new_repo(path)
-    t_init, _ = timed(lambda: init_project(path, data=source, target=TARGET))
-    set_estimator(path / "edgeloop.yaml")
+    t_init, _ = timed(lambda: init_project(path, data=source, target=TARGETS[task]))
+    set_estimator(path / "edgeloop.yaml", task)
     commit_all(path)
     return {"generate": t_gen, "write_source": t_write, "init_project": t_init}
 
 
-def warm_up(env: dict[str, str], rows: int, seed: int) -> dict[str, float]:
+def warm_up(env: dict[str, str], rows: int, seed: int, task: str) -> dict[str, float]:
     """Untimed in the comparison: fills the bytecode cache and the page cache on a small
     project (init, a first retrain on fresh stores, the baseline, the import lines)."""
     from edgeloop.core.config import load_settings
@@ -328,12 +354,12 @@ def warm_up(env: dict[str, str], rows: int, seed: int) -> dict[str, float]:
 
     path = WORK / "warmup"
     source = WORK / f"warmup-{rows}.parquet"
-    write_synthetic(source, rows, seed)
+    write_synthetic(source, rows, seed, task=task)
     new_repo(path)
     t_init, _, _ = run_cmd(
-        [*EDGELOOP, "init", "--data", str(source), "--target", TARGET], cwd=path, env=env
+        [*EDGELOOP, "init", "--data", str(source), "--target", TARGETS[task]], cwd=path, env=env
     )
-    set_estimator(path / "edgeloop.yaml")
+    set_estimator(path / "edgeloop.yaml", task)
     commit_all(path)
     t_retrain, _, out = run_cmd([*EDGELOOP, "retrain", "--json"], cwd=path, env=env)
     status = last_json(out)["status"]
@@ -499,7 +525,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     try:
         if not args.no_warmup:
             print(f"warm-up: a {args.warmup_rows:,}-row project (untimed) ...", flush=True)
-            once["warmup"] = warm_up(env, args.warmup_rows, args.seed)
+            once["warmup"] = warm_up(env, args.warmup_rows, args.seed, args.task)
 
         project = WORK / "project"
         source = WORK / f"synthetic-{args.rows}-{args.seed}.parquet"
@@ -507,7 +533,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         once.update(
             {
                 k: round(v, 3)
-                for k, v in build_project(project, source, args.rows, args.seed).items()
+                for k, v in build_project(project, source, args.rows, args.seed, args.task).items()
             }
         )
         settings = load_settings(project / "edgeloop.yaml")
@@ -681,10 +707,11 @@ def summarize(
         "MLflow: recover (orphan runs + registry), warm": steps["recover"],
         "MLflow: find_cached, warm": steps["find_cached"],
     }
+    # Same fit, same predictions: equal up to the order of a sum (MAE, RMSE over 200k rows).
     same = all(
-        abs(b["metrics"][k] - f["metrics"].get(k, float("nan"))) < 1e-12
+        math.isclose(b["metrics"][k], f["metrics"].get(k, math.nan), rel_tol=1e-9, abs_tol=1e-12)
         for b, f in zip(bases, fulls, strict=True)
-        for k in ("accuracy", "macro_f1", "weighted_f1")
+        for k in METRICS[args.task]
     )
     rest_base, rest_cli, model_base = median(base_rest), median(cli_rest), median(base_model)
     ratios = {
@@ -711,14 +738,15 @@ def summarize(
         "full_repeat": args.full_repeat,
         "bytecode": args.bytecode,
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
-        "estimator": ESTIMATOR,
+        "task": args.task,
+        "estimator": ESTIMATORS[args.task],
         "source_parquet_mb": round(source.stat().st_size / 1e6, 1) if source.exists() else None,
         "holdout_rows": holdout_rows,
         "train_rows": bases[0]["train_rows"],
         "same_metrics_as_baseline": same,
         "metrics": {
-            "baseline": {k: bases[0]["metrics"][k] for k in ("accuracy", "macro_f1")},
-            "edgeloop": {k: fulls[0]["metrics"].get(k) for k in ("accuracy", "macro_f1")},
+            "baseline": {k: bases[0]["metrics"][k] for k in METRICS[args.task]},
+            "edgeloop": {k: fulls[0]["metrics"].get(k) for k in METRICS[args.task]},
         },
         "once_s": once,
         "times_s": wall,
@@ -750,7 +778,8 @@ def print_table(result: dict[str, Any], profile_text: str) -> None:
     med, cpu = result["median_s"], result["cpu_median_s"]
     print()
     print(
-        f"{result['rows']:,} rows, {ESTIMATOR.rsplit('.', 1)[1]}, {result['train_rows']:,} train /"
+        f"{result['rows']:,} rows, {result['estimator'].rsplit('.', 1)[1]},"
+        f" {result['train_rows']:,} train /"
         f" {result['holdout_rows']:,} holdout rows; same metrics as the baseline:"
         f" {result['same_metrics_as_baseline']}"
     )
@@ -788,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = arguments(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=tuple(ESTIMATORS), default="classification")
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs of the cheap arms (imports, cache hits)"
     )
@@ -810,6 +840,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_output(parser, "retrain.json", "a goal is missed")
     args = parser.parse_args(argv)
+    if args.task == "regression" and args.out == RESULTS / "retrain.json":
+        args.out = RESULTS / "retrain-regression.json"
     if min(args.repeat, args.full_repeat) < 1 or args.rows < 1000:
         parser.error("--repeat and --full-repeat must be at least 1, --rows at least 1000")
     result, profile_text = run(args)

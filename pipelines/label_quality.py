@@ -8,6 +8,17 @@ seeded K-fold cross-validation, each row predicted by the model that did not see
 beyond the per-class noise rates it estimates; ``cleanlab.rank.get_label_quality_scores`` gives
 each row a score in [0, 1] (low = likely wrong). A flag is a question for a person, not a
 correction: the caller queues the row for review and may keep it out of training until then.
+
+Regression (``schema.task: regression``): every labeled row gets an out-of-sample *prediction*
+the same way (``cross_val_predict`` of the project's regressor). A row is suspect when its
+residual (label - prediction) is an outlier among all residuals: its modified z-score,
+``|r - median(r)| / (1.4826 MAD(r))``, is above ``SUSPECT_Z`` (3.5, Iglewicz & Hoaglin's rule;
+robust, so the wrong labels themselves do not widen the yardstick). ``quality`` is cleanlab's
+regression label-quality score (``cleanlab.regression.rank.get_label_quality_scores``, the
+default OUTRE method, in [0, 1], low = likely wrong); ``suggested`` is the prediction, and
+``p_given``/``p_suggested`` are NaN (there are no probabilities). cleanlab's
+``regression.learn.CleanLearning`` is not used: it refits the model for every candidate share
+of noisy rows (dozens of forests), for flags the residual rule gives from one cross-validation.
 """
 
 from __future__ import annotations
@@ -24,6 +35,11 @@ from edgeloop.core.config import SchemaSettings, TrainingSettings
 from edgeloop.core.errors import TrainingError
 from edgeloop.core.keys import ROW_ID
 from pipelines.train import build_pipeline, features, target
+
+#: Regression: a residual with a modified z-score above this flags its row (module docstring).
+SUSPECT_Z = 3.5
+#: The MAD of a normal sample is 0.6745 of its standard deviation: 1 / 0.6745.
+_MAD_TO_STD = 1.4826
 
 #: Columns of ``label_issues``' frame.
 ISSUE_COLUMNS = ("row_id", "given", "suggested", "quality", "p_given", "p_suggested", "suspect")
@@ -115,6 +131,62 @@ def label_issues(frame: pd.DataFrame, probs: np.ndarray, schema: SchemaSettings)
     return LabelIssues(out, folds=0, classes=present)
 
 
+def out_of_sample_predictions(
+    frame: pd.DataFrame,
+    schema: SchemaSettings,
+    training: TrainingSettings,
+    *,
+    folds: int,
+    seed: int,
+) -> np.ndarray:
+    """Regression: the prediction for every row of ``frame`` (labeled rows) from a model that
+    did not train on it (the project's pipeline, seeded K-fold)."""
+    if len(frame) < folds:
+        raise TrainingError(f"{len(frame)} labeled rows: too few for {folds}-fold scoring")
+    y = target(frame, schema)
+    pipe = build_pipeline(schema, training, seed)
+    cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    pred: np.ndarray = cross_val_predict(pipe, features(frame, schema), y, cv=cv)
+    return np.asarray(pred, dtype="float64")
+
+
+def regression_label_issues(
+    frame: pd.DataFrame, predictions: np.ndarray, schema: SchemaSettings
+) -> LabelIssues:
+    """Flag the rows of ``frame`` whose label is far from its out-of-sample prediction
+    (module docstring). Inputs are not modified."""
+    from cleanlab.regression.rank import get_label_quality_scores  # lazy: ~1 s to import
+
+    given = target(frame, schema)
+    pred = np.asarray(predictions, dtype="float64")
+    residual = given - pred
+    mad = float(np.median(np.abs(residual - np.median(residual))))
+    if mad > 0:
+        z = np.abs(residual - np.median(residual)) / (_MAD_TO_STD * mad)
+        flagged = z > SUSPECT_Z
+    else:  # (nearly) every prediction exact: only rows that differ at all stand out
+        flagged = np.abs(residual - np.median(residual)) > 0
+    quality = (
+        np.asarray(get_label_quality_scores(given, pred), dtype="float64")
+        if len(frame) > 1
+        else np.ones(len(frame))
+    )
+    nan = np.full(len(frame), np.nan)
+    out = pd.DataFrame(
+        {
+            "row_id": frame[ROW_ID].astype("str").to_numpy(),
+            "given": given,
+            # Six significant digits: what a reviewer reads, not float noise.
+            "suggested": [float(f"{v:.6g}") for v in pred],
+            "quality": quality,
+            "p_given": nan,
+            "p_suggested": nan,
+            "suspect": np.asarray(flagged, dtype=bool),
+        }
+    )
+    return LabelIssues(out, folds=0, classes=[])
+
+
 def score_labels(
     frame: pd.DataFrame,
     schema: SchemaSettings,
@@ -123,8 +195,13 @@ def score_labels(
     folds: int,
     seed: int,
 ) -> LabelIssues:
-    """``out_of_sample_probabilities`` then ``label_issues`` on the labeled rows of ``frame``."""
+    """``out_of_sample_probabilities`` then ``label_issues`` on the labeled rows of ``frame``
+    (regression: ``out_of_sample_predictions`` then ``regression_label_issues``)."""
     labeled = frame[frame[schema.target].notna()]
+    if schema.is_regression:
+        pred = out_of_sample_predictions(labeled, schema, training, folds=folds, seed=seed)
+        found = regression_label_issues(labeled, pred, schema)
+        return LabelIssues(found.rows, folds=folds, classes=[])
     probs = out_of_sample_probabilities(labeled, schema, training, folds=folds, seed=seed)
     found = label_issues(labeled, probs, schema)
     return LabelIssues(found.rows, folds=folds, classes=found.classes)

@@ -5,6 +5,12 @@
 ``labels_suite`` is the GX suite written to ``expectations/labels.json``; ``check_labels``
 validates with real GX (label in the class set, id queued, one answer per id) and splits good
 rows from bad ones, each bad row with its reasons.
+
+Regression (``schema.task: regression``): a label is a number. Label Studio answers come from a
+``Number`` control (``value.number``; a ``TextArea``'s ``value.text`` is read too); text labels
+are parsed as numbers, and one that does not parse is rejected ("label is not a number", the
+report shows what was given); the suite checks the numeric type and ``schema.target_range``
+(a label outside it is rejected, not clipped).
 """
 
 from __future__ import annotations
@@ -22,13 +28,22 @@ from edgeloop.core.errors import LabelFileError
 from pipelines.validate import validate_frame
 
 COLUMNS = ["row_id", "label", "labeled_at", "annotator", "source"]
+#: dtypes a regression label column may have once parsed (``numeric_labels`` gives float64).
+NUMBERS = ["float64", "float32", "int64", "int32", "Float64", "Int64"]
 
 
 def _choice(annotation: dict[str, Any]) -> Any:
+    """The answer of one annotation: a Choices pick, a Number, or a TextArea's first text."""
     for item in annotation.get("result") or []:
-        choices = (item.get("value") or {}).get("choices")
+        value = item.get("value") or {}
+        choices = value.get("choices")
         if choices:
             return choices[0]
+        if value.get("number") is not None:
+            return value["number"]
+        text = value.get("text")
+        if text:
+            return text[0] if isinstance(text, list) else text
     return None
 
 
@@ -86,8 +101,32 @@ def labels_from_json(text: str, path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def numeric_labels(labels: pd.Series) -> pd.Series:
+    """Regression labels as float64: numbers and text that parses as one; NaN where a label is
+    missing or is not a number. "1,5" is not a number (a decimal comma or a thousands
+    separator? guessing could change the value tenfold): it is rejected, not read."""
+
+    def parse(v: Any) -> float:
+        if v is None or isinstance(v, bool):
+            return np.nan
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return float(v)
+        text = str(v).strip()
+        try:
+            return float(text)
+        except ValueError:
+            return np.nan
+
+    out = labels.map(parse).astype("float64")
+    # inf parses ("inf", 1e400) but is no label anyone gave: treat it as not a number.
+    return out.where(np.isfinite(out))
+
+
 def coerce_labels(labels: pd.Series, schema: SchemaSettings) -> pd.Series:
-    """Text labels to the configured classes' type ("7" -> 7); unknown labels stay as they are."""
+    """Text labels to the configured classes' type ("7" -> 7); unknown labels stay as they are.
+    Regression: ``numeric_labels``."""
+    if schema.is_regression:
+        return numeric_labels(labels)
     by_text = {str(c): c for c in schema.classes}
 
     def key(v: Any) -> str:
@@ -107,6 +146,22 @@ def labels_suite(schema: SchemaSettings) -> dict[str, Any]:
     def e(kind: str, **kw: Any) -> dict[str, Any]:
         return {"type": kind, "kwargs": kw}
 
+    if schema.is_regression:
+        values = [e("expect_column_values_to_be_in_type_list", column="label", type_list=NUMBERS)]
+        if schema.target_range is not None:
+            low, high = schema.target_range
+            values.append(
+                e(
+                    "expect_column_values_to_be_between",
+                    column="label",
+                    min_value=float(low),
+                    max_value=float(high),
+                )
+            )
+    else:
+        values = [
+            e("expect_column_values_to_be_in_set", column="label", value_set=list(schema.classes))
+        ]
     return {
         "name": "labels",
         "meta": {
@@ -116,7 +171,7 @@ def labels_suite(schema: SchemaSettings) -> dict[str, Any]:
             e("expect_table_columns_to_match_set", column_set=COLUMNS, exact_match=True),
             e("expect_column_values_to_not_be_null", column="row_id"),
             e("expect_column_values_to_not_be_null", column="label"),
-            e("expect_column_values_to_be_in_set", column="label", value_set=list(schema.classes)),
+            *values,
             e(
                 "expect_column_values_to_be_in_set",
                 column="row_id",
@@ -140,6 +195,7 @@ class LabelCheck:
 
 _REASON = {
     ("expect_column_values_to_be_in_set", "label"): "label not in the class set",
+    ("expect_column_values_to_be_between", "label"): "label outside schema.target_range",
     ("expect_column_values_to_be_in_set", "row_id"): "id was never queued",
     ("expect_column_values_to_be_unique", "row_id"): "conflicting labels for the same id",
     ("expect_column_values_to_not_be_null", "label"): "no label",
@@ -152,9 +208,11 @@ def check_labels(
 ) -> LabelCheck:
     """Validate with GX; every row failing any row-level expectation is bad, with its reasons."""
     frame = labels.copy()
-    frame["label"] = coerce_labels(frame["label"], schema)
+    given = frame["label"]
+    frame["label"] = coerce_labels(given, schema)
     before = len(frame)
-    frame = frame.drop_duplicates(subset=["row_id", "label"]).reset_index(drop=True)
+    keep = ~frame.duplicated(subset=["row_id", "label"])
+    frame, given = frame[keep].reset_index(drop=True), given[keep].reset_index(drop=True)
     report = validate_frame(
         frame, suite, batch="labels", parameters={"queued_ids": list(queued_ids)}
     )
@@ -164,12 +222,24 @@ def check_labels(
             "labels do not have the expected shape: " + "; ".join(f.describe() for f in table_level)
         )
     reasons = np.full(len(frame), "", dtype=object)
+    # A regression label that was given but is not a number is null once parsed: say so.
+    not_a_number = (given.notna() & frame["label"].isna()).to_numpy()
     for f in report.failed:
         why = _REASON.get((f.expectation, f.column or ""), f.short)
-        rows = list(f.rows)
+        rows = np.asarray(f.rows, dtype="int64")
+        if why == "no label" and schema.is_regression:
+            for r in rows:
+                reasons[r] += "; " + ("label is not a number" if not_a_number[r] else why)
+            continue
         reasons[rows] = reasons[rows] + ("; " + why)
     bad_mask = reasons != ""
-    bad = frame[bad_mask].assign(reason=[r.lstrip("; ") for r in reasons[bad_mask]])
+    # The report shows what was given (the parsed value of a non-number is NaN).
+    shown = (
+        frame.assign(label=given.astype("object").where(given.notna(), None))
+        if schema.is_regression
+        else frame
+    )
+    bad = shown[bad_mask].assign(reason=[r.lstrip("; ") for r in reasons[bad_mask]])
     return LabelCheck(
         frame[~bad_mask].copy(), bad, before - len(frame), [f.describe() for f in report.failed]
     )

@@ -26,7 +26,9 @@ rows are accepted and the failure is listed in the batch's report as a warning; 
   columns (and columns with more than ``max_categories`` values) get no value set at all;
 * ignored columns: only their presence (through the column set);
 * the target: values in the configured class set (hard; nulls allowed: production batches are
-  unlabeled).
+  unlabeled); a regression target instead gets a numeric dtype (hard: a text label cannot be
+  trained on) and ``schema.target_range`` (else the observed range widened by ``margin``) as a
+  **soft** range: an unusual value is reported, not quarantined.
 """
 
 from __future__ import annotations
@@ -254,6 +256,46 @@ def _categorical_expectations(
     return exps
 
 
+def _target_expectations(
+    df: pd.DataFrame, schema: SchemaSettings, margin: float
+) -> list[dict[str, Any]]:
+    target = schema.target
+    if not schema.is_regression:
+        return [
+            _expect(
+                "expect_column_values_to_be_in_set",
+                HARD,
+                column=target,
+                value_set=list(schema.classes),
+            )
+        ]
+    s = df[target]
+    if not pd.api.types.is_numeric_dtype(s) or s.isna().all():
+        raise ValueError(f"regression target {target!r} has no numeric values in the reference")
+    if schema.target_range is not None:
+        low, high = schema.target_range
+    else:
+        lo, hi = float(s.min()), float(s.max())
+        pad = margin * (hi - lo) if hi > lo else max(abs(hi) * margin, 1.0)
+        low, high = lo - pad, hi + pad
+    # No not-null: production batches arrive unlabeled (an all-null target column).
+    return [
+        _expect(
+            "expect_column_values_to_be_in_type_list",
+            HARD,
+            column=target,
+            type_list=NUMERIC_TYPES,
+        ),
+        _expect(
+            "expect_column_values_to_be_between",
+            SOFT,
+            column=target,
+            min_value=float(low),
+            max_value=float(high),
+        ),
+    ]
+
+
 def bootstrap_suite(
     df: pd.DataFrame,
     schema: SchemaSettings,
@@ -296,14 +338,7 @@ def bootstrap_suite(
             )
         else:
             exps += _numeric_expectations(df[col], col, margin)
-    exps.append(
-        _expect(
-            "expect_column_values_to_be_in_set",
-            HARD,
-            column=schema.target,
-            value_set=list(schema.classes),
-        )
-    )
+    exps += _target_expectations(df, schema, margin)
     meta: dict[str, Any] = {
         "generated_by": "edgeloop init (pipelines.profile.bootstrap_suite)",
         "reference_rows": len(df),

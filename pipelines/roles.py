@@ -26,19 +26,29 @@ Every column gets one role and a one-line reason; the rules, in the order they a
    values are not quarantined).
 6. **Numeric**: everything else.
 
-The target: every row needs a label; it needs two classes at least; a numeric target with
+The target: every row needs a label and two distinct values at least. A numeric target with
 non-integer values, or with more than ``MAX_CLASSES_NUMERIC`` distinct values that are also
-more than 5 % of the rows, is continuous and refused (regression is not supported yet).
-It is **imbalanced** when its rarest class has a share below ``IMBALANCE_SHARE`` / classes
-(0.2 for a binary target, 0.1 for four classes): such classes are "rare".
+more than 5 % of the rows, is **continuous: regression** (``schema.task: regression``, no
+classes); anything else is classification (``--task`` overrides: a numeric target with few
+integer values may be regressed, a fractional or text one cannot be classes or numbers). A
+regression target's plausible range (``schema.target_range``, bounding imported labels) is the
+observed [min, max] widened by half its width on each side, rounded outwards to two
+significant digits of the width, and not below 0 for a target that was never negative and
+whose name says amount or count (``pipelines.profile.is_count_or_amount``: ``price``...).
+A classification target is **imbalanced** when its rarest class has a share below
+``IMBALANCE_SHARE`` / classes (0.2 for a binary target, 0.1 for four classes): such classes
+are "rare".
 
 Gate defaults (``gate_defaults``): the metric is balanced accuracy on an imbalanced target,
 else macro-F1; the candidate must beat a most-frequent-class baseline by ``MIN_LIFT`` on that
-metric; each rare class gets a recall floor of ``RARE_RECALL_FLOOR``.
+metric; each rare class gets a recall floor of ``RARE_RECALL_FLOOR``. For regression: R²,
+beating the mean baseline by ``MIN_LIFT``; a random forest regressor, the shadow comparison on
+absolute errors, and no margin rule for edge cases (``margin`` is the confidence there).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,9 +58,11 @@ import numpy as np
 import pandas as pd
 
 from edgeloop.core.errors import EdgeloopError
+from pipelines.profile import is_count_or_amount
 from pipelines.timecol import epoch_unit, parse_share, parse_time
 
 Role = Literal["id", "time", "numeric", "categorical", "high_cardinality", "ignore"]
+Task = Literal["classification", "regression"]
 
 #: Text parses as times when at least this share of a sample does.
 TIME_PARSE_SHARE = 0.95
@@ -65,6 +77,10 @@ IMBALANCE_SHARE = 0.4
 #: Gate defaults written by init.
 MIN_LIFT = 0.05
 RARE_RECALL_FLOOR = 0.2
+#: The regression target's plausible range: the observed one widened by this share of its
+#: width on each side.
+RANGE_WIDENING = 0.5
+REGRESSOR = "sklearn.ensemble.RandomForestRegressor"
 
 _ID_WORDS = {"id", "ids", "key", "uuid", "guid", "code", "number", "num", "no", "ref"}
 _TIME_WORDS = {
@@ -126,10 +142,20 @@ class Roles:
     class_shares: tuple[tuple[str, float], ...]
     imbalanced: bool
     rare_classes: tuple[str, ...] = field(default=())
+    task: Task = "classification"
+    #: Regression: ``[low, high]`` (``schema.target_range``), and the observed min and max.
+    target_range: tuple[float, float] | None = None
+    observed: tuple[float, float] | None = None
+    #: Why the task is what it is (one line, printed by ``init``).
+    task_reason: str = ""
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
 
     def schema(self) -> dict[str, Any]:
         """The ``schema`` section of the config (``SchemaSettings`` fields)."""
-        return {
+        out: dict[str, Any] = {
             "features": list(self.features),
             "categorical": list(self.categorical),
             "target": self.target,
@@ -139,9 +165,23 @@ class Roles:
             "ignore": list(self.ignore),
             "high_cardinality": list(self.high_cardinality),
         }
+        if self.is_regression:
+            out["task"] = "regression"
+            out["target_range"] = list(self.target_range) if self.target_range else None
+        return out
+
+    def other_defaults(self) -> dict[str, dict[str, Any]]:
+        """Config sections besides schema, training and gates that depend on the task:
+        regression compares champion and challenger on absolute errors, and has no margin
+        rule (its margin is the confidence, already the ``min_confidence`` rule)."""
+        if not self.is_regression:
+            return {}
+        return {"shadow": {"metric": "abs_error"}, "edge_cases": {"min_margin": 0.0}}
 
     def gate_defaults(self) -> dict[str, Any]:
         """Gates that mean something on this target (see the module docstring)."""
+        if self.is_regression:
+            return {"metric": "r2", "min_lift_over_baseline": MIN_LIFT, "baseline": "mean"}
         return {
             "metric": "balanced_accuracy" if self.imbalanced else "macro_f1",
             "min_lift_over_baseline": MIN_LIFT,
@@ -155,7 +195,10 @@ class Roles:
         at leaves of 5 rows, so the rare class is learned rather than outvoted (on a 10 %
         churn-like target: balanced accuracy 0.61 -> 0.71 in our tests)."""
         out: dict[str, Any] = {"split": "time"} if self.time else {}
-        if self.imbalanced:
+        if self.is_regression:
+            out["estimator"] = REGRESSOR
+            out["params"] = {"n_estimators": 200, "n_jobs": -1}
+        elif self.imbalanced:
             out["params"] = {
                 "n_estimators": 200,
                 "n_jobs": -1,
@@ -169,6 +212,8 @@ class Roles:
         width = max(len(c.column) for c in (*self.columns, ColumnRole(self.target, "id", "")))
         lines = ["columns:"]
         lines += [f"  {c.column:<{width}}  {c.role:<16}  {c.reason}" for c in self.columns]
+        if self.is_regression:
+            return "\n".join([*lines, *self._regression_summary(width)])
         shares = ", ".join(f"{c} {s:.1%}" for c, s in self.class_shares)
         balance = (
             f"imbalanced (rare: {', '.join(self.rare_classes)})" if self.imbalanced else "balanced"
@@ -189,19 +234,75 @@ class Roles:
             )
         return "\n".join(lines)
 
+    def _regression_summary(self, width: int) -> list[str]:
+        low, high = self.observed or (math.nan, math.nan)
+        bounds = self.target_range or (math.nan, math.nan)
+        lines = [
+            f"  {self.target:<{width}}  {'target':<16}  continuous: regression",
+            f"target: {self.target}: continuous: regression ({self.task_reason});"
+            f" observed {_num(low)} to {_num(high)}, labels accepted in"
+            f" [{_num(bounds[0])}, {_num(bounds[1])}] (schema.target_range)",
+        ]
+        g = self.gate_defaults()
+        lines.append(
+            f"gates: metric {g['metric']}, beat the {g['baseline']} baseline by"
+            f" {g['min_lift_over_baseline']}"
+        )
+        if self.time:
+            lines.append(f"holdout: the most recent rows by {self.time} (training.split: time)")
+        lines.append("model: random forest regressor; shadow: paired absolute errors")
+        return lines
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if abs(v) < 1e15 else f"{v:.6g}"
+
+
+def target_range(values: pd.Series, name: str) -> tuple[float, float]:
+    """The plausible range of a regression target (module docstring)."""
+    lo, hi = float(values.min()), float(values.max())
+    width = hi - lo
+    if not width > 0:
+        width = max(abs(hi), 1.0)
+    low, high = lo - RANGE_WIDENING * width, hi + RANGE_WIDENING * width
+    # Two significant digits of the width: [-200, 1000], not [-213.57, 1004.12].
+    step = 10.0 ** (math.floor(math.log10(width)) - 1)
+    low, high = math.floor(low / step) * step, math.ceil(high / step) * step
+    if lo >= 0 and is_count_or_amount(name):
+        low = max(low, 0.0)
+    # Rounding by a power of ten leaves float noise (0.30000000000000004): clean it.
+    digits = max(0, 1 - math.floor(math.log10(width)))
+    return float(round(low, digits)), float(round(high, digits))
+
 
 def categorical_limit(rows: int) -> int:
     """Most distinct values a text column may have to be one-hot categorical."""
     return max(20, min(100, int(0.05 * rows)))
 
 
-def infer_roles(df: pd.DataFrame, target: str, overrides: Overrides | None = None) -> Roles:
-    """Each column's role (module docstring), the target's classes; raises on bad input."""
+def infer_roles(
+    df: pd.DataFrame,
+    target: str,
+    overrides: Overrides | None = None,
+    task: Task | None = None,
+) -> Roles:
+    """Each column's role (module docstring), the task and the target's classes or range;
+    ``task`` overrides the inferred one. Raises on bad input."""
     ov = overrides or Overrides()
     names = [str(c) for c in df.columns]
     if target not in names:
         raise EdgeloopError(f"no column {target!r} (columns: {', '.join(names)})")
-    classes, shares = _target(df[target], target)
+    inferred, task_why = _task(df[target], target, task)
+    classes: tuple[int | str, ...] = ()
+    shares: tuple[tuple[str, float], ...] = ()
+    observed: tuple[float, float] | None = None
+    bounds: tuple[float, float] | None = None
+    if inferred == "regression":
+        values = pd.to_numeric(df[target])
+        observed = (float(values.min()), float(values.max()))
+        bounds = target_range(values, target)
+    else:
+        classes, shares = _target(df[target], target)
     assigned = _check_overrides(df, target, ov, names)
 
     roles: dict[str, ColumnRole] = {}
@@ -249,7 +350,7 @@ def infer_roles(df: pd.DataFrame, target: str, overrides: Overrides | None = Non
             f"no feature columns left (every column but {target!r} is an id, a time or ignored);"
             " use --numeric or --categorical"
         )
-    k = len(classes)
+    k = max(len(classes), 1)
     rare = tuple(c for c, share in shares if share < IMBALANCE_SHARE / k)
     return Roles(
         target=target,
@@ -266,11 +367,17 @@ def infer_roles(df: pd.DataFrame, target: str, overrides: Overrides | None = Non
         class_shares=shares,
         imbalanced=bool(rare),
         rare_classes=rare,
+        task=inferred,
+        target_range=bounds,
+        observed=observed,
+        task_reason=task_why,
     )
 
 
 # ---------------------------------------------------------------------- the target
-def _target(s: pd.Series, name: str) -> tuple[tuple[int | str, ...], tuple[tuple[str, float], ...]]:
+def _task(s: pd.Series, name: str, wanted: Task | None) -> tuple[Task, str]:
+    """Classification or regression, and why (the module docstring's rule; ``wanted`` wins
+    where the values allow it)."""
     if s.isna().any():
         rows = s.index[s.isna()].tolist()[:5]
         raise EdgeloopError(f"column {name!r} has missing labels (rows {rows}...)")
@@ -278,17 +385,35 @@ def _target(s: pd.Series, name: str) -> tuple[tuple[int | str, ...], tuple[tuple
     if distinct < 2:
         value = s.iloc[0] if len(s) else None
         raise EdgeloopError(
-            f"target column {name!r} has one class only ({value!r}): a classifier needs two"
+            f"target column {name!r} has one class only ({value!r}): a model needs two values"
         )
-    if _is_number(s):
-        v = pd.to_numeric(s)
-        fractional = not bool((v % 1 == 0).all())
-        if fractional or (distinct > MAX_CLASSES_NUMERIC and distinct > 0.05 * len(s)):
-            what = "non-integer values" if fractional else "too many to be classes"
+    if not _is_number(s):
+        if wanted == "regression":
+            examples = s.astype("str").unique()[:3].tolist()
             raise EdgeloopError(
-                f"target column {name!r} looks continuous: {distinct} distinct values ({what});"
-                " regression is not supported yet (edgeloop trains classifiers)"
+                f"--task regression: target column {name!r} is not numeric (e.g. {examples})"
             )
+        return "classification", f"{distinct} non-numeric values"
+    v = pd.to_numeric(s)
+    fractional = not bool((v % 1 == 0).all())
+    many = distinct > MAX_CLASSES_NUMERIC and distinct > 0.05 * len(s)
+    if wanted == "classification":
+        if fractional:
+            raise EdgeloopError(
+                f"--task classification: target column {name!r} has non-integer values"
+                f" ({distinct} distinct): they cannot be classes"
+            )
+        return "classification", "set by --task"
+    if wanted == "regression":
+        return "regression", "set by --task"
+    if fractional or many:
+        what = "non-integer values" if fractional else "too many integers to be classes"
+        return "regression", f"{distinct} distinct values, {what}"
+    return "classification", f"{distinct} integer values"
+
+
+def _target(s: pd.Series, name: str) -> tuple[tuple[int | str, ...], tuple[tuple[str, float], ...]]:
+    """A classification target's classes and their shares (``_task`` checked the values)."""
     labels = sorted(s.unique().tolist(), key=str)
     classes: tuple[int | str, ...] = tuple(
         int(v) if isinstance(v, (int, float, np.integer)) and float(v).is_integer() else str(v)

@@ -250,6 +250,11 @@ def _queue_batch(
     parts = [df for df in (picked, drawn) if len(df)] or [picked]
     both = pd.concat(parts, ignore_index=True).reindex(columns=columns)
     floats = ["confidence", "margin", "priority", QUEUE_INCLUSION_PROB]
+    if settings.data_schema.is_regression and "spread" in scores.columns:
+        # What annotators see beside the predicted value: how far the ensemble's members apart.
+        spread = scores.set_index(scores["row_id"].astype(str))["spread"]
+        both["spread"] = both["row_id"].astype(str).map(spread)
+        floats.append("spread")
     return both.astype({c: "float64" for c in floats if c in both.columns})
 
 
@@ -296,10 +301,17 @@ def review_tasks(settings: Settings, queue: pd.DataFrame | None = None) -> pd.Da
     out = rows.reset_index(drop=True).copy()
     out["predicted"] = look["suggested"].to_numpy()
     out["confidence"] = look["p_suggested"].to_numpy(dtype="float64")
-    out["reasons"] = [
-        f"review: labeled {g}, the model says {s} ({p:.2f})"
-        for g, s, p in zip(look["given"], look["suggested"], look["p_suggested"], strict=True)
-    ]
+    if settings.data_schema.is_regression:
+        # No probabilities: the suggestion is the out-of-sample prediction.
+        out["reasons"] = [
+            f"review: labeled {g}, the model says {s}"
+            for g, s in zip(look["given"], look["suggested"], strict=True)
+        ]
+    else:
+        out["reasons"] = [
+            f"review: labeled {g}, the model says {s} ({p:.2f})"
+            for g, s, p in zip(look["given"], look["suggested"], look["p_suggested"], strict=True)
+        ]
     out[QUEUE_PURPOSE] = PURPOSE_REVIEW
     return out
 
@@ -323,10 +335,12 @@ def _plain(v: Any) -> Any:
 def label_studio_tasks(tasks: pd.DataFrame, settings: Settings) -> list[dict[str, Any]]:
     """Label Studio task-import JSON: data plus the champion's answer as a pre-annotation."""
     a = settings.annotation
+    regression = settings.data_schema.is_regression
     # The user's id (a data field named after its column) comes first: annotators know it.
     features = [c for c in _shown(settings) if c in tasks.columns]
     out = []
     for rec in tasks.to_dict(orient="records"):
+        answer = _answer(rec, regression)
         data = {k: _plain(rec[k]) for k in features}
         data.update(
             row_id=str(rec["row_id"]),
@@ -339,26 +353,43 @@ def label_studio_tasks(tasks: pd.DataFrame, settings: Settings) -> list[dict[str
             # One readable line for a Text control in the labeling UI.
             row=", ".join(f"{k}={_plain(rec[k])}" for k in features),
         )
-        out.append(
-            {
-                "data": data,
-                "predictions": [
-                    {
-                        "model_version": f"champion v{rec.get('model_version', '')}",
-                        "score": float(rec["confidence"]),
-                        "result": [
-                            {
-                                "from_name": a.label_studio_from_name,
-                                "to_name": a.label_studio_to_name,
-                                "type": "choices",
-                                "value": {"choices": [str(rec["predicted"])]},
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
+        if regression:
+            # The champion's value and its ensemble spread, for a Text control or a filter.
+            spread = _plain(rec.get("spread"))
+            shown = "none" if answer is None else f"{answer:.6g}"
+            data.update(
+                predicted=answer,
+                spread=spread,
+                champion=f"champion: {shown}"
+                + (f" (spread {spread:.3g})" if isinstance(spread, float) else ""),
+            )
+        prediction: dict[str, Any] = {
+            "model_version": f"champion v{rec.get('model_version', '')}",
+            "result": [
+                {
+                    "from_name": a.label_studio_from_name,
+                    "to_name": a.label_studio_to_name,
+                    "type": "number" if regression else "choices",
+                    "value": {"number": answer} if regression else {"choices": [answer]},
+                }
+            ],
+        }
+        score = _plain(float(rec["confidence"]))
+        if score is not None:  # NaN (a regressor without members) is not JSON
+            prediction["score"] = score
+        if regression and answer is None:
+            prediction["result"] = []  # no value to pre-fill
+        out.append({"data": data, "predictions": [prediction]})
     return out
+
+
+def _answer(rec: dict[str, Any], regression: bool) -> Any:
+    """The champion's answer as the labeling tool takes it: the class as text, or a number."""
+    if not regression:
+        return str(rec["predicted"])
+    value = float(pd.to_numeric(pd.Series([rec.get("predicted")]), errors="coerce").iloc[0])
+    # Ten significant digits: 249.2361, not the float noise 249.2360999999999.
+    return None if value != value else float(f"{value:.10g}")
 
 
 def _purpose(rec: dict[str, Any]) -> str:
@@ -368,8 +399,22 @@ def _purpose(rec: dict[str, Any]) -> str:
 
 
 def label_studio_config(settings: Settings) -> str:
-    """A labeling config matching the exported tasks (one Text control, one Choices)."""
+    """A labeling config matching the exported tasks (one Text control, one Choices; for
+    regression a Number bounded by ``schema.target_range``, and the champion's value shown)."""
     a = settings.annotation
+    schema = settings.data_schema
+    if schema.is_regression:
+        bounds = ""
+        if schema.target_range is not None:
+            bounds = f' min="{schema.target_range[0]:g}" max="{schema.target_range[1]:g}"'
+        # No step: Label Studio then checks min/max only (a step would refuse 123.45 for 1).
+        return (
+            f'<View><Text name="{a.label_studio_to_name}" value="$row"/>'
+            f'<Text name="reasons" value="$reasons"/>'
+            f'<Text name="champion" value="$champion"/>'
+            f'<Number name="{a.label_studio_from_name}" toName="{a.label_studio_to_name}"'
+            f'{bounds} required="true"/></View>'
+        )
     choices = "".join(f'<Choice value="{c}"/>' for c in settings.data_schema.classes)
     return (
         f'<View><Text name="{a.label_studio_to_name}" value="$row"/>'
@@ -398,6 +443,8 @@ def export_tasks(
         p = out_dir / f"tasks-{stamp}.csv"
         cols = ["row_id", "batch_id", "reasons", QUEUE_PURPOSE, "surfaced_at", "predicted"]
         cols += ["confidence", "margin"]
+        if settings.data_schema.is_regression:
+            cols.append("spread")
         # reindex: an empty queue has no score columns, and its CSV still gets the header.
         ident = [settings.data_schema.id] if settings.data_schema.id else []
         columns = [*cols[:1], *ident, *cols[1:], *settings.data_schema.features]

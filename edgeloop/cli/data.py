@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 
@@ -51,6 +51,13 @@ WAIT_HELP = "Queue behind another command writing the data instead of refusing."
     "--numeric", metavar="COL", multiple=True, help="A column to treat as numeric (repeatable)."
 )
 @click.option(
+    "--task",
+    type=click.Choice(["classification", "regression"]),
+    default=None,
+    help="What the model predicts. Default: inferred from --target (a numeric target with"
+    " non-integer or many distinct values is regression).",
+)
+@click.option(
     "--force", is_flag=True, help="Overwrite an existing config/suite/dataset that differs."
 )
 @command_body(settings=False)
@@ -63,6 +70,7 @@ def init(
     ignore: tuple[str, ...],
     categorical: tuple[str, ...],
     numeric: tuple[str, ...],
+    task: Literal["classification", "regression"] | None,
     force: bool,
 ) -> None:
     """Set this checkout up (idempotent): config, suite, stores, DVC, first data version.
@@ -82,6 +90,7 @@ def init(
         ignore=ignore,
         categorical=categorical,
         numeric=numeric,
+        task=task,
         force=force,
     )
     for step in report.steps:

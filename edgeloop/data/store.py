@@ -262,8 +262,11 @@ class DataStore:
         target = self.settings.data_schema.target
         out = data.copy()
         hit = out[ROW_ID].astype("str").isin(suspects) & out[target].notna()
-        out[target] = out[target].astype("object")
-        out.loc[hit, target] = None
+        if self.settings.data_schema.is_regression:
+            out.loc[hit, target] = float("nan")  # the column stays float64
+        else:
+            out[target] = out[target].astype("object")
+            out.loc[hit, target] = None
         return out, int(hit.sum())
 
     def label_quality(self) -> pd.DataFrame | None:
@@ -285,12 +288,21 @@ class DataStore:
             return data
         labels = pd.concat([pd.read_parquet(f, columns=["row_id", "label"]) for f in files])
         latest = labels.drop_duplicates("row_id", keep="last").set_index("row_id")["label"]
-        target = self.settings.data_schema.target
-        by_text = {str(c): c for c in self.settings.data_schema.classes}
-        found = data[ROW_ID].map(latest).map(lambda v: by_text.get(str(v), v) if pd.notna(v) else v)
+        schema = self.settings.data_schema
+        target = schema.target
         out = data.copy()
-        has = found.notna()
-        out[target] = out[target].astype("object")
+        if schema.is_regression:
+            # Labels are stored as text (one Parquet type for every import): numbers again.
+            found = pd.to_numeric(data[ROW_ID].map(latest), errors="coerce")
+            has = found.notna()
+            out[target] = pd.to_numeric(out[target], errors="coerce").astype("float64")
+        else:
+            by_text = {str(c): c for c in schema.classes}
+            found = (
+                data[ROW_ID].map(latest).map(lambda v: by_text.get(str(v), v) if pd.notna(v) else v)
+            )
+            has = found.notna()
+            out[target] = out[target].astype("object")
         out.loc[has, target] = found[has]
         out["label_source"] = "batch"
         out.loc[has, "label_source"] = "annotation"

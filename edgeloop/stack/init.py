@@ -26,7 +26,7 @@ from edgeloop.data.versioning import DataVersioner
 from edgeloop.demo.data import DEMO_RULES, demo_schema, demo_suite, reference_frame
 from pipelines.labels import labels_suite
 from pipelines.profile import bootstrap_suite
-from pipelines.roles import Overrides, Roles, infer_roles
+from pipelines.roles import Overrides, Roles, Task, infer_roles
 
 RESERVED_COLUMNS = keys.RESERVED_COLUMNS
 
@@ -84,15 +84,16 @@ def is_demo(settings: Settings) -> bool:
 
 
 def read_user_data(
-    path: Path, target: str, overrides: Overrides | None = None
+    path: Path, target: str, overrides: Overrides | None = None, task: Task | None = None
 ) -> tuple[Roles, pd.DataFrame]:
-    """Read the user's labeled file and infer each column's role (``pipelines.roles``)."""
+    """Read the user's labeled file and infer each column's role and the task
+    (``pipelines.roles``; ``task`` overrides the inferred one)."""
     df = read_batch(path)
     clash = [c for c in RESERVED_COLUMNS if c in df.columns]
     if clash:
         raise EdgeloopError(f"{path}: columns {clash} are reserved by edgeloop; rename them")
     try:
-        return infer_roles(df, target, overrides), df
+        return infer_roles(df, target, overrides, task), df
     except EdgeloopError as exc:
         raise EdgeloopError(f"{path}: {exc}") from None
 
@@ -173,12 +174,14 @@ def init_project(
     ignore: Iterable[str] = (),
     categorical: Iterable[str] = (),
     numeric: Iterable[str] = (),
+    task: Task | None = None,
     force: bool = False,
 ) -> InitReport:
     """Set the project up: config, suite, stores, DVC and the first dataset version.
 
     With ``data``: each column's role is inferred (``pipelines.roles``; the keyword arguments
-    override it), the schema and gates go to the config and a suite is bootstrapped. A config,
+    override it) and the task (classification, or regression for a continuous target; ``task``
+    overrides it), the schema and gates go to the config and a suite is bootstrapped. A config,
     suite or reference set that differs is replaced only with ``force``, or when it is still
     the untouched demo's.
     """
@@ -188,7 +191,7 @@ def init_project(
         if not target:
             raise EdgeloopError("--data needs --target COLUMN (the label column)")
         overrides = Overrides.of(id, time, tuple(ignore), tuple(categorical), tuple(numeric))
-        roles, frame = read_user_data(Path(data), target, overrides)
+        roles, frame = read_user_data(Path(data), target, overrides, task)
         report = _write_user_project(root, config, roles, frame, force)
         settings = report.settings
     else:
@@ -255,6 +258,7 @@ def _write_user_project(
             "schema": roles.schema(),
             "training": roles.training_defaults(),
             "gates": roles.gate_defaults(),
+            **roles.other_defaults(),
         },
         root=root,
         source=config,

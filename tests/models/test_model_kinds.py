@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from edgeloop.core.config import load_settings
+from edgeloop.core.config import Settings, load_settings
 from edgeloop.core.errors import GateError
 from tests.conftest import git_commit_all, new_project, production_batch
 
@@ -68,7 +68,25 @@ def _loop(root: Path, tmp_path: Path) -> dict:
     assert (queue["purpose"] == "evaluation").any()  # the sample beside them
     out = export_tasks(settings, tmp_path / "export", formats=("csv",))
     assert out["tasks"] == len(read_queue(settings))
-    return shadow_evaluate_flow(config=config)
+    report = shadow_evaluate_flow(config=config)
+    _served(settings)
+    return report
+
+
+def _served(settings: Settings) -> None:
+    """The prediction service answers with the champion, the challenger in shadow."""
+    from tests.serving.test_service import serving
+
+    row = production_batch(1, seed=41).iloc[0].to_dict()
+    with serving(settings) as client:
+        res = client.post("/predict", json=row)
+        assert res.status_code == 200, res.text
+        body = res.json()
+        (answer,) = body["predictions"]
+        assert answer["class"] in settings.data_schema.classes
+        assert sum(answer["probabilities"].values()) == pytest.approx(1.0)
+        ready = client.get("/readyz").json()
+        assert ready["champion"]["version"] == "1" and ready["challenger"]["version"] == "2"
 
 
 def _judged(report: dict) -> None:

@@ -94,7 +94,11 @@ def test_init_cli_flags_and_summary(tmp_path: Path) -> None:
             None,
         ),
         ({TARGET: 1}, {}, "'churned' has one class only"),
-        ({TARGET: np.linspace(0, 1, 600)}, {}, "'churned' looks continuous: 600 distinct values"),
+        (
+            {TARGET: np.linspace(0, 1, 600)},
+            {"task": "classification"},
+            "--task classification: target column 'churned' has non-integer values",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_written(

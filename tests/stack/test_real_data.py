@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import git_commit_all, git_init, run_cli
 
@@ -166,7 +167,7 @@ def test_orders_with_string_ids_and_epoch_times(tmp_path: Path) -> None:
     assert json.loads(out.stdout)["alias"] == "champion"
 
 
-def test_a_continuous_target_is_refused_naming_it(tmp_path: Path) -> None:
+def test_a_continuous_target_makes_a_regression_project(tmp_path: Path) -> None:
     frame = churn(400, 1, "2024-01-01", 7, labeled=False)
     frame["price"] = np.round(np.random.default_rng(8).normal(300_000, 50_000, len(frame)), 2)
     root = tmp_path / "houses"
@@ -175,6 +176,7 @@ def test_a_continuous_target_is_refused_naming_it(tmp_path: Path) -> None:
     src = tmp_path / "houses.csv"
     frame.to_csv(src, index=False)
     out = run_cli("init", "--data", str(src), "--target", "price", cwd=root)
-    assert out.returncode == 2
-    assert "'price'" in out.stderr and "400 distinct values" in out.stderr, out.stderr
-    assert not (root / "edgeloop.yaml").exists()
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "continuous: regression (400 distinct values" in out.stdout, out.stdout
+    config = yaml.safe_load((root / "edgeloop.yaml").read_text(encoding="utf-8"))
+    assert config["schema"]["task"] == "regression" and config["schema"]["classes"] == []
