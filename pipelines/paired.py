@@ -5,6 +5,11 @@ metric(champion)`` on the same rows; the gates widen non-inferiority by it.
 
 The resamples are vectorised: each is a vector of row multiplicities, and each model's weighted
 confusion matrix per resample is one matrix product, so thousands of resamples cost milliseconds.
+A group of more than ``MAX_ROWS`` rows is resampled through a random subsample of that many
+(the m-out-of-n bootstrap): every metric here is asymptotically normal, its error falls as
+1/sqrt(n), so the subsample's error times sqrt(m/n) is the group's. Beyond ~10^4 rows this
+changes the error by less than its own bootstrap noise, and a 200,000-row holdout costs
+milliseconds instead of seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import pandas as pd
 
 from edgeloop.core.keys import BATCH_ID, REFERENCE_BATCH
 from pipelines.evaluate import HoldoutGroups
+
+#: Rows beyond which a group is resampled through a random subsample of this many.
+MAX_ROWS = 20_000
 
 
 def _confusion_scores(
@@ -60,6 +68,7 @@ def paired_delta_se(
     *,
     resamples: int = 400,
     seed: int = 0,
+    max_rows: int = MAX_ROWS,
 ) -> float:
     """Bootstrap standard error of ``metric(candidate) - metric(champion)`` on the same rows.
 
@@ -68,11 +77,20 @@ def paired_delta_se(
     are not in the group). Both models see the same resample, so the error is that of the
     paired difference. Values outside ``classes`` count for accuracy and in no class. With no
     ``classes`` (regression) ``metric`` is ``r2``, ``mae`` or ``rmse``. NaN when the group has
-    fewer than two rows.
+    fewer than two rows. Over ``max_rows`` rows: the error on a random subsample of
+    ``max_rows``, scaled by sqrt(max_rows / rows) (see the module's docstring).
     """
     keep = np.asarray(weight, dtype="float64") > 0
-    if keep.sum() < 2:
+    n = int(keep.sum())
+    if n < 2:
         return math.nan
+    scale = 1.0
+    if n > max_rows:
+        rows = np.flatnonzero(keep)
+        chosen = np.random.default_rng([seed, n]).choice(n, size=max_rows, replace=False)
+        keep = np.zeros_like(keep)
+        keep[rows[np.sort(chosen)]] = True
+        scale = math.sqrt(max_rows / n)
     w = np.asarray(weight, dtype="float64")[keep]
     counts = _multiplicities(np.asarray(strata)[keep].astype("str"), resamples, seed)
     mass = counts * w  # resamples x rows: each row's weight times its multiplicity
@@ -85,7 +103,7 @@ def paired_delta_se(
         scores = _classification_scores(y_true, candidate, champion, keep, mass, classes, metric)
     delta = scores[0] - scores[1]
     delta = delta[~np.isnan(delta)]
-    return float(delta.std(ddof=1)) if len(delta) > 1 else math.nan
+    return float(scale * delta.std(ddof=1)) if len(delta) > 1 else math.nan
 
 
 def _multiplicities(layer: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -94,9 +112,11 @@ def _multiplicities(layer: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     counts = np.zeros((resamples, len(layer)))
     for s in np.unique(layer):
         idx = np.flatnonzero(layer == s)
-        counts[:, idx] = rng.multinomial(
-            len(idx), np.full(len(idx), 1.0 / len(idx)), size=resamples
-        )
+        k = len(idx)
+        # k draws with replacement per resample, counted in one bincount (offset per resample):
+        # the multinomial's counts, ~50x faster than rng.multinomial over k categories.
+        draws = rng.integers(0, k, size=(resamples, k)) + (np.arange(resamples) * k)[:, None]
+        counts[:, idx] = np.bincount(draws.ravel(), minlength=resamples * k).reshape(resamples, k)
     return counts
 
 

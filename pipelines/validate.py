@@ -13,7 +13,9 @@ Row policy (``validation.row_policy`` in the config):
 * ``batch``: any failed expectation quarantines the whole batch.
 
 Table-level failures (missing or extra columns, wrong dtype, row count) always quarantine the
-whole batch: no row of a batch with the wrong shape can be trusted.
+whole batch: no row of a batch with the wrong shape can be trusted. A numeric column read as
+text because of a few values that are not numbers is not a wrong dtype: those values' rows fail
+its type check (``numbers_from_text``), and the other rows are stored as numbers.
 
 Severity (GX's ``severity`` on each expectation): only **hard** failures (``"critical"``, GX's
 default, so a suite written without severities is all hard) count for the policy above. **Soft**
@@ -30,11 +32,9 @@ between ``earliest`` and *now* (at validation) plus ``future_tolerance_days``.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -43,10 +43,19 @@ import pandas as pd
 from edgeloop.core.config import SchemaSettings, ValidationSettings
 from edgeloop.core.errors import SuiteError
 from pipelines.timecol import parse_time
+from pipelines.validation_report import Decision, FailedExpectation, ValidationReport, json_safe
 
-Decision = Literal["accepted", "partial", "quarantined"]
-#: pandas' ``to_markdown`` needs the optional tabulate package (looked up, not imported).
-_TABULATE = importlib.util.find_spec("tabulate") is not None
+__all__ = [
+    "TIME_PARSEABLE",
+    "TIME_PLAUSIBLE",
+    "Decision",
+    "FailedExpectation",
+    "ValidationReport",
+    "decide",
+    "normalize_batch",
+    "numbers_from_text",
+    "validate_frame",
+]
 
 
 def normalize_batch(df: pd.DataFrame, schema: SchemaSettings) -> pd.DataFrame:
@@ -97,193 +106,6 @@ def _gx_validator(suite: dict[str, Any]) -> Any:
     )
 
 
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class FailedExpectation:
-    """One expectation that did not hold, with what was seen."""
-
-    expectation: str
-    column: str | None
-    kwargs: dict[str, Any]
-    row_level: bool
-    unexpected_count: int | None = None
-    unexpected_percent: float | None = None
-    examples: list[Any] = field(default_factory=list)
-    observed: Any = None
-    error: str | None = None
-    #: Row positions (0-based, in file order) that failed; empty for table-level failures.
-    rows: tuple[int, ...] = ()
-    #: GX severity: "critical" (hard: quarantines), "warning" or "info" (soft: reported).
-    severity: str = "critical"
-
-    def is_hard(self, hard_columns: Sequence[str] = ()) -> bool:
-        """Hard: critical, or soft on a column listed in ``validation.hard_columns``."""
-        return self.severity == "critical" or (
-            self.column is not None and self.column in hard_columns
-        )
-
-    @property
-    def short(self) -> str:
-        """``not_null(px_3_3)``: the expectation without GX's prefix, with its column."""
-        name = self.expectation
-        for prefix in ("expect_column_values_to_", "expect_column_", "expect_table_", "be_"):
-            name = name.removeprefix(prefix)
-        name = name.replace("not_be_", "not_")
-        return f"{name}({self.column})" if self.column else name
-
-    @property
-    def mismatched_columns(self) -> dict[str, list[str]]:
-        """For a column-set expectation: {"missing": [...], "unexpected": [...]}."""
-        if isinstance(self.observed, dict):
-            return dict(self.observed.get("mismatched") or {})
-        return {}
-
-    def describe(self) -> str:
-        """One line a person can read."""
-        where = f" on column '{self.column}'" if self.column else ""
-        if self.error:
-            return f"{self.expectation}{where}: could not be evaluated ({self.error})"
-        if self.row_level:
-            return (
-                f"{self.expectation}{where}: {self.unexpected_count} rows failed"
-                f" (e.g. {_short(self.examples)})"
-            )
-        mismatch = self.mismatched_columns
-        if mismatch:
-            # A wide file can miss or add thousands: the count and the first few say enough.
-            parts = [
-                f"{k} columns {v}" if len(v) <= 10 else f"{len(v)} {k} columns {v[:10]} ..."
-                for k, v in sorted(mismatch.items())
-            ]
-            return f"{self.expectation}: {'; '.join(parts)}"
-        return f"{self.expectation}{where}: observed {_short(self.observed)}"
-
-
-def _short(value: Any, limit: int = 160) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else value
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@dataclass(frozen=True)
-class ValidationReport:
-    """What a suite said about one batch, and what happens to its rows."""
-
-    batch: str
-    suite: str
-    rows: int
-    evaluated: int
-    failed: tuple[FailedExpectation, ...]
-    decision: Decision = "accepted"
-    reason: str = ""
-    #: Row positions quarantined under the decision (all rows when the batch is quarantined).
-    bad_rows: tuple[int, ...] = ()
-    #: ``validation.hard_columns`` as ``decide`` applied them (their soft failures are hard).
-    hard_columns: tuple[str, ...] = ()
-
-    @property
-    def success(self) -> bool:
-        return not self.failed
-
-    @property
-    def errors(self) -> tuple[FailedExpectation, ...]:
-        """Hard failures: the ones the row policy acts on."""
-        return tuple(f for f in self.failed if f.is_hard(self.hard_columns))
-
-    @property
-    def warnings(self) -> tuple[FailedExpectation, ...]:
-        """Soft failures: reported, their rows accepted (unless a hard failure quarantines them)."""
-        return tuple(f for f in self.failed if not f.is_hard(self.hard_columns))
-
-    @property
-    def warning_rows(self) -> tuple[int, ...]:
-        """Accepted rows that failed a soft expectation."""
-        bad = set(self.bad_rows)
-        return tuple(sorted({i for f in self.warnings for i in f.rows} - bad))
-
-    @property
-    def rows_quarantined(self) -> int:
-        return len(self.bad_rows)
-
-    @property
-    def rows_accepted(self) -> int:
-        return self.rows - self.rows_quarantined
-
-    @property
-    def failed_columns(self) -> list[str]:
-        return sorted({f.column for f in self.failed if f.column})
-
-    def to_dict(self) -> dict[str, Any]:
-        # Not asdict(): it would deep-copy every row position (seconds at 1M bad rows) only for
-        # them to be dropped or cut here.
-        skip = ("failed", "bad_rows", "hard_columns")
-        d: dict[str, Any] = {
-            f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip
-        }
-        d["hard_columns"] = list(self.hard_columns)
-        d["failed"] = [
-            {
-                **{g.name: getattr(x, g.name) for g in fields(x) if g.name != "rows"},
-                "hard": x.is_hard(self.hard_columns),
-            }
-            for x in self.failed
-        ]
-        d["warnings"] = [x.describe() for x in self.warnings]
-        d["rows_with_warnings"] = len(self.warning_rows)
-        d["bad_rows"] = list(self.bad_rows[:1000])
-        d["bad_rows_total"] = len(self.bad_rows)
-        d["rows_accepted"] = self.rows_accepted
-        d["rows_quarantined"] = self.rows_quarantined
-        return d
-
-    def to_markdown(self, sample: pd.DataFrame | None = None) -> str:
-        """A readable report: decision, each failed expectation, a few bad rows."""
-        errors, warnings = self.errors, self.warnings
-        lines = [
-            f"# Validation report: `{self.batch}`",
-            "",
-            f"- **Decision:** {self.decision}" + (f" — {self.reason}" if self.reason else ""),
-            f"- **Suite:** `{self.suite}` ({self.evaluated} expectations evaluated,"
-            f" {len(errors)} failed, {len(warnings)} warnings)",
-            f"- **Rows:** {self.rows} in the batch, {self.rows_accepted} accepted,"
-            f" {self.rows_quarantined} quarantined, {len(self.warning_rows)} accepted with warnings",
-            "",
-        ]
-        for title, group in (
-            ("Failed expectations", errors),
-            ("Warnings (rows accepted)", warnings),
-        ):
-            if group:
-                lines += [f"## {title}", "", *_table(group), ""]
-        if sample is not None and len(sample):
-            lines += [
-                "## Example quarantined rows",
-                "",
-                "Row numbers count data rows from 0 in file order (CSV line = row + 2).",
-                "",
-                sample.to_markdown() if _TABULATE else "```\n" + sample.to_string() + "\n```",
-                "",
-            ]
-        return "\n".join(lines)
-
-
-def _table(failed: Sequence[FailedExpectation]) -> list[str]:
-    lines = [
-        "| expectation | column | failing rows | share | examples / observed |",
-        "|---|---|---:|---:|---|",
-    ]
-    for f in failed:
-        share = f"{f.unexpected_percent:.2f}%" if f.unexpected_percent is not None else ""
-        count = "" if f.unexpected_count is None else str(f.unexpected_count)
-        seen = f.error or (_short(f.examples) if f.row_level else _short(f.observed))
-        lines.append(
-            f"| {f.expectation} | {f.column or '(table)'} | {count} | {share} |"
-            f" {seen.replace('|', '/')} |"
-        )
-    return lines
-
-
 def _raised(info: Any) -> str | None:
     """The first error message in GX's exception info (flat, or nested per metric in GX 1.x)."""
     if not isinstance(info, dict):
@@ -294,17 +116,6 @@ def _raised(info: Any) -> str | None:
             msg = str(c.get("exception_message") or "error").strip()
             return (msg.splitlines() or ["error"])[0][:200]
     return None
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become None so reports are strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
 
 
 def _failed_from_result(er: Any) -> FailedExpectation:
@@ -321,8 +132,8 @@ def _failed_from_result(er: Any) -> FailedExpectation:
         row_level=row_level,
         unexpected_count=result.get("unexpected_count"),
         unexpected_percent=_finite(result.get("unexpected_percent")),
-        examples=_json_safe(list(result.get("partial_unexpected_list") or [])[:20]),
-        observed=_json_safe(
+        examples=json_safe(list(result.get("partial_unexpected_list") or [])[:20]),
+        observed=json_safe(
             result.get("observed_value") if "details" not in result else result.get("details")
         ),
         error=error,
@@ -359,9 +170,13 @@ def validate_frame(
     return what failed, row by row.
 
     The frame is given a fresh 0..n-1 index so GX's ``unexpected_index_list`` are file positions.
+    A numeric column read as text for a few stray values is checked as numbers
+    (``numbers_from_text``): the rows of those values fail its type check, not the whole batch.
     """
     time_check = _time_settings(suite)
-    frame = df.reset_index(drop=True)
+    read = df.reset_index(drop=True)
+    frame = numbers_from_text(read, suite)
+    failed = _text_in_numbers(read, frame, suite)
     validation = _gx_validator(suite)
     result = validation.run(
         batch_parameters={"dataframe": frame},
@@ -370,7 +185,7 @@ def validate_frame(
         # COMPLETE gives unexpected_index_list: the row positions row-level quarantine needs.
         result_format={"result_format": "COMPLETE", "partial_unexpected_count": 20},
     )
-    failed = [_failed_from_result(er) for er in result.results if not er.success]
+    failed += [_failed_from_result(er) for er in result.results if not er.success]
     evaluated = int(result.statistics.get("evaluated_expectations", len(result.results)))
     if time_check is not None:
         checked, time_failed = _check_times(frame, suite, time_check, now)
@@ -383,6 +198,73 @@ def validate_frame(
         evaluated=evaluated,
         failed=tuple(failed),
     )
+
+
+# --------------------------------------------------------------------------- numbers read as text
+
+
+def _numeric_checks(suite: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Column -> the suite's type check for it, for the columns it types as numbers only."""
+
+    def numeric(name: Any) -> bool:
+        try:
+            dtype = pd.api.types.pandas_dtype(name)
+        except (TypeError, ValueError):
+            return False
+        return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+    out = {}
+    for e in suite.get("expectations", []):
+        kw = e.get("kwargs") or {}
+        types = kw.get("type_list") or []
+        if e.get("type") == "expect_column_values_to_be_in_type_list" and all(map(numeric, types)):
+            out[str(kw.get("column"))] = e
+    return {c: e for c, e in out.items() if e["kwargs"]["type_list"]}
+
+
+def numbers_from_text(df: pd.DataFrame, suite: dict[str, Any]) -> pd.DataFrame:
+    """``df`` with each column the suite types as numeric, but read as text, parsed as numbers.
+
+    One stray value (``"?"``, ``"12kg"``) makes a whole CSV column text; its other values are
+    numbers still. Values that are not numbers become null here (``validate_frame`` reports their
+    rows). A column without a single number is left as it is, for the type check to refuse.
+    Returns a new frame; the input is not modified."""
+    out = df
+    for column in _numeric_checks(suite):
+        values = df[column] if column in df.columns else None
+        if values is None or not (values.dtype == object or pd.api.types.is_string_dtype(values)):
+            continue
+        parsed = pd.to_numeric(values.astype("object"), errors="coerce").astype("float64")
+        if parsed.notna().any():
+            out = out.copy(deep=False) if out is df else out
+            out[column] = parsed
+    return out
+
+
+def _text_in_numbers(
+    read: pd.DataFrame, parsed: pd.DataFrame, suite: dict[str, Any]
+) -> list[FailedExpectation]:
+    """The type check's failure, row by row, for the values ``numbers_from_text`` could not parse."""
+    failed = []
+    for column, check in _numeric_checks(suite).items():
+        if column not in read.columns or parsed[column].dtype == read[column].dtype:
+            continue
+        rows = np.flatnonzero((read[column].notna() & parsed[column].isna()).to_numpy(dtype=bool))
+        if len(rows):
+            failed.append(
+                FailedExpectation(
+                    expectation=check["type"],
+                    column=column,
+                    kwargs={"type_list": check["kwargs"]["type_list"]},
+                    row_level=True,
+                    unexpected_count=len(rows),
+                    unexpected_percent=100.0 * len(rows) / max(len(read), 1),
+                    examples=json_safe(read[column].iloc[rows[:20]].tolist()),
+                    rows=tuple(int(i) for i in rows),
+                    severity=_severity(check.get("severity")),
+                )
+            )
+    return failed
 
 
 # --------------------------------------------------------------------------- the time check
@@ -497,7 +379,7 @@ def _time_failure(
         row_level=True,
         unexpected_count=len(rows),
         unexpected_percent=100.0 * len(rows) / max(len(values), 1),
-        examples=_json_safe(examples),
+        examples=json_safe(examples),
         rows=tuple(int(i) for i in rows),
         severity=check.severity,
     )

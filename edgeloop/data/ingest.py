@@ -21,7 +21,13 @@ from edgeloop.data.readers import check_batch_file, file_sha256, read_batch
 from edgeloop.data.store import DataStore, LedgerEntry
 from edgeloop.data.versioning import git_info
 from edgeloop.tracking.store import ensure_experiment
-from pipelines.validate import ValidationReport, decide, normalize_batch, validate_frame
+from pipelines.validate import (
+    ValidationReport,
+    decide,
+    normalize_batch,
+    numbers_from_text,
+    validate_frame,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,6 +80,8 @@ class Assessment:
     report: ValidationReport | None
     duplicate: LedgerEntry | None = None
     unreadable: str = ""
+    #: ``frame`` with its numeric columns read as text parsed (what accepted rows are stored as).
+    parsed: pd.DataFrame | None = None
 
 
 def assess(
@@ -97,7 +105,8 @@ def assess(
     except BatchReadError as exc:
         return Assessment(p, sha, None, None, unreadable=exc.problem)
     report = validate_frame(normalize_batch(frame, settings.data_schema), suite, batch=p.name)
-    return Assessment(p, sha, frame, decide(report, settings.validation))
+    parsed = numbers_from_text(frame, suite)
+    return Assessment(p, sha, frame, decide(report, settings.validation), parsed=parsed)
 
 
 def file_batch(assessment: Assessment, store: DataStore) -> BatchOutcome:
@@ -117,7 +126,9 @@ def file_batch(assessment: Assessment, store: DataStore) -> BatchOutcome:
             reason=f"{verb} as batch {d.batch_id} ({d.source}, {d.status}, {d.at}): no rows added",
             duplicate_of=d.batch_id,
         )
-    entry = store.record(a.path, a.sha256, a.frame, a.report, unreadable_reason=a.unreadable)
+    entry = store.record(
+        a.path, a.sha256, a.frame, a.report, unreadable_reason=a.unreadable, accepted=a.parsed
+    )
     report_path = next((s for s in entry.stored if "quarantine" in s), "")
     r = a.report
     return BatchOutcome(

@@ -133,15 +133,19 @@ class DataStore:
         report: ValidationReport | None,
         *,
         unreadable_reason: str = "",
+        accepted: pd.DataFrame | None = None,
     ) -> LedgerEntry:
         """File one batch: accepted rows to ``accepted/``; bad rows and the original to quarantine.
 
-        ``frame`` is the batch as read; ``report`` carries the decision. An unreadable file has
-        neither: it is copied to quarantine with the reason. Under the data lock (re-entrant),
-        each file journaled before it is written (``edgeloop.data.lock``).
+        ``frame`` is the batch as read (quarantined rows keep its values); ``accepted``, the same
+        rows as validated (numbers read as text parsed: ``pipelines.validate.numbers_from_text``),
+        is what accepted rows are stored as, ``frame`` without it. ``report`` carries the
+        decision. An unreadable file has neither frame nor report: it is copied to quarantine with
+        the reason. Under the data lock (re-entrant), each file journaled before it is written
+        (``edgeloop.data.lock``).
         """
         with data_lock(self.settings, "ingest"):
-            return self._record(source, sha256, frame, report, unreadable_reason)
+            return self._record(source, sha256, frame, report, unreadable_reason, accepted)
 
     def _record(
         self,
@@ -150,6 +154,7 @@ class DataStore:
         frame: pd.DataFrame | None,
         report: ValidationReport | None,
         unreadable_reason: str,
+        accepted: pd.DataFrame | None,
     ) -> LedgerEntry:
         seq = self.next_seq()
         batch_id = f"{seq:06d}-{sha256[:12]}"
@@ -174,7 +179,7 @@ class DataStore:
         bad = list(report.bad_rows)
         good_mask = _mask(len(frame), bad, keep=True)
         if report.rows_accepted:
-            rows = frame.reset_index(drop=True)[good_mask]
+            rows = (frame if accepted is None else accepted).reset_index(drop=True)[good_mask]
             stored.append(self._rel(self._write_accepted(batch_id, rows)))
             faults.point("ingest:accepted-written")
         if bad:

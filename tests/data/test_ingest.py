@@ -158,6 +158,38 @@ def test_bad_rows_are_quarantined_and_nothing_is_lost(project: Path, tmp_path: P
     assert run.data.metrics["rows_with_warnings"] == 2
 
 
+def test_a_word_in_a_numeric_column_quarantines_its_row_and_the_rest_are_numbers(
+    project: Path, tmp_path: Path
+) -> None:
+    """"?" where a score belongs makes the CSV column text: that row alone is quarantined, with
+    its value as written, and the accepted rows are stored as numbers."""
+    import pandas as pd
+
+    df = production_batch(seed=10)
+    df["score"] = df["score"].astype("object")
+    df.loc[4, "score"] = "?"
+    batch = tmp_path / "a-question-mark.csv"
+    df.to_csv(batch, index=False)
+
+    results, failed = _ingest(project, batch)
+
+    assert failed
+    (r,) = results
+    assert (r["status"], r["rows_accepted"], r["rows_quarantined"]) == ("partial", 59, 1), r
+    assert "in_type_list(score)" in r["reason"]
+    qdir = project / Path(r["report_path"]).parent
+    bad = pd.read_csv(qdir / "rows.csv", dtype=str)
+    assert bad[["source_row", "score"]].values.tolist() == [["4", "?"]]
+    assert "expect_column_values_to_be_in_type_list | score | 1 |" in (
+        qdir / "report.md"
+    ).read_text()
+    settings = load_settings(project / "edgeloop.yaml")
+    data = DataStore(settings).load_dataset()
+    assert len(data) == 240 + 59 and data["score"].dtype == "float64"
+    stored = data[data["batch_id"] == r["batch_id"]]["score"].tolist()
+    assert stored == df["score"].drop(index=4).astype(float).tolist()
+
+
 def test_schema_break_quarantines_the_whole_batch(project: Path, tmp_path: Path) -> None:
     df = production_batch(seed=9).rename(columns={"score": "scroe"})
     batch = tmp_path / "renamed.parquet"

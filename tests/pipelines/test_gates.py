@@ -589,3 +589,20 @@ def test_train_and_evaluate_records_the_paired_errors(tmp_path: Path) -> None:
     assert se["overall"] > 0 and "delta_se" not in first.holdout
     check = next(c for c in again.gates.checks if c.name == "non_inferiority")
     assert f"se {se['overall']:.4f}" in check.detail, check.detail
+
+
+def test_a_large_groups_paired_error_from_a_subsample_matches_the_full_bootstrap() -> None:
+    """The m-out-of-n bootstrap (``max_rows``): the subsample's error scaled by sqrt(m/n)."""
+    from pipelines.paired import paired_delta_se
+
+    rng = np.random.default_rng(9)
+    n = 8000
+    y = rng.integers(0, 3, n)
+    cand = np.where(rng.random(n) < 0.85, y, (y + 1) % 3)
+    champ = np.where(rng.random(n) < 0.8, y, (y + 2) % 3)
+    one, strata = np.ones(n), rng.integers(0, 4, n)
+    for metric in ("accuracy", "macro_f1"):
+        full = paired_delta_se(y, cand, champ, one, strata, [0, 1, 2], metric, max_rows=n)
+        sub = paired_delta_se(y, cand, champ, one, strata, [0, 1, 2], metric, max_rows=1500)
+        assert sub == pytest.approx(full, rel=0.2), metric
+        assert sub != full  # it did run on the subsample

@@ -17,6 +17,7 @@ from pipelines.validate import (
     ValidationReport,
     decide,
     normalize_batch,
+    numbers_from_text,
     validate_frame,
 )
 from tests.conftest import shop_reference
@@ -103,17 +104,47 @@ def test_extra_column_quarantines_batch(ref, suite) -> None:
     assert "surprise" in report.reason
 
 
-def test_text_in_numeric_column_quarantines_batch(ref, suite, tmp_path: Path) -> None:
-    # As it arrives from a producer: a CSV with a word where a number belongs.
-    ref["x1"] = ref["x1"].astype("str")
+def test_a_stray_word_in_a_numeric_column_quarantines_its_row_only(ref, suite, tmp_path) -> None:
+    # As it arrives from a producer: a CSV with a word where a number belongs makes the whole
+    # column text when read; the other values are numbers still.
+    ref["x1"] = ref["x1"].astype("object")
     ref.loc[5, "x1"] = "oops"
     path = tmp_path / "dtype.csv"
     ref.to_csv(path, index=False)
     df = read_batch(path)
+    assert not pd.api.types.is_numeric_dtype(df["x1"])
     report = run(df, suite)
+    assert report.decision == "partial" and report.bad_rows == (5,), report.reason
+    by_type = {f.expectation: f for f in report.errors if f.column == "x1"}
+    typed = by_type.pop("expect_column_values_to_be_in_type_list")
+    assert (typed.row_level, typed.rows, typed.examples) == (True, (5,), ["oops"])
+    # The word is no number: x1 has none missing in the reference, so not-null fails there too.
+    assert [(k, f.rows) for k, f in by_type.items()] == [
+        ("expect_column_values_to_not_be_null", (5,))
+    ]
+    assert "in_type_list(x1)" in report.reason
+    # The range checks ran on the numbers: nothing else failed, and nothing failed to run.
+    assert all(f.error is None for f in report.failed)
+    assert "| expect_column_values_to_be_in_type_list | x1 | 1 |" in report.to_markdown()
+
+
+def test_numbers_from_text_parses_the_numeric_columns_only(ref, suite) -> None:
+    text = ref.astype({"x1": "str", "color": "str"})
+    text.loc[2, "x1"] = "n.a."
+    parsed = numbers_from_text(text, suite)
+    assert parsed["x1"].dtype == "float64" and np.isnan(parsed.loc[2, "x1"])
+    assert parsed["x1"].drop(index=2).tolist() == ref["x1"].drop(index=2).astype(float).tolist()
+    assert parsed["color"].dtype == text["color"].dtype  # a categorical stays text
+    assert text.loc[2, "x1"] == "n.a."  # the input is not modified
+    assert numbers_from_text(ref, suite) is ref  # nothing read as text: the frame itself
+
+
+def test_a_numeric_column_of_words_quarantines_the_batch(ref, suite) -> None:
+    """Not one number: the column is text, a table-level type failure."""
+    ref["x1"] = [f"w{i}" for i in range(len(ref))]
+    report = run(ref, suite)
     assert_whole_batch_quarantined(report)
     assert ("expect_column_values_to_be_in_type_list", "x1") in failed_pairs(report)
-    assert "expect_column_values_to_be_in_type_list" in report.reason
     assert "'x1'" in report.reason
     # Table-level: even with row_policy "rows" no row of it is accepted.
     assert report.rows_accepted == 0
@@ -125,8 +156,7 @@ def test_check_that_cannot_run_is_reported_as_error_and_dtype_failure_leads(ref,
     ``FailedExpectation.error`` exists for this ("could not be evaluated"), and ``decide`` sorts
     such failures after the dtype failure that caused them, so the reason starts with the cause.
     """
-    ref["x1"] = ref["x1"].astype("str")
-    ref.loc[5, "x1"] = "oops"
+    ref["x1"] = [f"w{i}" for i in range(len(ref))]
     report = run(ref, suite)
     between = [
         f
