@@ -70,13 +70,16 @@ def batch_holdout_mask(
     in, so a model trained on an earlier version is never scored on rows it learned from.
     Without a ``batch_id`` column, or with ``per_batch`` 0, it is ``holdout_mask``.
     """
-    mask = holdout_mask(data[ROW_ID], fraction, seed)
+    hashed = row_hash(data[ROW_ID], seed)
+    mask: np.ndarray = hashed < fraction  # holdout_mask, from the one hash
     if per_batch <= 0 or BATCH_ID not in data.columns or not len(data):
         return mask
     batch = data[BATCH_ID].astype("str").to_numpy()
-    hashed = pd.Series(row_hash(data[ROW_ID], seed))
-    rank = hashed.groupby(batch).rank(method="first").to_numpy()
-    topped: np.ndarray = mask | ((batch != REFERENCE_BATCH) & (rank <= per_batch))
+    production = batch != REFERENCE_BATCH
+    if not production.any():
+        return mask
+    rank = pd.Series(hashed).groupby(batch).rank(method="first").to_numpy()
+    topped: np.ndarray = mask | (production & (rank <= per_batch))
     return topped
 
 

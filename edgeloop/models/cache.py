@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -25,15 +22,33 @@ from mlflow.tracking import MlflowClient
 
 from edgeloop.core import keys
 from edgeloop.core.config import Settings
-from edgeloop.core.errors import BusyError, EdgeloopError
+from edgeloop.core.errors import BusyError
 from edgeloop.core.keys import TRAINING_EXPERIMENT
 from edgeloop.core.layout import Layout
 from edgeloop.data.store import DataStore
-from edgeloop.data.versioning import DataVersioner
+from edgeloop.models.inputs import (
+    TRAINING_CODE,
+    cache_key,
+    code_hash,
+    dataset_version,
+    training_config,
+)
 from edgeloop.tracking.store import configure, ensure_experiment
 
-#: The code whose change invalidates the cache (the training and evaluation stages).
-TRAINING_CODE = ("pipelines/train.py", "pipelines/evaluate.py", "pipelines/timecol.py")
+__all__ = [
+    "TRAINING_CODE",
+    "RetrainSummary",
+    "cache_key",
+    "cached_summary",
+    "close_orphan_runs",
+    "code_hash",
+    "current_dataset",
+    "dataset_version",
+    "find_cached",
+    "quick_cache_check",
+    "retrain_lock",
+    "training_config",
+]
 
 
 @dataclass
@@ -110,71 +125,6 @@ def current_dataset(settings: Settings) -> tuple[str, pd.DataFrame]:
     the DVC version in ``data.dvc``; refuses a work tree that differs from it."""
     version = dataset_version(settings)
     return version, DataStore(settings).load_training_dataset()[0]
-
-
-def dataset_version(settings: Settings) -> str:
-    """The DVC version ``data.dvc`` names, checked against the work tree (nothing is loaded)."""
-    versioner = DataVersioner(settings)
-    version = versioner.version()
-    if not version:
-        raise EdgeloopError(f"{versioner.pointer}: no dataset version yet (run 'edgeloop init')")
-    if not versioner.is_clean():
-        raise EdgeloopError(
-            f"{settings.path('data')} differs from {versioner.pointer} ({version}): run"
-            " 'edgeloop ingest' (which versions it) or 'dvc checkout' before retraining"
-        )
-    return version
-
-
-def code_hash(root: Path, fit: str = "") -> str:
-    """Hash of the training code: a change to it invalidates the cache. With ``fit`` (the
-    ``training.fit`` of the config), the source file of the user's module is part of it."""
-    h = hashlib.sha256()
-    base = Path(__file__).resolve().parents[2]
-    for rel in TRAINING_CODE:
-        h.update((base / rel).read_bytes())
-    if fit:
-        h.update(_module_source(root, fit.partition(":")[0]))
-    return h.hexdigest()[:16]
-
-
-def _module_source(root: Path, module: str) -> bytes:
-    """The bytes of ``module``'s file (under ``root`` or installed); its name when not found
-    (the retrain then fails on the import, naming the key)."""
-    import importlib.util
-
-    from edgeloop._internal import runtime
-
-    runtime.project_importable(root)
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    origin = spec.origin if spec is not None else None
-    if origin and Path(origin).is_file():
-        return Path(origin).read_bytes()
-    return module.encode()
-
-
-def training_config(settings: Settings) -> dict[str, Any]:
-    """The part of the config a model depends on (its hash is part of the cache key)."""
-    d = settings.to_dict()
-    return {k: d[k] for k in ("schema", "training", "gates", "seeds")} | {
-        "model": settings.model_name
-    }
-
-
-def cache_key(settings: Settings, data_version: str, max_rows: int) -> str:
-    blob = json.dumps(
-        {
-            "data": data_version,
-            "config": training_config(settings),
-            "code": code_hash(settings.root, settings.training.fit),
-            "max_rows": max_rows,
-        },
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def find_cached(settings: Settings, key: str) -> Run | None:

@@ -144,12 +144,18 @@ def start_early(settings: Settings, max_rows: int) -> bool:
     Quiet when the inputs cannot be read (the flow then reports it with full context); a
     worker nobody adopted is stopped when the command exits.
     """
-    # lazy: the CLI imports this module to start the worker early; the cache needs MLflow.
-    from edgeloop.models.cache import cache_key, dataset_version
+    # lazy: the CLI imports this module to start the worker early (inputs is light: no MLflow).
+    from edgeloop.data.versioning import DataVersioner
+    from edgeloop.models.inputs import cache_key
 
+    # The version data.dvc names, not checked against the work tree (DVC's import and status
+    # would delay the fit, the critical path): the flow checks it, and a worker it does not
+    # adopt is stopped at exit.
     try:
-        version = dataset_version(settings)
+        version = DataVersioner(settings).version()
     except EdgeloopError:
+        return False
+    if not version:
         return False
     key = cache_key(settings, version, max_rows)
     worker = _STARTED[key] = FitWorker(settings, version, key, max_rows)
